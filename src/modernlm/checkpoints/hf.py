@@ -1,0 +1,179 @@
+"""Hugging Face directories in and out: config.json + model.safetensors (or shards with an index).
+
+Reads LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM; writes LlamaForCausalLM (Qwen2ForCausalLM when the
+model has q/k/v biases only), which `transformers` loads. Weights are read with safetensors, never with pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ModelConfig
+
+SUPPORTED = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written; the message names the file and the fix."""
+
+
+# ---- names ------------------------------------------------------------------------------------------------------
+# (HF name pattern, our name pattern); `{i}` is the layer index. One table for both directions.
+NAME_TABLE = [
+    ("model.embed_tokens.weight", "embed.weight"),
+    ("model.layers.{i}.input_layernorm.weight", "blocks.{i}.attn_norm.weight"),
+    *[(f"model.layers.{{i}}.self_attn.{p}_proj.{t}", f"blocks.{{i}}.attn.{p}_proj.{t}") for p in "qkvo" for t in ("weight", "bias")],
+    ("model.layers.{i}.post_attention_layernorm.weight", "blocks.{i}.ffn_norm.weight"),
+    *[(f"model.layers.{{i}}.mlp.{p}_proj.{t}", f"blocks.{{i}}.ffn.{p}_proj.{t}") for p in ("gate", "up", "down") for t in ("weight", "bias")],
+    ("model.norm.weight", "norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+]
+
+
+def _compile(table: list[tuple[str, str]], reverse: bool) -> list[tuple[re.Pattern, str]]:
+    pairs = [(b, a) if reverse else (a, b) for a, b in table]
+    return [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst) for src, dst in pairs]
+
+
+_FROM_HF, _TO_HF = _compile(NAME_TABLE, reverse=False), _compile(NAME_TABLE, reverse=True)
+
+
+def rename(name: str, to_hf: bool) -> str | None:
+    for pattern, target in _TO_HF if to_hf else _FROM_HF:
+        m = pattern.match(name)
+        if m:
+            return target.replace("{i}", m.group(1)) if m.groups() else target
+    return None
+
+
+# ---- config -----------------------------------------------------------------------------------------------------
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    by_type = {v: k for k, v in SUPPORTED.items()}
+    arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
+    if arch not in SUPPORTED:
+        raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported for {arch}; expected 'silu'")
+    rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 keeps theta and scaling together here
+    theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
+    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    heads = hf["num_attention_heads"]
+    is_qwen2 = SUPPORTED[arch] == "qwen2"
+    attention_bias = bool(hf.get("attention_bias", False))
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        ffn="swiglu",
+        ffn_hidden=hf["intermediate_size"],
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        qkv_bias=is_qwen2 or attention_bias,
+        out_bias=attention_bias and not is_qwen2,
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        extra={"architecture": arch},
+    ).validate()
+
+
+def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    not_llama = {"norm": (cfg.norm, "rmsnorm"), "ffn": (cfg.ffn, "swiglu"), "positions": (cfg.positions, "rope")}
+    for field, (value, needed) in not_llama.items():
+        if value != needed:
+            raise CheckpointError(f"cannot save as a Llama/Qwen2 checkpoint: {field}={value!r} (needs {needed!r})")
+    qwen2 = cfg.qkv_bias and not cfg.out_bias and not cfg.mlp_bias
+    if cfg.qkv_bias != cfg.out_bias and not qwen2:
+        raise CheckpointError("cannot save: q/k/v and output biases differ, which neither Llama nor Qwen2 expresses")
+    hf = {
+        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        "model_type": "qwen2" if qwen2 else "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.ffn_hidden,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": cfg.max_seq_len,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if not qwen2:
+        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    return hf
+
+
+# ---- weights ----------------------------------------------------------------------------------------------------
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [directory / name for name in dict.fromkeys(weight_map.values())]
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    elif any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise CheckpointError(f"{directory} holds only pickle weights (.bin/.pt), which are never loaded (unsafe); "
+                              "convert them to model.safetensors first")
+    else:
+        raise CheckpointError(f"{directory} holds no model.safetensors or model.safetensors.index.json")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"weight shard(s) listed in the index are missing: {missing}")
+    return files
+
+
+def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+    except KeyError as e:
+        raise CheckpointError(f"{config_path} lacks the field {e.args[0]!r}") from e
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in _weight_files(directory):
+        try:
+            tensors = load_file(file)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again") from e
+        for name, tensor in tensors.items():
+            ours = rename(name, to_hf=False)
+            if ours is None:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue  # a buffer older transformers saved; recomputed from the config
+                raise CheckpointError(f"{file.name}: unexpected tensor {name!r} for {config.extra['architecture']}")
+            state_dict[ours] = tensor
+    if config.tie_embeddings:
+        state_dict.pop("lm_head.weight", None)
+    return config, state_dict
+
+
+def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
+    """Write config.json, model.safetensors (and the tokenizer, if given) to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = next(model.parameters()).dtype
+    hf_config = config_to_hf(model.config, dtype)
+    tensors = {rename(k, to_hf=True): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory

@@ -1,0 +1,181 @@
+"""ModelConfig: every architectural choice of the decoder as a plain, serialisable field.
+
+The names a value may take (norm kinds, FFN kinds, position kinds, RoPE scalings) are listed here once; the layers
+register one class or function per name, and a test checks the two lists agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NORMS = ("rmsnorm", "layernorm")
+FFNS = ("swiglu", "geglu", "gelu", "relu")
+GATED_FFNS = ("swiglu", "geglu")
+POSITIONS = ("rope", "none")
+ROPE_SCALINGS = ("default", "linear", "llama3", "yarn")
+# Keys each RoPE scaling needs, besides "rope_type".
+ROPE_SCALING_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a working model; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """The decoder's architecture. `None` fields are derived in `__post_init__`, so a saved config is fully explicit."""
+
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None: n_heads (MHA); 1: MQA; between: GQA
+    head_dim: int | None = None  # None: d_model // n_heads
+    ffn: str = "swiglu"
+    ffn_hidden: int | None = None  # None: 8/3 * d_model for gated FFNs (4 * d_model otherwise), rounded up
+    ffn_multiple_of: int = 256
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    positions: str = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    qkv_bias: bool = False  # Qwen2 has q/k/v biases
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    max_seq_len: int = 2048
+    dropout: float = 0.0
+    init_std: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None and self.n_heads:
+            self.head_dim = self.d_model // self.n_heads
+        if self.ffn_hidden is None:
+            self.ffn_hidden = default_ffn_hidden(self.d_model, self.ffn, self.ffn_multiple_of)
+        if self.rope_scaling is not None:
+            self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+
+    # ---- checks -------------------------------------------------------------------------------------------------
+    def validate(self) -> ModelConfig:
+        """Raise ConfigError naming the first impossible choice; return self so calls chain."""
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("ffn", self.ffn, FFNS)
+        _check_choice("positions", self.positions, POSITIONS)
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: each KV head must serve the "
+                f"same number of query heads; pick n_kv_heads among the divisors of {self.n_heads}"
+            )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} is odd, but RoPE rotates pairs of dimensions: use an even head_dim")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_scaling is not None and self.positions != "rope":
+            raise ConfigError(f"rope_scaling is set but positions={self.positions!r}: RoPE scaling needs positions='rope'")
+        return self
+
+    # ---- derived sizes ------------------------------------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    # ---- JSON ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> ModelConfig:
+        source = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
+        text = source.read_text() if source is not None else str(text_or_path)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source or 'config text'} is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+
+def default_ffn_hidden(d_model: int, ffn: str, multiple_of: int) -> int:
+    """Llama's rule: a gated FFN keeps the parameters of a 4x MLP with 8/3 of the width, rounded up to `multiple_of`."""
+    hidden = int(8 * d_model / 3) if ffn in GATED_FFNS else 4 * d_model
+    multiple_of = max(int(multiple_of), 1)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def normalize_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
+    """Accept HF's spellings ("type" or "rope_type"), check the kind and its keys, return a clean dict."""
+    if not isinstance(scaling, dict):
+        raise ConfigError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
+    scaling = dict(scaling)
+    kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    scaling.pop("type", None)
+    if kind == "dynamic":
+        raise ConfigError("rope_scaling 'dynamic' (dynamic NTK) is not supported yet; supported: " + ", ".join(ROPE_SCALINGS))
+    _check_choice("rope_scaling.rope_type", kind, ROPE_SCALINGS)
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in scaling]
+    if missing:
+        raise ConfigError(f"rope_scaling of type {kind!r} needs the key(s) {missing}")
+    if "factor" in scaling and not float(scaling["factor"]) > 0:
+        raise ConfigError(f"rope_scaling factor must be > 0, got {scaling['factor']}")
+    return {"rope_type": kind, **scaling}
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+
+
+# Named shapes. `smollm2-135m` is the embedded model's architecture; the tiny ones are for tests and quick runs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(
+        vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_hidden=1536, rope_theta=100000.0,
+        tie_embeddings=True, max_seq_len=8192,
+    ),
+    "llama-tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_multiple_of=32, max_seq_len=256),
+    "llama-7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, ffn_hidden=11008, max_seq_len=4096),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named configuration, with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return ModelConfig(**{**PRESETS[name], **overrides}).validate()

@@ -1,0 +1,1 @@
+"""The decoder's building blocks, one per file."""

@@ -1,0 +1,54 @@
+"""Causal self-attention with grouped KV heads, RoPE on q and k, and an optional static KV cache.
+
+Dimension names used in the shape comments:
+  B batch, T new tokens, S keys attended (T without a cache, the cache length with one),
+  D model width, H query heads, K kv heads (H % K == 0; K == H is MHA, K == 1 is MQA), Dh head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.dropout = cfg.dropout
+        self.q_proj = nn.Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (T, Dh)
+        mask: torch.Tensor | None,  # bool (B or 1, 1, T, S), True = may attend; None = plain causal over T
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cache buffers (B, K, S, Dh)
+        input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k_cache, v_cache = kv
+            k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+            k, v = k_cache, v_cache  # (B, K, S, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # (B, H, T, Dh)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)

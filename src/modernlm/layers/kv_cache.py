@@ -1,0 +1,41 @@
+"""A static KV cache: one preallocated buffer pair per layer, written by position index.
+
+Nothing advances implicitly: the caller passes the positions of the new tokens (`input_pos`) to the model, the
+attention layer writes its keys and values there, and the caller decides what the next positions are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+
+
+class KVCache:
+    """Buffers k, v of shape (L, B, K, S, Dh); layer i reads and writes the views k[i], v[i]."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device=None) -> None:
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"KV cache length {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> KVCache:
+        param = next(model.parameters())
+        return cls(model.config, batch_size, max_len, param.dtype, param.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[i], self.v[i]
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2

@@ -1,0 +1,137 @@
+"""The decoder-only transformer: embedding -> N blocks -> final norm -> LM head (tied to the embedding or not)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers.block import Block
+from .layers.kv_cache import KVCache
+from .layers.norm import make_norm
+from .layers.rope import inverse_frequencies, rope_cos_sin
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
+        self.attention_factor = 1.0
+        self.reset_rope()
+        if not self.embed.weight.is_meta:
+            self.init_weights()
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    def reset_rope(self) -> None:
+        """(Re)compute the RoPE frequencies from the config; call after materialising a meta-device model."""
+        inv_freq, self.attention_factor = inverse_frequencies(
+            self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
+        )
+        device = None if self.inv_freq.is_meta else self.inv_freq.device
+        self.inv_freq = inv_freq.to(device)
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Transformer:
+        """Build on the meta device and take the tensors as they are (no copy, no random init)."""
+        with torch.device("meta"):
+            model = cls(config)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not fit the {config.n_layers}-layer config: missing {missing[:8]}"
+                f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            )
+        model.reset_rope()
+        return model.eval()
+
+    def init_weights(self) -> None:
+        """N(0, init_std) for matrices, zeros for biases, and residual-output projections scaled by 1/sqrt(2L) (GPT-2)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.o_proj, block.ffn.down_proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids
+        *,
+        input_pos: torch.Tensor | None = None,  # (T,) positions of these tokens; default 0..T-1
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding; S = T or the cache length
+        last_only: bool = False,  # logits for the last position only (generation)
+    ) -> torch.Tensor:  # (B, T, V) float32 logits, or (B, 1, V) with last_only
+        B, T = self._check_inputs(input_ids, input_pos, cache, attention_mask)
+        if input_pos is None:
+            input_pos = torch.arange(T, device=input_ids.device)
+        x = self.embed(input_ids)  # (B, T, D)
+        rope = None
+        if self.config.positions == "rope":
+            rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T, Dh) each
+        mask = self._mask(input_pos, cache, attention_mask, T)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, D)
+        x = self.norm(x)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, weight).float()  # (B, T, V)
+
+    def _mask(self, input_pos, cache, attention_mask, T) -> torch.Tensor | None:
+        """bool (B or 1, 1, T, S): key j is visible to query t if pos(j) <= pos(t) and j is a real token.
+
+        A query always sees itself, so a padding query never has an empty row (its output is never read)."""
+        if cache is None and attention_mask is None:
+            return None  # SDPA's is_causal
+        S = cache.max_len if cache is not None else T
+        key_pos = torch.arange(S, device=input_pos.device)  # (S,)
+        if cache is None:
+            key_pos = input_pos
+        causal = key_pos[None, :] <= input_pos[:, None]  # (T, S)
+        if attention_mask is None:
+            return causal[None, None]  # (1, 1, T, S)
+        is_self = key_pos[None, :] == input_pos[:, None]  # (T, S)
+        visible = causal[None] & (attention_mask.bool()[:, None, :] | is_self[None])  # (B, T, S)
+        return visible[:, None]  # (B, 1, T, S)
+
+    def _check_inputs(self, input_ids, input_pos, cache, attention_mask) -> tuple[int, int]:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+            got = f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {got}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids is empty: give at least one token")
+        limit = cache.max_len if cache is not None else self.config.max_seq_len
+        last = int(input_pos[-1]) + 1 if input_pos is not None else T
+        if last > limit:
+            what = f"the KV cache length {limit}" if cache is not None else f"the model's max_seq_len {limit}"
+            raise ValueError(f"sequence of {last} positions exceeds {what}; shorten the input or raise the limit")
+        if not torch.compiler.is_compiling():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token id {hi if hi >= self.config.vocab_size else lo} is out of range for a vocabulary of {self.config.vocab_size}")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"batch of {B} does not match the KV cache's batch size {cache.batch_size}")
+        if attention_mask is not None:
+            S = cache.max_len if cache is not None else T
+            if tuple(attention_mask.shape) != (B, S):
+                raise ValueError(f"attention_mask must have shape (batch, {S}), got {tuple(attention_mask.shape)}")
+        return B, T
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
