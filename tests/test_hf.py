@@ -11,28 +11,71 @@ import transformers
 import modernlm
 from modernlm.checkpoints.hf import CheckpointError
 
-BASE = dict(vocab_size=320, hidden_size=64, intermediate_size=176, num_hidden_layers=2, max_position_embeddings=256,
-            rms_norm_eps=1e-6)
+BASE = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+)
 
 # name -> (transformers config class, fields). Named after the real models whose features they carry.
 CONFIGS = {
     "llama2-mha-untied": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=4)),
-    "smollm2-gqa-tied-theta": (transformers.LlamaConfig, dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
-                                                              head_dim=16, tie_word_embeddings=True, rope_theta=100000.0)),
+    "smollm2-gqa-tied-theta": (
+        transformers.LlamaConfig,
+        dict(
+            hidden_size=96,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+        ),
+    ),
     "mqa": (transformers.LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=1)),
-    "llama3.1-rope-scaling": (transformers.LlamaConfig, dict(
-        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=64))),
-    "qwen2-biases-tied": (transformers.Qwen2Config, dict(num_attention_heads=4, num_key_value_heads=2,
-                                                        tie_word_embeddings=True, rope_theta=1000000.0)),
-    "qwen2.5-yarn": (transformers.Qwen2Config, dict(num_attention_heads=4, num_key_value_heads=2, rope_scaling=dict(
-        rope_type="yarn", factor=4.0, original_max_position_embeddings=64))),
-    "mistral-gqa": (transformers.MistralConfig, dict(num_attention_heads=8, num_key_value_heads=2, head_dim=8,
-                                                    sliding_window=None)),
-    "llama-linear-scaling-biases": (transformers.LlamaConfig, dict(
-        num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
-        rope_scaling=dict(rope_type="linear", factor=2.0))),
+    "llama3.1-rope-scaling": (
+        transformers.LlamaConfig,
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+        ),
+    ),
+    "qwen2-biases-tied": (
+        transformers.Qwen2Config,
+        dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0),
+    ),
+    "qwen2.5-yarn": (
+        transformers.Qwen2Config,
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64),
+        ),
+    ),
+    "mistral-gqa": (
+        transformers.MistralConfig,
+        dict(num_attention_heads=8, num_key_value_heads=2, head_dim=8, sliding_window=None),
+    ),
+    "llama-linear-scaling-biases": (
+        transformers.LlamaConfig,
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_scaling=dict(rope_type="linear", factor=2.0),
+        ),
+    ),
 }
 
 

@@ -71,7 +71,16 @@ class ModelConfig:
     # ---- checks -------------------------------------------------------------------------------------------------
     def validate(self) -> ModelConfig:
         """Raise ConfigError naming the first impossible choice; return self so calls chain."""
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_hidden", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "ffn_hidden",
+            "max_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -84,7 +93,9 @@ class ModelConfig:
                 f"same number of query heads; pick n_kv_heads among the divisors of {self.n_heads}"
             )
         if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(f"head_dim={self.head_dim} is odd, but RoPE rotates pairs of dimensions: use an even head_dim")
+            raise ConfigError(
+                f"head_dim={self.head_dim} is odd, but RoPE rotates pairs of dimensions: use an even head_dim"
+            )
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
         if not self.rope_theta > 0:
@@ -92,7 +103,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_scaling is not None and self.positions != "rope":
-            raise ConfigError(f"rope_scaling is set but positions={self.positions!r}: RoPE scaling needs positions='rope'")
+            raise ConfigError(
+                f"rope_scaling is set but positions={self.positions!r}: RoPE scaling needs positions='rope'"
+            )
         return self
 
     # ---- derived sizes ------------------------------------------------------------------------------------------
@@ -148,7 +161,9 @@ def normalize_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
     kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     scaling.pop("type", None)
     if kind == "dynamic":
-        raise ConfigError("rope_scaling 'dynamic' (dynamic NTK) is not supported yet; supported: " + ", ".join(ROPE_SCALINGS))
+        raise ConfigError(
+            "rope_scaling 'dynamic' (dynamic NTK) is not supported yet; supported: " + ", ".join(ROPE_SCALINGS)
+        )
     _check_choice("rope_scaling.rope_type", kind, ROPE_SCALINGS)
     missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in scaling]
     if missing:
@@ -166,10 +181,19 @@ def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
 # Named shapes. `smollm2-135m` is the embedded model's architecture; the tiny ones are for tests and quick runs.
 PRESETS: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(
-        vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_hidden=1536, rope_theta=100000.0,
-        tie_embeddings=True, max_seq_len=8192,
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        ffn_hidden=1536,
+        rope_theta=100000.0,
+        tie_embeddings=True,
+        max_seq_len=8192,
     ),
-    "llama-tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_multiple_of=32, max_seq_len=256),
+    "llama-tiny": dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_multiple_of=32, max_seq_len=256
+    ),
     "llama-7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, ffn_hidden=11008, max_seq_len=4096),
 }
 

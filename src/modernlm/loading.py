@@ -11,8 +11,14 @@ import torch
 from .checkpoints.sources import SourceError, resolve
 from .model import Transformer
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -39,12 +45,16 @@ def _read_checkpoint(path: Path):
     raise SourceError(f"{path} holds no config.json (a Hugging Face directory) and is not a .gguf file")
 
 
-def load_model(source: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None, device=None) -> Transformer:
+def load_model(
+    source: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None, device=None
+) -> Transformer:
     """Load a model. `source`: an embedded name (default `smollm2-135m-instruct`), a Hugging Face directory, a .gguf
     file, or a hub repo id. Weights are kept in `dtype` (default float32) on `device` (default CPU)."""
     dtype = parse_dtype(dtype)
     config, state_dict = _read_checkpoint(resolve(source))
-    state_dict = {k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()}
+    state_dict = {
+        k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()
+    }
     model = Transformer.from_state_dict(config, state_dict)
     return model.to(device) if device is not None else model
 

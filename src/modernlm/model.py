@@ -46,14 +46,15 @@ class Transformer(nn.Module):
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(
-                f"checkpoint does not fit the {config.n_layers}-layer config: missing {missing[:8]}"
-                f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+                f"checkpoint does not fit the {config.n_layers}-layer config: "
+                f"missing {missing[:8]}{'...' * (len(missing) > 8)}, "
+                f"unexpected {unexpected[:8]}{'...' * (len(unexpected) > 8)}"
             )
         model.reset_rope()
         return model.eval()
 
     def init_weights(self) -> None:
-        """N(0, init_std) for matrices, zeros for biases, and residual-output projections scaled by 1/sqrt(2L) (GPT-2)."""
+        """N(0, init_std) for matrices, zero biases, residual-output projections scaled by 1/sqrt(2L) (GPT-2)."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -108,21 +109,30 @@ class Transformer(nn.Module):
         return visible[:, None]  # (B, 1, T, S)
 
     def _check_inputs(self, input_ids, input_pos, cache, attention_mask) -> tuple[int, int]:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
-            got = f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        if (
+            not isinstance(input_ids, torch.Tensor)
+            or input_ids.dim() != 2
+            or input_ids.dtype not in (torch.long, torch.int)
+        ):
+            got = (
+                f"{input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
+                if isinstance(input_ids, torch.Tensor)
+                else type(input_ids).__name__
+            )
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, time), got {got}")
         B, T = input_ids.shape
         if T == 0:
             raise ValueError("input_ids is empty: give at least one token")
-        limit = cache.max_len if cache is not None else self.config.max_seq_len
-        last = int(input_pos[-1]) + 1 if input_pos is not None else T
-        if last > limit:
-            what = f"the KV cache length {limit}" if cache is not None else f"the model's max_seq_len {limit}"
-            raise ValueError(f"sequence of {last} positions exceeds {what}; shorten the input or raise the limit")
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling():  # value checks read tensors; the compiled decode step skips them
+            limit = cache.max_len if cache is not None else self.config.max_seq_len
+            last = int(input_pos[-1]) + 1 if input_pos is not None else T
+            if last > limit:
+                what = f"the KV cache length {limit}" if cache is not None else f"the model's max_seq_len {limit}"
+                raise ValueError(f"sequence of {last} positions exceeds {what}; shorten the input or raise the limit")
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token id {hi if hi >= self.config.vocab_size else lo} is out of range for a vocabulary of {self.config.vocab_size}")
+                bad = hi if hi >= self.config.vocab_size else lo
+                raise ValueError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"batch of {B} does not match the KV cache's batch size {cache.batch_size}")
         if attention_mask is not None:
@@ -134,4 +144,3 @@ class Transformer(nn.Module):
     # ---- helpers ------------------------------------------------------------------------------------------------
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-

@@ -1,1 +1,1 @@
-"""Weights in and out: Hugging Face directories (hf.py), GGUF files (gguf.py), and how a source name is resolved (sources.py)."""
+"""Weights in and out: HF directories (hf.py), GGUF files (gguf.py), source names to paths (sources.py)."""

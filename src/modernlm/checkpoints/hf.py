@@ -29,9 +29,17 @@ class CheckpointError(ValueError):
 NAME_TABLE = [
     ("model.embed_tokens.weight", "embed.weight"),
     ("model.layers.{i}.input_layernorm.weight", "blocks.{i}.attn_norm.weight"),
-    *[(f"model.layers.{{i}}.self_attn.{p}_proj.{t}", f"blocks.{{i}}.attn.{p}_proj.{t}") for p in "qkvo" for t in ("weight", "bias")],
+    *[
+        (f"model.layers.{{i}}.self_attn.{p}_proj.{t}", f"blocks.{{i}}.attn.{p}_proj.{t}")
+        for p in "qkvo"
+        for t in ("weight", "bias")
+    ],
     ("model.layers.{i}.post_attention_layernorm.weight", "blocks.{i}.ffn_norm.weight"),
-    *[(f"model.layers.{{i}}.mlp.{p}_proj.{t}", f"blocks.{{i}}.ffn.{p}_proj.{t}") for p in ("gate", "up", "down") for t in ("weight", "bias")],
+    *[
+        (f"model.layers.{{i}}.mlp.{p}_proj.{t}", f"blocks.{{i}}.ffn.{p}_proj.{t}")
+        for p in ("gate", "up", "down")
+        for t in ("weight", "bias")
+    ],
     ("model.norm.weight", "norm.weight"),
     ("lm_head.weight", "lm_head.weight"),
 ]
@@ -129,8 +137,10 @@ def _weight_files(directory: Path) -> list[Path]:
     elif (directory / "model.safetensors").is_file():
         files = [directory / "model.safetensors"]
     elif any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
-        raise CheckpointError(f"{directory} holds only pickle weights (.bin/.pt), which are never loaded (unsafe); "
-                              "convert them to model.safetensors first")
+        raise CheckpointError(
+            f"{directory} holds only pickle weights (.bin/.pt), which are never loaded (unsafe); "
+            "convert them to model.safetensors first"
+        )
     else:
         raise CheckpointError(f"{directory} holds no model.safetensors or model.safetensors.index.json")
     missing = [str(f) for f in files if not f.is_file()]
@@ -153,7 +163,9 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
         try:
             tensors = load_file(file)
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again") from e
+            raise CheckpointError(
+                f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again"
+            ) from e
         for name, tensor in tensors.items():
             ours = rename(name, to_hf=False)
             if ours is None:

@@ -29,7 +29,9 @@ def embedded_path(name: str) -> Path:
             path = Path(f.locate())
             if path.is_file():
                 return path
-    raise SourceError(f"the package {distribution} is installed but {filename} is missing from it; reinstall: {how} --force-reinstall")
+    raise SourceError(
+        f"the package {distribution} is installed but {filename} is missing from it; reinstall: {how} --force-reinstall"
+    )
 
 
 def resolve(source: str | os.PathLike | None) -> Path:

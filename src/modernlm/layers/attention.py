@@ -45,7 +45,9 @@ class Attention(nn.Module):
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
             k, v = k_cache, v_cache  # (B, K, S, Dh)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             is_causal=mask is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,

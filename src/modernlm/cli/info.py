@@ -1,0 +1,71 @@
+"""`modernlm info MODEL`: architecture, parameters by part, KV-cache bytes per token, forward FLOPs per token."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..analysis import forward_flops, kv_cache_bytes, parameter_counts
+from ..checkpoints.sources import DEFAULT_MODEL
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="describe a model: architecture, parameters, KV cache, FLOPs")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def describe(model: torch.nn.Module) -> dict:
+    cfg = model.config
+    counts = parameter_counts(cfg)
+    if counts["total"] != sum(p.numel() for p in model.parameters()):
+        raise RuntimeError("parameter formula disagrees with the model; please report this")
+    contexts = sorted({1, min(2048, cfg.max_seq_len), cfg.max_seq_len})
+    return {
+        "config": cfg.to_dict(),
+        "parameters": counts,
+        "kv_cache_bytes_per_token": {
+            dt: kv_cache_bytes(cfg, dtype=getattr(torch, dt)) for dt in ("float32", "bfloat16")
+        },
+        "forward_flops_per_token": {str(t): forward_flops(cfg, seq_len=t)["per_token"] for t in contexts},
+    }
+
+
+def run(args) -> int:
+    from .. import load_model
+
+    info = describe(load_model(args.model))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cfg, counts = info["config"], info["parameters"]
+    print(f"model: {args.model}  ({cfg['extra'].get('architecture', 'modernlm')})")
+    keys = (
+        "vocab_size",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "ffn",
+        "ffn_hidden",
+        "norm",
+        "norm_eps",
+        "positions",
+        "rope_theta",
+        "rope_scaling",
+        "tie_embeddings",
+        "max_seq_len",
+    )
+    for key in keys:
+        print(f"  {key:<16} {cfg[key]}")
+    print("parameters:")
+    for part, n in counts.items():
+        print(f"  {part:<16} {n:>14,}  {100 * n / counts['total']:5.1f}%")
+    print("KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items()))
+    print("forward FLOPs per token, by context length:")
+    for t, f in info["forward_flops_per_token"].items():
+        print(f"  T={t:<8} {f / 1e6:12,.1f} MFLOP")
+    return 0

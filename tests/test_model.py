@@ -1,0 +1,157 @@
+"""The model on its own: the KV cache against full recompute, causality, RoPE's relativity, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modernlm import ModelConfig, Transformer, preset
+from modernlm.config import ConfigError
+from modernlm.layers.kv_cache import KVCache
+from modernlm.layers.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+
+def tiny(**overrides) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(preset("llama-tiny", **overrides)).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # MHA, GQA, MQA
+def test_cached_decoding_equals_full_recompute(kv_heads):
+    model = tiny(n_kv_heads=kv_heads)
+    ids = torch.randint(0, 512, (2, 24))
+    with torch.no_grad():
+        full = model(ids)  # (B, T, V)
+        cache = KVCache.for_model(model, batch_size=2, max_len=32)
+        prefill = model(ids[:, :10], input_pos=torch.arange(10), cache=cache)
+        steps = [model(ids[:, t : t + 1], input_pos=torch.tensor([t]), cache=cache) for t in range(10, 24)]
+    torch.testing.assert_close(prefill, full[:, :10], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 10:], atol=1e-5, rtol=0)
+
+
+def test_last_only_and_chunked_prefill():
+    model = tiny()
+    ids = torch.randint(0, 512, (1, 20))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache.for_model(model, 1, 20)
+        model(ids[:, :8], input_pos=torch.arange(8), cache=cache)
+        last = model(ids[:, 8:], input_pos=torch.arange(8, 20), cache=cache, last_only=True)
+    assert last.shape == (1, 1, 512)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+    model = tiny()
+    a = torch.randint(0, 512, (1, 16))
+    b = a.clone()
+    b[0, 9:] = torch.randint(0, 512, (7,))
+    with torch.no_grad():
+        la, lb = model(a), model(b)
+    torch.testing.assert_close(la[:, :9], lb[:, :9], atol=1e-6, rtol=0)
+    assert (la[:, 9:] - lb[:, 9:]).abs().max() > 1e-3
+
+
+def test_rope_frequencies_match_formula():
+    inv_freq, factor = inverse_frequencies(64, 10000.0, None)
+    expected = torch.tensor([10000.0 ** (-2 * i / 64) for i in range(32)], dtype=torch.float64)
+    torch.testing.assert_close(inv_freq.double(), expected, atol=1e-7, rtol=1e-6)
+    assert factor == 1.0
+
+
+def test_rope_scores_depend_only_on_offset():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 64, dtype=torch.float64), torch.randn(1, 1, 1, 64, dtype=torch.float64)
+    inv_freq, _ = inverse_frequencies(64, 10000.0, None)
+
+    def score(m: int, n: int) -> float:
+        cos_m, sin_m = rope_cos_sin(torch.tensor([m]), inv_freq.double(), 1.0, torch.float64)
+        cos_n, sin_n = rope_cos_sin(torch.tensor([n]), inv_freq.double(), 1.0, torch.float64)
+        return float((apply_rope(q, cos_m, sin_m) * apply_rope(k, cos_n, sin_n)).sum())
+
+    for offset in (0, 3, 50):
+        scores = [score(m + offset, m) for m in (0, 7, 100, 1000)]
+        assert max(scores) - min(scores) < 1e-9, scores
+    # a rotation keeps the norm: RoPE never changes |q|
+    cos, sin = rope_cos_sin(torch.tensor([123]), inv_freq.double(), 1.0, torch.float64)
+    assert math.isclose(apply_rope(q, cos, sin).norm().item(), q.norm().item(), rel_tol=1e-12)
+
+
+def test_rope_rotates_pairs_by_position_times_frequency():
+    """Dimension i pairs with i + Dh/2 and turns by the angle pos * theta_i (float64 reference)."""
+    x = torch.zeros(1, 1, 1, 8, dtype=torch.float64)
+    x[..., 1] = 1.0  # the unit vector of pair 1: (x1, x5)
+    inv_freq, _ = inverse_frequencies(8, 10000.0, None)
+    cos, sin = rope_cos_sin(torch.tensor([5]), inv_freq.double(), 1.0, torch.float64)
+    out = apply_rope(x, cos, sin)[0, 0, 0]
+    angle = 5 * 10000.0 ** (-2 / 8)
+    assert math.isclose(out[1].item(), math.cos(angle), abs_tol=1e-6)
+    assert math.isclose(out[5].item(), math.sin(angle), abs_tol=1e-6)
+
+
+def test_gqa_shares_kv_heads():
+    model = tiny(n_kv_heads=1)
+    attn = model.blocks[0].attn
+    assert attn.k_proj.weight.shape == (16, 64) and attn.q_proj.weight.shape == (64, 64)
+
+
+def test_swiglu_hidden_width_rule():
+    assert ModelConfig(d_model=4096, ffn_multiple_of=256).ffn_hidden == 11008  # Llama-7B
+    assert ModelConfig(d_model=512, ffn="gelu").ffn_hidden == 2048
+
+
+# ---- config ----------------------------------------------------------------------------------------------------
+def test_config_json_round_trip(tmp_path):
+    cfg = preset("llama-tiny", rope_scaling={"type": "linear", "factor": 2.0}, qkv_bias=True)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert ModelConfig.from_json(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(n_heads=6, n_kv_heads=4), "not divisible by n_kv_heads=4"),
+        (dict(head_dim=15), "head_dim=15 is odd"),
+        (dict(norm="batchnorm"), "unknown norm 'batchnorm'; valid values: rmsnorm, layernorm"),
+        (dict(ffn="swish"), "unknown ffn 'swish'"),
+        (dict(n_layers=0), "n_layers must be a positive integer"),
+        (dict(dropout=1.5), "dropout must be in"),
+        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "needs the key"),
+        (dict(rope_scaling={"rope_type": "magic"}), "unknown rope_scaling.rope_type 'magic'"),
+    ],
+)
+def test_impossible_configs_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**{**dict(d_model=64, n_heads=4), **fields}).validate()
+
+
+def test_unknown_config_field():
+    with pytest.raises(ConfigError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"d_model": 64, "n_head": 4})
+
+
+def test_registries_match_config_names():
+    from modernlm.config import FFNS, NORMS
+    from modernlm.layers.ffn import ACTIVATIONS
+    from modernlm.layers.norm import NORM_CLASSES
+
+    assert set(NORM_CLASSES) == set(NORMS) and set(ACTIVATIONS) == set(FFNS)
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="token id 512 is out of range for a vocabulary of 512"):
+        model(torch.tensor([[1, 512]]))
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len 256"):
+        model(torch.zeros(1, 257, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    cache = KVCache.for_model(model, 1, 8)
+    with pytest.raises(ValueError, match="exceeds the KV cache length 8"):
+        model(torch.zeros(1, 4, dtype=torch.long), input_pos=torch.arange(6, 10), cache=cache)
