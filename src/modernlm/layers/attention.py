@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .linear import Linear
 from .rope import apply_rope
 
 
@@ -20,10 +21,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
-        self.q_proj = nn.Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
+        self.q_proj = Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
+        self.k_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.o_proj = Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
 
     def forward(
         self,

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GATED_FFNS, ModelConfig
+from .linear import Linear
 
 ACTIVATIONS = {
     "swiglu": F.silu,
@@ -22,9 +23,9 @@ class GatedFFN(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.act = ACTIVATIONS[cfg.ffn]
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.mlp_bias)
+        self.gate_proj = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -36,8 +37,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.act = ACTIVATIONS[cfg.ffn]
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.down_proj(self.act(self.up_proj(x)))

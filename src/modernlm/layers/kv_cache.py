@@ -34,8 +34,9 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[i], self.v[i]
+    def layer(self, i: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (B, K, length, Dh) of layer i's buffers: the first `length` positions (all by default)."""
+        return self.k[i, :, :, :length], self.v[i, :, :, :length]
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
