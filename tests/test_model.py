@@ -155,3 +155,14 @@ def test_bad_inputs_raise_clear_errors():
     cache = KVCache.for_model(model, 1, 8)
     with pytest.raises(ValueError, match="exceeds the KV cache length 8"):
         model(torch.zeros(1, 4, dtype=torch.long), input_pos=torch.arange(6, 10), cache=cache)
+
+
+def test_native_directory_round_trip(tmp_path):
+    import modernlm
+    from modernlm.checkpoints.native import save_native
+
+    model = tiny(norm="layernorm", ffn="gelu", tie_embeddings=True)  # not expressible as a Llama checkpoint
+    save_native(model, tmp_path)
+    ids = torch.randint(0, 512, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(modernlm.load_model(tmp_path)(ids), model(ids), atol=0, rtol=0)

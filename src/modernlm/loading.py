@@ -38,11 +38,18 @@ def _read_checkpoint(path: Path):
         from .checkpoints.gguf import load_gguf
 
         return load_gguf(path)
+    from .checkpoints.native import is_native, load_native
+
+    if is_native(path):
+        return load_native(path)
     if (path / "config.json").is_file():
         from .checkpoints.hf import load_hf
 
         return load_hf(path)
-    raise SourceError(f"{path} holds no config.json (a Hugging Face directory) and is not a .gguf file")
+    raise SourceError(
+        f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
+        "directory), and is not a .gguf file"
+    )
 
 
 def load_model(

@@ -1,0 +1,42 @@
+"""modernlm's own directory format, for any ModelConfig (the HF format only expresses Llama/Qwen2 shapes):
+`modernlm_config.json` (ModelConfig as JSON) + `model.safetensors` (our parameter names) [+ tokenizer files]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ModelConfig
+from .hf import CheckpointError
+
+CONFIG_NAME = "modernlm_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def is_native(directory: Path) -> bool:
+    return (directory / CONFIG_NAME).is_file()
+
+
+def load_native(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    directory = Path(directory)
+    config = ModelConfig.from_json(directory / CONFIG_NAME).validate()
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
+    try:
+        return config, load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} cannot be read ({e}); the file is truncated or corrupt") from e
+
+
+def save_native(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Write the config and the weights; tied weights are stored once (as the embedding)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "modernlm"})
+    model.config.to_json(directory / CONFIG_NAME)
+    return directory
