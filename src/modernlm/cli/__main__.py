@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ["info"]  # module names under modernlm.cli
+VERBS = ["info", "generate", "chat"]  # module names under modernlm.cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,290 @@
+"""GGUF files in: llama.cpp's one-file checkpoints (metadata + tensors, often quantized) -> (ModelConfig, state dict).
+
+Every tensor is dequantized to float32 with `gguf.quants.dequantize`, so any type that package reads (F32, F16, BF16,
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, the IQ types) loads. Two conventions of llama.cpp's converter are undone:
+- for the `llama` architecture it reorders the rows of Q and K within each head, because llama.cpp's RoPE rotates
+  adjacent pairs (x0, x1), (x2, x3)... while Hugging Face's rotates halves (x_i, x_{i + Dh/2}); `unpermute_qk` puts
+  them back. `qwen2` files use llama.cpp's "neox" RoPE, which is the halves convention, and are not reordered.
+- Llama 3's RoPE scaling is stored as a `rope_freqs.weight` tensor of per-frequency divisors, not as metadata;
+  `_llama3_scaling` recovers the scaling parameters from it.
+GGUF shapes are written innermost-first ([in, out]); `gguf.GGUFReader` gives numpy arrays in torch order (out, in).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from .hf import CheckpointError
+
+
+class GGUFError(CheckpointError):
+    """A GGUF file that cannot be read as one of our models; the message names the file, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class _Arch:
+    hf_name: str  # the transformers class a Hugging Face checkpoint of it would name
+    permuted_qk: bool  # llama.cpp's converter reordered the Q/K rows (llama RoPE); undone on load
+
+
+# `general.architecture` -> how its tensors were written. All share llama's tensor names and metadata keys.
+# llama.cpp writes Mistral models as `llama`; `mistral` files are read the way transformers reads them (not reordered).
+ARCHITECTURES = {
+    "llama": _Arch("LlamaForCausalLM", permuted_qk=True),
+    "mistral": _Arch("MistralForCausalLM", permuted_qk=False),
+    "qwen2": _Arch("Qwen2ForCausalLM", permuted_qk=False),
+}
+
+# ---- names ------------------------------------------------------------------------------------------------------
+# (GGUF name, our name); `{i}` is the layer index. The one place GGUF names meet ours.
+NAME_TABLE = [
+    ("token_embd.weight", "embed.weight"),
+    ("blk.{i}.attn_norm.weight", "blocks.{i}.attn_norm.weight"),
+    *[
+        (f"blk.{{i}}.attn_{g}.{t}", f"blocks.{{i}}.attn.{p}_proj.{t}")
+        for g, p in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o"))
+        for t in ("weight", "bias")
+    ],
+    ("blk.{i}.ffn_norm.weight", "blocks.{i}.ffn_norm.weight"),
+    *[
+        (f"blk.{{i}}.ffn_{p}.{t}", f"blocks.{{i}}.ffn.{p}_proj.{t}")
+        for p in ("gate", "up", "down")
+        for t in ("weight", "bias")
+    ],
+    ("output_norm.weight", "norm.weight"),
+    ("output.weight", "lm_head.weight"),
+]
+_PATTERNS = [(re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"), ours) for g, ours in NAME_TABLE]
+# Tensors that describe the config rather than weights: read into it (rope_freqs) or recomputed (attn_rot_embd).
+_NOT_WEIGHTS = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd)$")
+
+
+def gguf_to_ours(name: str) -> str | None:
+    """Our state-dict name for a GGUF tensor name, or None if it is not one of ours."""
+    for pattern, ours in _PATTERNS:
+        m = pattern.match(name)
+        if m:
+            return ours.replace("{i}", m.group(1)) if m.groups() else ours
+    return None
+
+
+# ---- reading ----------------------------------------------------------------------------------------------------
+def _open(path: str | os.PathLike):
+    """A `gguf.GGUFReader` over the file (memory-mapped), or GGUFError saying what is wrong with the file."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise GGUFError(f"GGUF file {path} {what}; give the path of a .gguf file")
+    try:
+        return GGUFReader(path)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as e:
+        raise GGUFError(
+            f"{path} is truncated or not a GGUF file ({type(e).__name__}: {e}); download it again, "
+            "and check that the whole file arrived (its size should match the source's)"
+        ) from e
+
+
+def _field_value(field) -> Any:
+    """One metadata value as plain Python: str, int, float, bool, or a list of them."""
+    from gguf import GGUFValueType
+
+    def scalar(part: np.ndarray, kind: GGUFValueType) -> Any:
+        return bytes(part).decode("utf-8") if kind == GGUFValueType.STRING else part[0].item()
+
+    if field.types[0] == GGUFValueType.ARRAY:
+        return [scalar(field.parts[i], field.types[-1]) for i in field.data]
+    return scalar(field.parts[field.data[0]], field.types[0])
+
+
+def _metadata(reader) -> dict[str, Any]:
+    return {name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Every metadata key of a GGUF file (`general.*`, `{arch}.*`, `tokenizer.*`) with its value as plain Python."""
+    return _metadata(_open(path))
+
+
+def _dequantize(tensor, where: Path) -> torch.Tensor:
+    """A float32 torch tensor in torch's shape order from one `ReaderTensor`, whatever its GGML type."""
+    from gguf.quants import dequantize
+
+    kind = tensor.tensor_type
+    try:
+        values = dequantize(tensor.data, kind)
+    except NotImplementedError as e:
+        raise GGUFError(
+            f"{where}: tensor {tensor.name!r} has type {kind.name}, which gguf {_gguf_version()} cannot dequantize; "
+            "upgrade the gguf package, or re-quantize the file to a common type (F16, Q8_0, Q4_K_M...)"
+        ) from e
+    if not np.issubdtype(values.dtype, np.floating):
+        raise GGUFError(f"{where}: tensor {tensor.name!r} has the integer type {kind.name}; model weights are floats")
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # GGUF lists dims innermost-first
+    values = np.asarray(values, dtype=np.float32).reshape(shape)
+    return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
+def _gguf_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("gguf")
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row reordering: w (n_head * Dh, ...) from pairs-adjacent back to halves order.
+
+    The converter does w.reshape(n_head, 2, Dh/2, ...).swapaxes(1, 2); this is its inverse."""
+    rows = w.shape[0]
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)  # (n_head * Dh, ...)
+
+
+# ---- config -----------------------------------------------------------------------------------------------------
+def _architecture(meta: dict[str, Any], where: Path) -> str:
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise GGUFError(
+            f"{where}: unsupported GGUF architecture {arch!r}; supported: {', '.join(ARCHITECTURES)} "
+            "(Llama-style decoders: SmolLM, Llama 2/3, Mistral, Qwen2)"
+        )
+    return arch
+
+
+def config_from_gguf(
+    meta: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    rope_freqs: torch.Tensor | None = None,
+    where: Path = Path("?"),
+) -> ModelConfig:
+    """ModelConfig from GGUF metadata and the tensor shapes (torch order) of the file."""
+    arch = _architecture(meta, where)
+
+    def key(name: str, default: Any = KeyError) -> Any:
+        if f"{arch}.{name}" in meta:
+            return meta[f"{arch}.{name}"]
+        if default is KeyError:
+            raise GGUFError(
+                f"{where}: the metadata key {arch}.{name} is missing; the file is incomplete, re-convert it"
+            )
+        return default
+
+    if "token_embd.weight" not in shapes:
+        raise GGUFError(f"{where}: the tensor token_embd.weight is missing; the file is incomplete, re-convert it")
+    d_model, n_heads = key("embedding_length"), key("attention.head_count")
+    head_dim = key("attention.key_length", None) or key("rope.dimension_count", None) or d_model // n_heads
+    if key("rope.dimension_count", head_dim) != head_dim:
+        raise GGUFError(
+            f"{where}: RoPE covers {key('rope.dimension_count')} of {head_dim} head dimensions (partial rotary), "
+            "which Llama-style models do not use; this file is not supported"
+        )
+    theta = float(key("rope.freq_base", 10000.0))
+    return ModelConfig(
+        vocab_size=shapes["token_embd.weight"][0],  # (V, D)
+        d_model=d_model,
+        n_layers=key("block_count"),
+        n_heads=n_heads,
+        n_kv_heads=key("attention.head_count_kv", n_heads),
+        head_dim=head_dim,
+        ffn="swiglu",
+        ffn_hidden=key("feed_forward_length"),
+        norm="rmsnorm",
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=theta,
+        rope_scaling=_rope_scaling(key, rope_freqs, head_dim, theta, where),
+        qkv_bias="blk.0.attn_q.bias" in shapes,
+        out_bias="blk.0.attn_output.bias" in shapes,
+        mlp_bias="blk.0.ffn_down.bias" in shapes,
+        tie_embeddings="output.weight" not in shapes,
+        max_seq_len=key("context_length", 2048),
+        extra={"architecture": ARCHITECTURES[arch].hf_name, "gguf_architecture": arch, "format": "gguf"},
+    ).validate()
+
+
+def _rope_scaling(key, rope_freqs: torch.Tensor | None, head_dim: int, theta: float, where: Path) -> dict | None:
+    """RoPE scaling from `{arch}.rope.scaling.*` (linear, yarn) or from a `rope_freqs.weight` tensor (Llama 3)."""
+    kind = key("rope.scaling.type", None)
+    factor = key("rope.scaling.factor", None)
+    if kind is None and key("rope.scale_linear", None) is not None:  # how older files spelled linear scaling
+        kind, factor = "linear", key("rope.scale_linear")
+    if kind == "linear" and factor is not None and float(factor) != 1.0:
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        scaling = {"rope_type": "yarn", "factor": float(factor)}
+        scaling["original_max_position_embeddings"] = key("rope.scaling.original_context_length")
+        for gguf_key, ours in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if key(f"rope.scaling.{gguf_key}", None) is not None:
+                scaling[ours] = float(key(f"rope.scaling.{gguf_key}"))
+        return scaling
+    if kind not in (None, "none", "linear"):
+        raise GGUFError(
+            f"{where}: RoPE scaling {kind!r} is not supported; supported: linear, yarn, Llama 3 (rope_freqs.weight)"
+        )
+    return _llama3_scaling(rope_freqs, head_dim, theta, where) if rope_freqs is not None else None
+
+
+def _llama3_scaling(rope_freqs: torch.Tensor, head_dim: int, theta: float, where: Path) -> dict | None:
+    """Llama 3's scaling parameters, recovered from the (Dh/2,) divisors llama.cpp applies to each frequency.
+
+    Every Llama 3.x release uses low_freq_factor 1, high_freq_factor 4 and an original context of 8192, with factor
+    8 (3.1, 3.3) or 32 (3.2); the factor is the largest divisor. The guess is checked by recomputing the divisors."""
+    from ..layers.rope import inverse_frequencies
+
+    factors = rope_freqs.double().flatten()  # (Dh/2,)
+    if torch.allclose(factors, torch.ones_like(factors)):
+        return None
+    scaling = {
+        "rope_type": "llama3",
+        "factor": float(factors.max()),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    plain, _ = inverse_frequencies(head_dim, theta, None)
+    scaled, _ = inverse_frequencies(head_dim, theta, scaling)
+    if factors.numel() != plain.numel() or not torch.allclose(plain.double() / scaled.double(), factors, rtol=1e-4):
+        raise GGUFError(
+            f"{where}: rope_freqs.weight holds RoPE frequency divisors that match no Llama 3 scaling "
+            f"(tried factor {scaling['factor']:g}, low 1, high 4, original context 8192); this file is not supported"
+        )
+    return scaling
+
+
+# ---- the loader -------------------------------------------------------------------------------------------------
+def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a GGUF file into our config and a float32 state dict in Hugging Face's (rotate-half) layout."""
+    path = Path(path)
+    reader = _open(path)
+    meta = _metadata(reader)
+    arch = _architecture(meta, path)
+    tensors = {t.name: t for t in reader.tensors}
+    unknown = [n for n in tensors if gguf_to_ours(n) is None and not _NOT_WEIGHTS.match(n)]
+    if unknown:
+        raise GGUFError(
+            f"{path}: tensors {unknown[:6]} have no place in a {arch} model of ours; the file is not a plain "
+            f"Llama-style decoder (supported architectures: {', '.join(ARCHITECTURES)})"
+        )
+    shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in tensors.items()}  # torch order
+    rope_freqs = _dequantize(tensors["rope_freqs.weight"], path) if "rope_freqs.weight" in tensors else None
+    config = config_from_gguf(meta, shapes, rope_freqs, path)
+    state_dict = {}
+    for name, tensor in tensors.items():
+        ours = gguf_to_ours(name)
+        if ours is None:
+            continue
+        weight = _dequantize(tensor, path)  # (out, in) or (D,)
+        if ARCHITECTURES[arch].permuted_qk and ".attn_q." in name:
+            weight = unpermute_qk(weight, config.n_heads)  # (H * Dh, D)
+        elif ARCHITECTURES[arch].permuted_qk and ".attn_k." in name:
+            weight = unpermute_qk(weight, config.n_kv_heads)  # (K * Dh, D)
+        state_dict[ours] = weight
+    return config, state_dict

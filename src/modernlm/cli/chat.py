@@ -1,0 +1,81 @@
+"""`modernlm chat`: an interactive multi-turn chat in the model's template, streamed, with tokens/s after each reply.
+
+Each turn renders the whole conversation with the chat template; the Session finds the part already in its KV cache
+(all previous turns) and prefills only the new text. Commands: /reset starts over, /exit (or Ctrl-D) leaves.
+Reading from a pipe works too: one user message per line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .generate import add_model_args, add_sampling_args, load, sampling_options
+
+HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in its chat template",
+        description="Interactive chat (default model: the embedded SmolLM2-135M-Instruct). " + HELP,
+    )
+    p.add_argument("--system", default=None, help="system message (default: the template's own)")
+    add_model_args(p)
+    add_sampling_args(p, temperature=0.7, top_p=0.9)
+    p.add_argument("--quiet", "-q", action="store_true", help="no tokens/s line after each reply")
+    p.set_defaults(func=run)
+
+
+def _read(prompt: str, interactive: bool) -> str | None:
+    """One line of user input, or None at the end of input."""
+    try:
+        if interactive:
+            return input(prompt)
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+    except EOFError:
+        return None
+
+
+def run(args) -> int:
+    from ..generation import Session
+
+    interactive = sys.stdin.isatty()
+    model, tokenizer = load(args)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{args.model} has no chat template; use `modernlm generate` for plain continuation")
+    session = Session(model, tokenizer=tokenizer)
+    options = sampling_options(args, tokenizer)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+    if interactive:
+        print(f"modernlm chat with {args.model}. {HELP}", file=sys.stderr)
+    while True:
+        line = _read(">>> ", interactive)
+        if line is None or line.strip() == "/exit":
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            messages = list(start)
+            session.reset()
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": text})
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        pieces = []
+        for piece in session.stream(tokenizer.encode(prompt), args.max_new_tokens, **options):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+        s = session.stats
+        if not args.quiet:
+            print(
+                f"[{s.new_tokens} tokens, {s.decode_tokens_per_s:.1f} tokens/s; prompt {s.prompt_tokens} tokens, "
+                f"{s.reused_tokens} reused from the cache]",
+                file=sys.stderr,
+            )
+    return 0

@@ -1,0 +1,128 @@
+"""`modernlm generate --prompt TEXT`: one continuation (or chat reply, with --chat), printed or streamed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..checkpoints.sources import DEFAULT_MODEL
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", "-n", type=int, default=256, help="new tokens at most (default: 256)")
+    g.add_argument(
+        "--temperature",
+        "-t",
+        type=float,
+        default=temperature,
+        help=f"0 is greedy; > 0 samples (default: {temperature})",
+    )
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling, in (0, 1] (default: {top_p})")
+    g.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    g.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (e.g. 1.1)")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop after this text (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def sampling_options(args, tokenizer) -> dict:
+    """The keyword arguments of `generate` / `Session.stream` from the parsed flags."""
+    return dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        stop_strings=args.stop,
+        eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
+        seed=args.seed,
+    )
+
+
+def load(args):
+    """The model and its tokenizer, as the flags say."""
+    from ..loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    return model, tokenizer
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="continue a prompt (or answer it, with --chat)",
+        description="Generate text from a prompt with a model (default: the embedded SmolLM2).",
+    )
+    p.add_argument("--prompt", "-p", required=True, help="the prompt text ('-' reads it from stdin)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", default=None, help="system message for --chat (default: the template's own)")
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    add_model_args(p)
+    add_sampling_args(p, temperature=0.0, top_p=None)
+    b = p.add_argument_group("beam search")
+    b.add_argument("--num-beams", type=int, default=1, help="beams (> 1: beam search, greedy only)")
+    b.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob sum / length ** this")
+    p.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..generation import Session, generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise ValueError("the prompt is empty: give some text with --prompt")
+    if args.stream and args.num_beams > 1:
+        raise ValueError("--stream works with greedy or sampled decoding, not with --num-beams > 1")
+    t0 = time.perf_counter()
+    model, tokenizer = load(args)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    ids = encode_prompt(tokenizer, prompt)
+    options = sampling_options(args, tokenizer)
+    loaded = time.perf_counter()
+    if args.num_beams > 1:
+        del options["stop_strings"], options["seed"]
+        out = generate(
+            model, ids, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty, **options
+        )[0]
+        n_new, elapsed = len(out), time.perf_counter() - loaded
+        print(tokenizer.decode(out[:-1] if out and out[-1] == options["eos_token_id"] else out))
+        stats = f"{n_new} tokens in {elapsed:.2f} s with {args.num_beams} beams"
+    else:
+        session = Session(model, tokenizer=tokenizer)
+        if args.stream:
+            for piece in session.stream(ids, args.max_new_tokens, **options):
+                print(piece, end="", flush=True)
+            print()
+        else:
+            print("".join(session.stream(ids, args.max_new_tokens, **options)))
+        s = session.stats
+        stats = (
+            f"{s.new_tokens} tokens; prompt {s.prompt_tokens} tokens in {s.prefill_s:.2f} s; "
+            f"decode {s.decode_tokens_per_s:.1f} tokens/s"
+        )
+    if not args.quiet:
+        print(f"[{stats}; loaded in {loaded - t0:.1f} s]", file=sys.stderr)
+    return 0

@@ -1,0 +1,325 @@
+"""One Tokenizer over the `tokenizers` library, from a Hugging Face directory (tokenizer.json) or from the vocabulary
+inside a GGUF file, with the checkpoint's own chat template rendered the way transformers renders it.
+
+A GGUF file holds no tokenizer.json: its byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is rebuilt here from the
+token list, the merges and the token types, with the pre-tokenizer transformers picks for the file's
+`tokenizer.ggml.pre`, so the ids are the ones `AutoTokenizer.from_pretrained(dir, gguf_file=...)` gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+# GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+CONTROL, USER_DEFINED = 3, 4
+
+# How text is cut into words before BPE, by `tokenizer.ggml.pre`: a split regex, then bytes -> the byte alphabet.
+# Files naming none of these (gpt2, smollm, starcoder...) get GPT-2's own regex, as transformers gives them.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+GGUF_PRE_TOKENIZER_SPLITS = {
+    "llama-bpe": _LLAMA3_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "falcon3": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be built or used as asked; the message names the file or value and the fix."""
+
+
+class Tokenizer:
+    """Text <-> token ids, special tokens, and chat templates.
+
+    `encode` adds no special tokens, but special-token strings in the text (`<|im_start|>`) become their single ids.
+    """
+
+    def __init__(
+        self,
+        backend: BackendTokenizer,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        unk_token: str | None = None,
+        chat_template: str | None = None,
+        source: str = "",
+    ) -> None:
+        self.backend = backend
+        self.special_tokens = {
+            name: token
+            for name, token in zip(SPECIAL_NAMES, (bos_token, eos_token, pad_token, unk_token), strict=True)
+            if token is not None
+        }
+        for name, token in self.special_tokens.items():
+            if backend.token_to_id(token) is None:
+                raise TokenizerError(f"{source or 'tokenizer'}: the {name} {token!r} is not in the vocabulary")
+        self.chat_template = chat_template
+        self.source = source
+
+    # ---- constructors -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> Tokenizer:
+        """A Hugging Face tokenizer directory: tokenizer.json, with tokenizer_config.json (special tokens, chat
+        template) and chat_template.jinja when present."""
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            if (path / "tokenizer.model").is_file():
+                raise TokenizerError(
+                    f"{path} has only a SentencePiece tokenizer.model, which is not supported yet; write a "
+                    "tokenizer.json with transformers: AutoTokenizer.from_pretrained(path).save_pretrained(path)"
+                )
+            raise TokenizerError(
+                f"{path} has no tokenizer.json; give a Hugging Face model directory that includes its tokenizer "
+                "(AutoTokenizer.from_pretrained(...).save_pretrained(path) writes one)"
+            )
+        config = _read_json(path / "tokenizer_config.json")
+        special_map = _read_json(path / "special_tokens_map.json")
+        special = {name: _token_content(config.get(name, special_map.get(name))) for name in SPECIAL_NAMES}
+        return cls(
+            BackendTokenizer.from_file(str(path / "tokenizer.json")),
+            **special,
+            chat_template=_directory_chat_template(path, config),
+            source=str(path),
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
+        """The byte-level BPE vocabulary inside a GGUF file (`tokenizer.ggml.model == "gpt2"`)."""
+        from .checkpoints.gguf import read_gguf_metadata
+
+        meta = read_gguf_metadata(path)
+        kind = meta.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            hint = " (SentencePiece)" if kind == "llama" else ""
+            raise TokenizerError(
+                f"{path}: the GGUF tokenizer model {kind!r}{hint} is not supported yet; only byte-level BPE ('gpt2') "
+                "is. Load the tokenizer from the model's Hugging Face directory (with tokenizer.json) instead"
+            )
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if key not in meta:
+                raise TokenizerError(f"{path}: the GGUF metadata has no {key}; the file's vocabulary is incomplete")
+        tokens = meta["tokenizer.ggml.tokens"]
+        backend = _byte_level_bpe(
+            tokens, meta["tokenizer.ggml.merges"], meta.get("tokenizer.ggml.token_type"), meta.get("tokenizer.ggml.pre")
+        )
+        special = {}
+        for name, key in zip(
+            SPECIAL_NAMES, ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"), strict=True
+        ):
+            token_id = meta.get(f"tokenizer.ggml.{key}")
+            special[name] = tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
+        return cls(backend, **special, chat_template=meta.get("tokenizer.chat_template"), source=str(path))
+
+    # ---- text <-> ids ---------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; no BOS/EOS added, special-token strings in the text kept whole."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """The text of token ids (a list, or a 1-D tensor/array of ints)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    # ---- special tokens -------------------------------------------------------------------------------------------
+    def _special_id(self, name: str) -> int | None:
+        token = self.special_tokens.get(name)
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._special_id("bos_token")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._special_id("eos_token")
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._special_id("pad_token")
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids run from 0 to vocab_size - 1, added (special) tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    # ---- chat ---------------------------------------------------------------------------------------------------
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
+        """The conversation as the model was trained to read it, rendered by the checkpoint's jinja2 template.
+
+        `messages`: [{"role": "system" | "user" | "assistant", "content": str}, ...]. Extra keyword arguments
+        (tools=, documents=, ...) are passed to the template, as transformers does."""
+        if not self.chat_template:
+            raise TokenizerError(
+                f"{self.source or 'this tokenizer'} has no chat template (base models usually have none); use an "
+                "Instruct/chat model, or set tokenizer.chat_template to a jinja2 template string"
+            )
+        if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
+            raise TokenizerError('messages must be a list of dicts like {"role": "user", "content": "Hi"}')
+        try:
+            return _compile(self.chat_template).render(
+                messages=list(messages), add_generation_prompt=add_generation_prompt, **self.special_tokens, **kwargs
+            )
+        except jinja2.TemplateError as e:
+            raise TokenizerError(f"the chat template of {self.source or 'this tokenizer'} refused: {e}") from e
+
+    # ---- out ----------------------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write tokenizer.json and tokenizer_config.json, which `transformers.AutoTokenizer.from_pretrained` loads."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json as written: no class-specific rebuilding
+            **self.special_tokens,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        return directory
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+
+# ---- GGUF vocabularies --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte alphabet: every byte as a printable character. Printable Latin-1 bytes stand for themselves; the
+    others (controls, space, ...) are shifted to U+0100 onwards, in byte order (so the space is 'Ġ', U+0120)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in mapping)
+    mapping.update({b: chr(256 + n) for n, b in enumerate(shifted)})
+    return dict(sorted(mapping.items()))
+
+
+def _byte_level_bpe(
+    tokens: list[str], merges: list[str], token_types: list[int] | None, pre: str | None
+) -> BackendTokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` from a GGUF vocabulary, as transformers builds it."""
+    alphabet = set(bytes_to_unicode().values())
+    spell = bytes_to_unicode()
+    # A token outside the byte alphabet (a mislabelled special token) is respelled byte by byte.
+    vocab = {
+        (t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)
+    }
+    pairs = [tuple(m.split(" ")) for m in merges]
+    broken = [m for m, p in zip(merges, pairs, strict=True) if len(p) != 2]
+    if broken:
+        raise TokenizerError(f"GGUF merges must be 'left right' pairs; got {broken[:3]}")
+    backend = BackendTokenizer(
+        models.BPE(
+            vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+        )
+    )
+    split = GGUF_PRE_TOKENIZER_SPLITS.get(pre)
+    if split is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    backend.decoder = decoders.ByteLevel()
+    types = token_types or [1] * len(tokens)
+    if len(types) != len(tokens):
+        raise TokenizerError(f"GGUF has {len(tokens)} tokens but {len(types)} token types; the file is corrupt")
+    control = [t for t, k in zip(tokens, types, strict=True) if k == CONTROL and set(t) <= alphabet]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    user = [t for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED and t in vocab]
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    return backend
+
+
+# ---- directories --------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}); restore it from the model's source") from e
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token as tokenizer_config.json spells it: a string, or an AddedToken dict with "content"."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _directory_chat_template(path: Path, config: dict[str, Any]) -> str | None:
+    """chat_template.jinja if present (transformers >= 4.47 writes it), else tokenizer_config.json's chat_template.
+
+    The latter may be a list of named templates; the one named "default" is used."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    template = config.get("chat_template") or _read_json(path / "chat_template.json").get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template}
+        if "default" not in named:
+            raise TokenizerError(
+                f"{path}: tokenizer_config.json has chat templates {sorted(named)} but none named 'default'"
+            )
+        template = named["default"]
+    return template
+
+
+# ---- chat templates -------------------------------------------------------------------------------------------
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
+    """JSON without jinja's HTML escaping, as chat templates expect."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    """A chat template compiled in a sandbox (templates come with downloaded checkpoints and are untrusted code),
+    with the settings and helpers transformers gives them."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TokenizerError(f"the chat template is not valid jinja2 (line {e.lineno}: {e.message})") from e

