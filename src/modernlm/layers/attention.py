@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Linear
 
 from ..config import ModelConfig
-from .linear import Linear
 from .rope import apply_rope
 
 
