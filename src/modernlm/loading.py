@@ -35,9 +35,12 @@ def _read_checkpoint(path: Path):
     if path.is_file():
         if path.suffix != ".gguf":
             raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
+        from .checkpoints import gguf_cache
         from .checkpoints.gguf import load_gguf
+        from .checkpoints.native import load_native
 
-        return load_gguf(path)
+        directory = gguf_cache.converted(path)
+        return load_native(directory) if directory is not None else load_gguf(path)
     from .checkpoints.native import is_native, load_native
 
     if is_native(path):
@@ -71,7 +74,14 @@ def load_tokenizer(source: str | os.PathLike | None = None):
     from .tokenizer import Tokenizer
 
     path = resolve(source)
-    return Tokenizer.from_gguf(path) if path.is_file() else Tokenizer.from_directory(path)
+    if path.is_file():
+        from .checkpoints import gguf_cache
+
+        directory = gguf_cache.converted(path)
+        if directory is not None and (directory / "tokenizer.json").is_file():
+            return Tokenizer.from_directory(directory)
+        return Tokenizer.from_gguf(path)
+    return Tokenizer.from_directory(path)
 
 
 def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,24 @@ def _metadata(reader) -> dict[str, Any]:
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Every metadata key of a GGUF file (`general.*`, `{arch}.*`, `tokenizer.*`) with its value as plain Python."""
-    return _metadata(_open(path))
+    return _read(path)[1]
+
+
+def _read(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The reader and the metadata of a file, parsed once for the tokenizer and the weights (parsing takes seconds)."""
+    path = Path(path)
+    try:
+        stat = path.resolve().stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = (str(path), -1, -1)  # _open reports the missing file
+    return _read_cached(*key)
+
+
+@lru_cache(maxsize=1)
+def _read_cached(path: str, size: int, mtime_ns: int) -> tuple[Any, dict[str, Any]]:
+    reader = _open(path)
+    return reader, _metadata(reader)
 
 
 def _dequantize(tensor, where: Path) -> torch.Tensor:
@@ -263,8 +281,7 @@ def _llama3_scaling(rope_freqs: torch.Tensor, head_dim: int, theta: float, where
 def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a GGUF file into our config and a float32 state dict in Hugging Face's (rotate-half) layout."""
     path = Path(path)
-    reader = _open(path)
-    meta = _metadata(reader)
+    reader, meta = _read(path)
     arch = _architecture(meta, path)
     tensors = {t.name: t for t in reader.tensors}
     unknown = [n for n in tensors if gguf_to_ours(n) is None and not _NOT_WEIGHTS.match(n)]

@@ -1,0 +1,87 @@
+"""A converted copy of each GGUF file, so only the first load pays for parsing and dequantizing it.
+
+Reading a GGUF file with the `gguf` package costs seconds (its metadata parser walks the vocabulary string by string;
+SmolLM2's 49k tokens and merges take ~5 s here) and dequantizing costs more. The first load therefore writes what it
+read into `$MODERNLM_CACHE/gguf/<key>/` (default `~/.cache/modernlm`) in modernlm's own format: the float32 weights
+as safetensors, the config as JSON, and the tokenizer as tokenizer.json with its chat template. Later loads read
+that directory (memory-mapped safetensors, well under a second).
+
+The key covers the file's absolute path, size and modification time, and `FORMAT`, which changes whenever the
+conversion does; a stale or broken entry is never read, it is rebuilt. A directory appears only complete (it is
+written under a temporary name and renamed). `MODERNLM_GGUF_CACHE=0` turns the cache off; an unwritable cache
+directory turns it off too, with a warning, and loading goes on from the GGUF file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+FORMAT = 1  # bump when the conversion (names, dtypes, config fields, tokenizer) changes
+DONE = "converted.json"  # written last: its presence means the directory is complete
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MODERNLM_CACHE", Path.home() / ".cache" / "modernlm"))
+
+
+def enabled() -> bool:
+    return os.environ.get("MODERNLM_GGUF_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def entry_dir(path: Path) -> Path:
+    """Where the converted copy of the GGUF file at `path` lives (whether or not it exists yet)."""
+    path = path.resolve()
+    stat = path.stat()
+    key = f"{FORMAT}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return cache_root() / "gguf" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def converted(path: str | os.PathLike) -> Path | None:
+    """The converted directory of a GGUF file, converting it now if needed; None when the cache is off or unusable.
+
+    Errors in the GGUF file itself (truncated, unsupported) propagate: they would stop a direct load as well."""
+    if not enabled():
+        return None
+    path = Path(path)
+    directory = entry_dir(path)
+    if (directory / DONE).is_file():
+        return directory
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    except OSError as e:
+        warnings.warn(f"cannot write the GGUF cache in {cache_root()} ({e}); loading {path} directly", stacklevel=3)
+        return None
+    try:
+        _convert(path, staging)
+        shutil.rmtree(directory, ignore_errors=True)  # an incomplete entry from an interrupted run
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _convert(path: Path, out: Path) -> None:
+    from ..tokenizer import Tokenizer, TokenizerError
+    from .gguf import load_gguf
+    from .native import CONFIG_NAME, WEIGHTS_NAME
+
+    config, state_dict = load_gguf(path)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, out / WEIGHTS_NAME, metadata={"format": "modernlm"})
+    config.to_json(out / CONFIG_NAME)
+    tokenizer = None
+    try:
+        Tokenizer.from_gguf(path).save(out)
+        tokenizer = "tokenizer.json"
+    except TokenizerError:  # the model still loads; load_tokenizer reports the tokenizer's problem itself
+        pass
+    info = {"source": str(path.resolve()), "format": FORMAT, "tokenizer": tokenizer}
+    (out / DONE).write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,93 @@
+"""The converted-GGUF cache: a later load reads the converted copy and gets the very tensors of a direct load; a
+changed file, a half-written entry or an unwritable cache never gives a wrong or failed load."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+import modernlm
+from modernlm.checkpoints import gguf_cache
+from modernlm.checkpoints.gguf import load_gguf
+from test_gguf import tiny_weights, write_tiny
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("MODERNLM_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path, write_gguf):
+    return write_tiny(write_gguf, tmp_path / "tiny.gguf", "llama", tiny_weights(seed=1), Q.Q4_1)
+
+
+def entries(root):
+    return sorted(p.name for p in (root / "gguf").iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
+def test_cached_load_equals_direct_load(cache, tiny):
+    config, direct = load_gguf(tiny)
+    first = modernlm.load_model(tiny)  # converts
+    assert len(entries(cache)) == 1
+    second = modernlm.load_model(tiny)  # reads the converted copy
+    assert second.config.to_dict() == config.to_dict()
+    for name, tensor in direct.items():
+        torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(first.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_a_changed_file_is_converted_again(cache, tiny, write_gguf):
+    modernlm.load_model(tiny)
+    write_tiny(write_gguf, tiny, "llama", tiny_weights(seed=2), Q.Q8_0)  # same path, new content
+    os.utime(tiny, ns=(1, 1))  # a different mtime even if the write fell in the same clock tick
+    _, direct = load_gguf(tiny)
+    reloaded = modernlm.load_model(tiny)
+    assert len(entries(cache)) == 2
+    torch.testing.assert_close(reloaded.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
+
+
+def test_an_incomplete_entry_is_rebuilt(cache, tiny):
+    directory = gguf_cache.entry_dir(tiny)
+    directory.mkdir(parents=True)
+    (directory / "model.safetensors").write_bytes(b"half a file")  # a conversion killed mid-write, no marker
+    _, direct = load_gguf(tiny)
+    model = modernlm.load_model(tiny)
+    torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
+    assert (directory / gguf_cache.DONE).is_file()
+
+
+def test_switched_off_writes_nothing(cache, tiny, monkeypatch):
+    monkeypatch.setenv("MODERNLM_GGUF_CACHE", "0")
+    modernlm.load_model(tiny)
+    assert entries(cache) == []
+
+
+def test_unwritable_cache_warns_and_loads_directly(tmp_path, tiny, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MODERNLM_CACHE", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="cannot write the GGUF cache"):
+        model = modernlm.load_model(tiny)
+    _, direct = load_gguf(tiny)
+    torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
+
+
+def test_tokenizer_from_the_cache_equals_the_gguf_tokenizer(smollm2_gguf, hf_smollm2_tokenizer):
+    ours = modernlm.load_tokenizer(smollm2_gguf)  # through the session's private cache
+    assert (gguf_cache.entry_dir(smollm2_gguf) / "tokenizer.json").is_file()
+    text = "Héllo, wörld! 你好 🙂 def f(x):\n\treturn x**2"
+    assert ours.encode(text) == hf_smollm2_tokenizer.encode(text, add_special_tokens=False)
+    chat = [{"role": "user", "content": "Hi"}]
+    assert ours.apply_chat_template(chat) == hf_smollm2_tokenizer.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True
+    )
+    assert (ours.bos_token_id, ours.eos_token_id) == (
+        hf_smollm2_tokenizer.bos_token_id,
+        hf_smollm2_tokenizer.eos_token_id,
+    )
