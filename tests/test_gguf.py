@@ -293,3 +293,32 @@ def test_foreign_tensors_are_refused(tmp_path, write_gguf):
     path = write_tiny(write_gguf, tmp_path / "moe.gguf", "llama", weights, Q.F32)
     with pytest.raises(GGUFError, match="ffn_gate_exps"):
         load_gguf(path)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2], ids=["prose", "code"])
+def test_smollm2_greedy_matches_transformers_generate(hf_smollm2, our_smollm2, hf_smollm2_tokenizer, prompt):
+    """40 greedy tokens through our cached decode loop equal transformers' `generate` on the same file; neither
+    stops at EOS (it is an ordinary token here), so the whole length is compared."""
+    from modernlm.generation import generate
+
+    ids = hf_smollm2_tokenizer.encode(prompt, add_special_tokens=False)
+    with torch.no_grad():
+        out = hf_smollm2.generate(
+            torch.tensor([ids]), max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+    expected = out[0, len(ids) :].tolist()
+    assert len(expected) == 40
+    assert generate(our_smollm2, ids, 40) == [expected]
+
+
+def test_smollm2_chat_reply_stops_at_eos_like_transformers(hf_smollm2, our_smollm2, hf_smollm2_tokenizer):
+    from modernlm.generation import generate
+
+    ids = hf_smollm2_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name a fruit."}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    with torch.no_grad():
+        out = hf_smollm2.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)
+    expected = out[0, len(ids) :].tolist()
+    got = generate(our_smollm2, ids, 48, eos_token_id=hf_smollm2_tokenizer.eos_token_id)
+    assert got == [expected]

@@ -1,0 +1,62 @@
+"""The CLI as a user runs it: `modernlm generate` and `modernlm chat` on the embedded model, and user mistakes
+reported in one line (exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import modernlm
+from modernlm.cli.__main__ import main
+from modernlm.generation import generate
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """The console command in a fresh interpreter, as a user would start it (shares the tests' GGUF cache)."""
+    return subprocess.run(
+        [sys.executable, "-m", "modernlm", *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_generate_prints_the_greedy_continuation(capsys):
+    prompt = "The three primary colours are"
+    assert main(["generate", "--prompt", prompt, "-n", "12", "--ignore-eos"]) == 0
+    out, err = capsys.readouterr()
+    tok = modernlm.load_tokenizer()
+    expected = tok.decode(generate(modernlm.load_model(), tok.encode(prompt), 12)[0])
+    assert out == expected + "\n"
+    assert "tokens/s" in err
+
+
+def test_generate_chat_stream(capsys):
+    assert main(["generate", "--chat", "--stream", "--prompt", "What is the capital of France?", "-n", "16"]) == 0
+    out, _ = capsys.readouterr()
+    assert "Paris" in out
+
+
+def test_chat_answers_two_turns_from_stdin_and_reuses_the_cache():
+    done = run_cli("chat", "-n", "24", "--temperature", "0", stdin="What is 2+2?\nAnd the capital of France?\n")
+    assert done.returncode == 0, done.stderr
+    replies = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(replies) >= 2 and "4" in replies[0] and "Paris" in done.stdout
+    stats = [line for line in done.stderr.splitlines() if "reused from the cache" in line]
+    assert len(stats) == 2 and " 0 reused" in stats[0] and " 0 reused" not in stats[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--prompt", ""], "prompt is empty"),
+        (["generate", "--prompt", "hi", "--top-p", "1.5"], "top_p"),
+        (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "--prompt", "hi", "-n", "0"], "max_new_tokens"),
+        (["generate", "--prompt", "hi", "--stop", ""], "stop strings"),
+        (["generate", "--prompt", "hi", "--model", "/no/such/model.gguf"], "no such file"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
