@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 
 FORMAT = 1  # bump when the conversion (names, dtypes, config fields, tokenizer) changes
 DONE = "converted.json"  # written last: its presence means the directory is complete
+log = logging.getLogger("modernlm")
 
 
 def cache_root() -> Path:
@@ -60,6 +62,7 @@ def converted(path: str | os.PathLike) -> Path | None:
     except OSError as e:
         warnings.warn(f"cannot write the GGUF cache in {cache_root()} ({e}); loading {path} directly", stacklevel=3)
         return None
+    log.info("converting %s once into %s (later loads take about a second)", path.name, directory)
     try:
         _convert(path, staging)
         shutil.rmtree(directory, ignore_errors=True)  # an incomplete entry from an interrupted run
