@@ -126,12 +126,42 @@ def batches(
     label at t is the token at t + 1): `cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)`."""
     order = torch.randperm(len(examples), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
-        rows = [examples[i] for i in order[start : start + batch_size]]
-        T = max(len(r.ids) for r in rows) - 1
-        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-        for b, r in enumerate(rows):
-            n = len(r.ids) - 1
-            ids[b, :n] = torch.tensor(r.ids[:-1])
-            labels[b, :n] = torch.tensor(r.labels[1:])
-        yield ids, labels
+        yield collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def collate(rows: list[Example], pad_id: int, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, T), labels (B, T)): right-padded inputs and next-token labels (IGNORE on padding and prompts)."""
+    T = max(len(r.ids) for r in rows) - 1
+    T = min(T, max_len) if max_len else T
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = min(len(r.ids) - 1, T)
+        ids[b, :n] = torch.tensor(r.ids[:n])
+        labels[b, :n] = torch.tensor(r.labels[1 : n + 1])
+    return ids, labels
+
+
+class ChatData:
+    """Encoded conversations behind the trainer's data interface: `train_batch(index, ...)` is a pure function of
+    the index and the seed (each epoch reshuffled with seed + epoch), so a resumed run sees exactly the batches it
+    would have seen; `val_batches` are fixed. Rows are right-padded with `pad_id` and labelled as `collate` does."""
+
+    def __init__(self, train: list[Example], val: list[Example], pad_id: int) -> None:
+        if not train:
+            raise ChatDataError("no training examples")
+        self.train, self.val, self.pad_id = train, val, pad_id
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val)
+
+    def train_batch(self, index: int, batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        per_epoch = max(len(self.train) // batch_size, 1)
+        epoch, i = divmod(index, per_epoch)
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        return collate([self.train[j] for j in order[i * batch_size : (i + 1) * batch_size]], self.pad_id, seq_len)
+
+    def val_batches(self, n_batches: int, batch_size: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        rows = self.val[: n_batches * batch_size]
+        return [collate(rows[i : i + batch_size], self.pad_id, seq_len) for i in range(0, len(rows), batch_size)]
