@@ -322,3 +322,41 @@ def test_smollm2_chat_reply_stops_at_eos_like_transformers(hf_smollm2, our_smoll
     expected = out[0, len(ids) :].tolist()
     got = generate(our_smollm2, ids, 48, eos_token_id=hf_smollm2_tokenizer.eos_token_id)
     assert got == [expected]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # random scale bytes overflow float16 here and there
+@pytest.mark.parametrize("qtype", [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K], ids=lambda q: q.name)
+def test_k_quants_load_as_gguf_dequantizes_them(tmp_path, qtype):
+    """gguf can read but not write K-quants, so the file holds random K-quant blocks; each loaded matrix must be
+    `gguf.quants.dequantize` of its bytes (Q and K back in llama.cpp's row order after re-permuting ours)."""
+    import gguf
+
+    d, f, heads, kv, vocab = 256, 256, 4, 2, 64  # K-quant blocks span 256 values of a row
+    block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, d), "blk.0.attn_q.weight": (d, d), "blk.0.attn_k.weight": (d // 2, d),
+              "blk.0.attn_v.weight": (d // 2, d), "blk.0.attn_output.weight": (d, d), "blk.0.ffn_gate.weight": (f, d),
+              "blk.0.ffn_up.weight": (f, d), "blk.0.ffn_down.weight": (d, f)}  # fmt: skip
+    raw = {
+        n: rng.integers(0, 256, (rows, cols // block * nbytes), dtype=np.uint8) for n, (rows, cols) in shapes.items()
+    }
+    writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+    for key, value in {"block_count": 1, "context_length": 64, "embedding_length": d, "feed_forward_length": f,
+                       "attention.head_count": heads, "attention.head_count_kv": kv}.items():  # fmt: skip
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    for name, data in raw.items():
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        writer.add_tensor(name, np.ones(d, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _, state_dict = load_gguf(tmp_path / "k.gguf")
+    for name, data in raw.items():
+        got = state_dict[gguf_to_ours(name)].numpy()
+        if ".attn_q." in name or ".attn_k." in name:
+            got = permute_like_llama_cpp(got, heads if ".attn_q." in name else kv)
+        expected = dequantize(data, qtype).reshape(shapes[name])
+        np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=name)
