@@ -16,7 +16,9 @@ from typing import Any
 NORMS = ("rmsnorm", "layernorm")
 FFNS = ("swiglu", "geglu", "gelu", "relu")
 GATED_FFNS = ("swiglu", "geglu")
-POSITIONS = ("rope", "none")
+POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none")
+ABSOLUTE_POSITIONS = ("sinusoidal", "learned")  # added to the token embedding
+NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (Vaswani et al. 2017)
 ROPE_SCALINGS = ("default", "linear", "llama3", "yarn")
 # Keys each RoPE scaling needs, besides "rope_type".
 ROPE_SCALING_KEYS = {
@@ -25,6 +27,9 @@ ROPE_SCALING_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("factor", "original_max_position_embeddings"),
 }
+
+
+DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
 
 
 class ConfigError(ValueError):
@@ -46,15 +51,22 @@ class ModelConfig:
     ffn_multiple_of: int = 256
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # "post": no final norm, each sub-layer's sum is normalised
     positions: str = "rope"
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     qkv_bias: bool = False  # Qwen2 has q/k/v biases
     out_bias: bool = False
     mlp_bias: bool = False
+    shared_qk: bool = False  # one projection for queries and keys (Reformer's shared-QK; needs n_kv_heads == n_heads)
     tie_embeddings: bool = False
-    max_seq_len: int = 2048
-    dropout: float = 0.0
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, Gemma)
+    max_seq_len: int = 2048  # also the size of the learned position table
+    dropout: float = 0.0  # the default of the three below
+    attn_dropout: float | None = None  # on the attention weights; None: dropout
+    resid_dropout: float | None = None  # on each sub-layer's output before the residual add; None: dropout
+    embed_dropout: float | None = None  # on the embedding (plus absolute positions); None: dropout
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (training mode only)
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
 
@@ -67,6 +79,9 @@ class ModelConfig:
             self.ffn_hidden = default_ffn_hidden(self.d_model, self.ffn, self.ffn_multiple_of)
         if self.rope_scaling is not None:
             self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        for name in DROPOUTS:
+            if getattr(self, name) is None:
+                setattr(self, name, self.dropout)
 
     # ---- checks -------------------------------------------------------------------------------------------------
     def validate(self) -> ModelConfig:
@@ -87,6 +102,7 @@ class ModelConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("ffn", self.ffn, FFNS)
         _check_choice("positions", self.positions, POSITIONS)
+        _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}: each KV head must serve the "
@@ -100,13 +116,43 @@ class ModelConfig:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
         if not self.rope_theta > 0:
             raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.rope_scaling is not None and self.positions != "rope":
-            raise ConfigError(
-                f"rope_scaling is set but positions={self.positions!r}: RoPE scaling needs positions='rope'"
-            )
+        for name in ("dropout", *DROPOUTS):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+        self._check_combinations()
         return self
+
+    def _check_combinations(self) -> None:
+        """Choices that are valid alone but cannot work together."""
+        if self.rope_scaling is not None and self.positions != "rope":
+            why = {
+                "alibi": "ALiBi has no rotary frequencies to rescale (it extrapolates through its linear bias)",
+                "learned": "a learned table has no frequencies to rescale; it ends at max_seq_len",
+                "sinusoidal": "the sinusoidal table is added to the embedding, not rotated into q and k",
+                "none": "there are no positions to scale",
+            }[self.positions]
+            raise ConfigError(
+                f"rope_scaling is set but positions={self.positions!r}: {why}; "
+                "drop rope_scaling or use positions='rope' (RoPE scaling needs positions='rope')"
+            )
+        if self.shared_qk and self.n_kv_heads != self.n_heads:
+            raise ConfigError(
+                f"shared_qk needs as many key heads as query heads, got n_kv_heads={self.n_kv_heads} and "
+                f"n_heads={self.n_heads}: keys are the queries; set n_kv_heads={self.n_heads} or shared_qk=False"
+            )
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(
+                f"d_model={self.d_model} is odd, but the sinusoidal table pairs a sine and a cosine per frequency: "
+                "use an even d_model"
+            )
+        if self.positions == "learned" and self.max_seq_len > 1 << 20:
+            raise ConfigError(
+                f"positions='learned' with max_seq_len={self.max_seq_len} would allocate a {self.max_seq_len} x "
+                f"{self.d_model} table that no training run fills; lower max_seq_len or use positions='rope' / 'alibi'"
+            )
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
 
     # ---- derived sizes ------------------------------------------------------------------------------------------
     @property
@@ -193,6 +239,55 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "llama-tiny": dict(
         vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_multiple_of=32, max_seq_len=256
+    ),
+    "llama-small": dict(  # ~5.5 M parameters: the model `modernlm train` trains by default
+        vocab_size=4096,
+        d_model=256,
+        n_layers=6,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_multiple_of=64,
+        tie_embeddings=True,
+        max_seq_len=512,
+    ),
+    # The 2017 block and the 2024 block at the same width, depth and heads (Vaswani et al.'s base size, decoder-only).
+    "gpt-2017": dict(
+        vocab_size=32000,
+        d_model=512,
+        n_layers=6,
+        n_heads=8,
+        ffn="relu",
+        ffn_hidden=2048,
+        norm="layernorm",
+        norm_eps=1e-6,
+        norm_placement="post",
+        positions="sinusoidal",
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        scale_embeddings=True,
+        max_seq_len=512,
+        dropout=0.1,
+    ),
+    "llama": dict(
+        vocab_size=32000, d_model=512, n_layers=6, n_heads=8, n_kv_heads=4, ffn_multiple_of=64, max_seq_len=2048
+    ),
+    # GPT-2 small (124 M): learned positions, pre-norm LayerNorm, GELU, biases, tied head.
+    "gpt2": dict(
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        ffn="gelu",
+        ffn_hidden=3072,
+        norm="layernorm",
+        positions="learned",
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        max_seq_len=1024,
     ),
     "llama-7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, ffn_hidden=11008, max_seq_len=4096),
 }

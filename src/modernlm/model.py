@@ -1,4 +1,6 @@
-"""The decoder-only transformer: embedding -> N blocks -> final norm -> LM head (tied to the embedding or not)."""
+"""The decoder-only transformer: embedding (+ absolute positions) -> N blocks -> final norm (pre-norm only) -> LM head
+(tied to the embedding or not). Every variant of the 2017 and 2024 blocks is a `ModelConfig` value read here or in
+layers/; there is no second model class."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+from .config import ABSOLUTE_POSITIONS, ModelConfig
 from .layers.block import Block
 from .layers.kv_cache import KVCache
 from .layers.norm import make_norm
+from .layers.positions import LearnedPositions, absolute_positions, alibi_bias, alibi_slopes, sinusoidal_table
 from .layers.rope import inverse_frequencies, rope_cos_sin
 
 
@@ -20,10 +24,15 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.positions == "learned":
+            self.pos_embed = LearnedPositions(config.max_seq_len, config.d_model)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
+        # Post-norm blocks end in a norm already; the final norm belongs to the pre-norm stack (GPT-2's ln_f).
+        pre = config.norm_placement == "pre"
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps) if pre else nn.Identity()
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
+        self.register_buffer("alibi_slopes", torch.empty(config.n_heads), persistent=False)
         self.attention_factor = 1.0
         self.reset_rope()
         if not self.embed.weight.is_meta:
@@ -31,12 +40,14 @@ class Transformer(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------------------------
     def reset_rope(self) -> None:
-        """(Re)compute the RoPE frequencies from the config; call after materialising a meta-device model."""
+        """(Re)compute the non-persistent buffers (RoPE frequencies, ALiBi slopes) from the config; call after
+        materialising a meta-device model. (The sinusoidal table is computed on the fly and needs nothing.)"""
         inv_freq, self.attention_factor = inverse_frequencies(
             self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
         )
         device = None if self.inv_freq.is_meta else self.inv_freq.device
         self.inv_freq = inv_freq.to(device)
+        self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Transformer:
@@ -78,7 +89,7 @@ class Transformer(nn.Module):
         B, T = self._check_inputs(input_ids, input_pos, cache, attention_mask)
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
-        x = self.embed(input_ids)  # (B, T, D)
+        x = self._embed(input_ids, input_pos, attention_mask)  # (B, T, D)
         rope = None
         if self.config.positions == "rope":
             rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T, Dh) each
@@ -86,13 +97,32 @@ class Transformer(nn.Module):
         # position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
         S = cache.max_len if cache is not None else T
         mask = self._mask(input_pos, cache is not None, attention_mask, S)
+        if self.config.positions == "alibi":  # slot distances: left padding is masked, so they equal token distances
+            key_pos = torch.arange(S, device=input_pos.device) if cache is not None else input_pos
+            mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
+        recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
+            if recompute:  # keep only each block's input; recompute its insides in the backward pass
+                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, weight).float()  # (B, T, V)
+
+    def _embed(self, input_ids, input_pos, attention_mask) -> torch.Tensor:
+        """Token embeddings (scaled by sqrt(D) if asked), plus absolute positions, then embedding dropout."""
+        cfg = self.config
+        x = self.embed(input_ids)  # (B, T, D)
+        if cfg.scale_embeddings:
+            x = x * math.sqrt(cfg.d_model)
+        if cfg.positions in ABSOLUTE_POSITIONS:
+            pos = absolute_positions(input_pos, attention_mask)  # (T,) or (B, T)
+            table = self.pos_embed(pos) if cfg.positions == "learned" else sinusoidal_table(pos, cfg.d_model, x.dtype)
+            x = x + table  # (B, T, D)
+        return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
 
     def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:
         """bool (B or 1, 1, T, S): key j is visible to query t if pos(j) <= pos(t) and j is a real token.

@@ -1,23 +1,40 @@
-"""Parameter counts by part, from the config."""
+"""Parameter counts by part, from the config alone (a test checks them against every variant of the model)."""
 
 from __future__ import annotations
 
 from ..config import GATED_FFNS, ModelConfig
 
 
+def norm_parameters(cfg: ModelConfig) -> int:
+    """One norm's parameters: a gain, and a bias for LayerNorm."""
+    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)
+
+
+def attention_parameters(cfg: ModelConfig) -> int:
+    """One attention layer: q (and k unless shared with q), v, o projections and their biases."""
+    kv_projections = 1 if cfg.shared_qk else 2  # shared_qk: no key projection (n_kv_heads == n_heads)
+    in_width = cfg.q_dim + kv_projections * cfg.kv_dim
+    return cfg.d_model * in_width + in_width * cfg.qkv_bias + cfg.q_dim * cfg.d_model + cfg.d_model * cfg.out_bias
+
+
+def ffn_parameters(cfg: ModelConfig) -> int:
+    """One feed-forward layer: gate and up (or up alone) and down, with biases if `mlp_bias`."""
+    n_in = 2 if cfg.ffn in GATED_FFNS else 1
+    return (n_in + 1) * cfg.d_model * cfg.ffn_hidden + (n_in * cfg.ffn_hidden + cfg.d_model) * cfg.mlp_bias
+
+
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Parameters of each part of the model (embedding, attention, ffn, norms, head) and the total."""
-    norm_size = cfg.d_model * (2 if cfg.norm == "layernorm" else 1)  # LayerNorm has a bias
-    attention = cfg.d_model * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * cfg.d_model
-    attention += (cfg.q_dim + 2 * cfg.kv_dim) * cfg.qkv_bias + cfg.d_model * cfg.out_bias
-    n_in = 2 if cfg.ffn in GATED_FFNS else 1  # gate and up, or up alone
-    ffn = (n_in + 1) * cfg.d_model * cfg.ffn_hidden + (n_in * cfg.ffn_hidden + cfg.d_model) * cfg.mlp_bias
+    """Parameters of each part of the model and the total. Norms: two per block, plus the final norm of a pre-norm
+    stack (a post-norm stack ends in its last block's norm)."""
+    n_norms = 2 * cfg.n_layers + (1 if cfg.norm_placement == "pre" else 0)
     counts = {
         "embedding": cfg.vocab_size * cfg.d_model,
-        "attention": cfg.n_layers * attention,
-        "ffn": cfg.n_layers * ffn,
-        "norms": (2 * cfg.n_layers + 1) * norm_size,
+        "positions": cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0,
+        "attention": cfg.n_layers * attention_parameters(cfg),
+        "ffn": cfg.n_layers * ffn_parameters(cfg),
+        "norms": n_norms * norm_parameters(cfg),
         "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model,
     }
     counts["total"] = sum(counts.values())
+    counts["non_embedding"] = counts["total"] - counts["embedding"] - counts["positions"] - counts["lm_head"]
     return counts

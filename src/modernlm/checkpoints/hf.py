@@ -1,7 +1,9 @@
 """Hugging Face directories in and out: config.json + model.safetensors (or shards with an index).
 
-Reads LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM; writes LlamaForCausalLM (Qwen2ForCausalLM when the
-model has q/k/v biases only), which `transformers` loads. Weights are read with safetensors, never with pickle.
+Reads LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel (its table in gpt2.py); writes
+GPT2LMHeadModel for a GPT-2-shaped config (learned positions, pre-norm LayerNorm, GELU/ReLU, biases, MHA), else
+LlamaForCausalLM (Qwen2ForCausalLM when the model has q/k/v biases only), which `transformers` loads.
+Weights are read with safetensors, never with pickle.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
+from . import gpt2
 
-SUPPORTED = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+SUPPORTED = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    gpt2.ARCHITECTURE: "gpt2",
+}
 
 
 class CheckpointError(ValueError):
@@ -67,6 +75,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
     if arch not in SUPPORTED:
         raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+    if arch == gpt2.ARCHITECTURE:
+        return gpt2.config_from_gpt2(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported for {arch}; expected 'silu'")
     rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 keeps theta and scaling together here
@@ -98,10 +108,22 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    not_llama = {"norm": (cfg.norm, "rmsnorm"), "ffn": (cfg.ffn, "swiglu"), "positions": (cfg.positions, "rope")}
+    if not gpt2.gpt2_mismatches(cfg):
+        return gpt2.config_to_gpt2(cfg, dtype)
+    not_llama = {
+        "norm": (cfg.norm, "rmsnorm"),
+        "ffn": (cfg.ffn, "swiglu"),
+        "positions": (cfg.positions, "rope"),
+        "norm_placement": (cfg.norm_placement, "pre"),
+        "shared_qk": (cfg.shared_qk, False),
+        "scale_embeddings": (cfg.scale_embeddings, False),
+    }
     for field, (value, needed) in not_llama.items():
         if value != needed:
-            raise CheckpointError(f"cannot save as a Llama/Qwen2 checkpoint: {field}={value!r} (needs {needed!r})")
+            raise CheckpointError(
+                f"cannot save as a Llama/Qwen2 checkpoint: {field}={value!r} (needs {needed!r}); nor as GPT-2: "
+                f"{'; '.join(gpt2.gpt2_mismatches(cfg))}. modernlm.checkpoints.native.save_native writes any config"
+            )
     qwen2 = cfg.qkv_bias and not cfg.out_bias and not cfg.mlp_bias
     if cfg.qkv_bias != cfg.out_bias and not qwen2:
         raise CheckpointError("cannot save: q/k/v and output biases differ, which neither Llama nor Qwen2 expresses")
@@ -166,6 +188,9 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             raise CheckpointError(
                 f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again"
             ) from e
+        if config.extra["architecture"] == gpt2.ARCHITECTURE:
+            state_dict.update(gpt2.state_from_gpt2(tensors, file.name))
+            continue
         for name, tensor in tensors.items():
             ours = rename(name, to_hf=False)
             if ours is None:
@@ -183,7 +208,11 @@ def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     dtype = next(model.parameters()).dtype
     hf_config = config_to_hf(model.config, dtype)
-    tensors = {rename(k, to_hf=True): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if hf_config["architectures"] == [gpt2.ARCHITECTURE]:
+        tensors = gpt2.state_to_gpt2(state)
+    else:
+        tensors = {rename(k, to_hf=True): v for k, v in state.items()}
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer is not None:

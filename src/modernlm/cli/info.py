@@ -53,6 +53,7 @@ def run(args) -> int:
         "ffn_hidden",
         "norm",
         "norm_eps",
+        "norm_placement",
         "positions",
         "rope_theta",
         "rope_scaling",
@@ -63,7 +64,8 @@ def run(args) -> int:
         print(f"  {key:<16} {cfg[key]}")
     print("parameters:")
     for part, n in counts.items():
-        print(f"  {part:<16} {n:>14,}  {100 * n / counts['total']:5.1f}%")
+        share = "" if part == "non_embedding" else f"  {100 * n / counts['total']:5.1f}%"
+        print(f"  {part:<16} {n:>14,}{share}")
     print("KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items()))
     print("forward FLOPs per token, by context length:")
     for t, f in info["forward_flops_per_token"].items():

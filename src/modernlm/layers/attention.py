@@ -1,4 +1,5 @@
-"""Causal self-attention with grouped KV heads, RoPE on q and k, and an optional static KV cache.
+"""Causal self-attention with grouped KV heads, RoPE on q and k (or an additive ALiBi mask), an optional shared Q/K
+projection, and an optional static KV cache.
 
 Dimension names used in the shape comments:
   B batch, T new tokens, S keys attended (T without a cache, the cache length with one),
@@ -20,9 +21,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
         self.q_proj = Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
-        self.k_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        # shared_qk: keys are the queries (one projection), so the raw scores q_i . q_j are symmetric.
+        self.k_proj = None if cfg.shared_qk else Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
 
@@ -30,16 +32,20 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, D)
         rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (T, Dh)
-        mask: torch.Tensor | None,  # bool (B or 1, 1, T, S), True = may attend; None = plain causal over T
+        mask: torch.Tensor | None,  # bool (B or 1, 1, T, S), True = may attend, or a float bias (B or 1, H, T, S)
+        # added to the scores (ALiBi, -inf where hidden); None = plain causal over T
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cache buffers (B, K, S, Dh)
         input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        k = q  # shared_qk: (B, H, T, Dh) with H == K
+        if self.k_proj is not None:
+            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q = apply_rope(q, *rope)
+            k = q if self.k_proj is None else apply_rope(k, *rope)
         if kv is not None:
             k_cache, v_cache = kv
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))

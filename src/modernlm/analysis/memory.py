@@ -1,0 +1,158 @@
+"""Training memory: parameters + gradients + optimizer states + activations, in bytes.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", section 4),
+whose GPT block at 16 bits saves 34·B·S·H + 5·B·N·S² bytes per layer (H width, N heads, S sequence). We count the
+same thing, the tensors autograd keeps for the backward pass, element by element for *our* block, which changes:
+- norms: LayerNorm keeps its input (the linear after it keeps its output): 2·D; our RMSNorm also keeps the normalised
+  x before the gain (3·D); both keep a float32 statistic or two per token;
+- FFN width: F instead of 4·D, and per kind: ReLU keeps F (its output is the down projection's input), GELU 2·F,
+  SwiGLU/GeGLU 4·F (the gate's input, both factors of the product, the product);
+- attention: with GQA/MQA the keys and values are K·Dh wide; shared Q/K keeps one tensor; RoPE keeps the rotated q, k;
+  a fused ("flash", memory-efficient) kernel keeps q, k, v, its output and a float32 log-sum-exp per head, and no S²
+  term at all; the materialising ("math") kernel keeps the scaled q and k and v at full H·Dh width (keys and values are
+  expanded for GQA), the softmax output (N·S per token), with attention dropout also its mask and output;
+- dropout masks: 1 byte per element on CUDA (as in the paper); torch's CPU dropout keeps a float mask instead;
+- outside the blocks: the final norm, the float32 logits and the log-softmax the loss keeps (B·S·V each; the paper
+  leaves these out), RoPE's cos/sin tables and the ALiBi bias (once, shared by the layers).
+With activation checkpointing only each block's input (B·S·D) is kept; during the backward one block at a time is
+recomputed, which adds one layer's activations on top (`recompute_peak`).
+
+Precision: "fp32" keeps everything in float32; "bf16"/"fp16" mean autocast (the trainer's meaning): float32
+parameters, gradients and optimizer states, 16-bit copies of the weights, activations counted at 2 bytes (an estimate:
+under autocast the residual stream and norms stay float32). Only fp32 is checked against measurement (on CPU).
+"""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+
+PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation element
+OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}  # float32 tensors kept per parameter
+ATTENTION_KERNELS = ("auto", "flash", "math")
+FFN_SAVED = {"relu": 1, "gelu": 2, "swiglu": 4, "geglu": 4}  # multiples of F kept per token
+
+
+def _check(name: str, value: str, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+
+
+def layer_activation_bytes(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "fp32",
+    *,
+    attention_kernel: str = "auto",
+    device: str = "cuda",
+) -> dict[str, int]:
+    """Bytes one block keeps for the backward pass, by part (no checkpointing)."""
+    e, tokens = PRECISIONS[precision], batch_size * seq_len
+    kernel = resolve_kernel(cfg, attention_kernel, device)
+    mask_bytes = 1 if device.startswith("cuda") else e
+    norm = (3 if cfg.norm == "rmsnorm" else 2) * cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+    if kernel == "flash":
+        keys = 0 if cfg.shared_qk else cfg.kv_dim
+        attention = (cfg.q_dim + keys + cfg.kv_dim + cfg.q_dim) * e + cfg.n_heads * 4  # q, k, v, output; lse
+    else:  # math: scaled q, scaled k and v (expanded to H heads), the output's reshaped copy; softmax output
+        attention = 4 * cfg.q_dim * e
+        n_score_tensors = 1 + (2 if cfg.attn_dropout else 0)
+        attention += cfg.n_heads * seq_len * (n_score_tensors * e - (e - mask_bytes if cfg.attn_dropout else 0))
+    parts = {
+        "norms": 2 * norm * tokens,
+        "attention": attention * tokens,
+        "ffn": FFN_SAVED[cfg.ffn] * cfg.ffn_hidden * e * tokens,
+        "dropout_masks": (2 * cfg.d_model * mask_bytes * tokens) if cfg.resid_dropout else 0,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def resolve_kernel(cfg: ModelConfig, attention_kernel: str, device: str) -> str:
+    """The kernel torch's SDPA picks: fused ("flash") unless attention dropout on CPU forces the math path."""
+    _check("attention_kernel", attention_kernel, ATTENTION_KERNELS)
+    if attention_kernel != "auto":
+        return attention_kernel
+    return "math" if cfg.attn_dropout and not device.startswith("cuda") else "flash"
+
+
+def activation_bytes(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "fp32",
+    *,
+    activation_checkpointing: bool | None = None,
+    attention_kernel: str = "auto",
+    device: str = "cuda",
+) -> dict[str, int]:
+    """Bytes kept between the forward and the backward pass of one step (when activation memory peaks), by part."""
+    _check("precision", precision, PRECISIONS)
+    recompute = cfg.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
+    e, tokens, D = PRECISIONS[precision], batch_size * seq_len, cfg.d_model
+    layer = layer_activation_bytes(
+        cfg, batch_size, seq_len, precision, attention_kernel=attention_kernel, device=device
+    )
+    mask_bytes = 1 if device.startswith("cuda") else e
+    final_norm = ((3 if cfg.norm == "rmsnorm" else 2) * D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * tokens
+    kernel = resolve_kernel(cfg, attention_kernel, device)
+    shared = 0  # tensors built once per forward and kept by every layer
+    if cfg.positions == "rope":
+        shared += 2 * seq_len * cfg.head_dim * e
+    if cfg.positions == "alibi" and (kernel == "flash" or recompute):
+        shared += cfg.n_heads * seq_len * seq_len * e
+    parts = {
+        "blocks": cfg.n_layers * (tokens * D * e if recompute else layer["total"]),
+        "embedding": tokens * 8 + (tokens * D * mask_bytes if cfg.embed_dropout else 0),  # ids (int64), dropout mask
+        # pre-norm: the final norm; post-norm: the embedding output, which the first block's projections keep
+        "final_norm": final_norm if cfg.norm_placement == "pre" else tokens * D * e,
+        "logits_and_loss": 2 * tokens * cfg.vocab_size * 4,  # float32 logits, the log-softmax the loss keeps
+        "shared": shared,
+    }
+    parts["total"] = sum(parts.values())
+    parts["recompute_peak"] = parts["total"] + (layer["total"] if recompute else 0)
+    return parts
+
+
+def training_memory(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "fp32",
+    optimizer: str = "adamw",
+    *,
+    activation_checkpointing: bool | None = None,
+    attention_kernel: str = "auto",
+    device: str = "cuda",
+) -> dict[str, int]:
+    """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations."""
+    from .params import parameter_counts
+
+    _check("precision", precision, PRECISIONS)
+    _check("optimizer", optimizer, OPTIMIZER_STATES)
+    n = parameter_counts(cfg)["total"]
+    acts = activation_bytes(
+        cfg,
+        batch_size,
+        seq_len,
+        precision,
+        activation_checkpointing=activation_checkpointing,
+        attention_kernel=attention_kernel,
+        device=device,
+    )
+    parts = {
+        "parameters": 4 * n,
+        "gradients": 4 * n,
+        "optimizer_states": 4 * n * OPTIMIZER_STATES[optimizer],
+        "weight_copies": 0 if precision == "fp32" else 2 * n,  # autocast's 16-bit casts of the weights
+        "activations": acts["total"],
+        "activations_recompute_peak": acts["recompute_peak"],
+    }
+    parts["total"] = sum(v for k, v in parts.items() if k != "activations_recompute_peak")
+    parts["total"] += acts["recompute_peak"] - acts["total"]
+    return parts
+
+
+def korthikanti_layer_bytes(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
+    """The paper's formula as printed, per layer at 16 bits: 34·B·S·H + 5·B·N·S² (for comparison in reports)."""
+    return 34 * batch_size * seq_len * cfg.d_model + 5 * batch_size * cfg.n_heads * seq_len**2

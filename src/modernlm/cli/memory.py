@@ -1,0 +1,68 @@
+"""`modernlm memory MODEL`: training memory (parameters, gradients, optimizer states, activations with and without
+activation checkpointing) and KV-cache bytes, for a preset, a config JSON or a model."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..analysis import kv_cache_bytes, training_memory
+from ..analysis.memory import OPTIMIZER_STATES, PRECISIONS
+from ..config import PRESETS, ModelConfig
+from .flops import resolve_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("memory", help="training memory by part and KV-cache bytes")
+    p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}), a ModelConfig JSON file, or a model source")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
+    p.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="bf16/fp16: autocast (default bf16)")
+    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZER_STATES))
+    p.add_argument("--device", default="cuda", help="cuda or cpu: sets the dropout-mask size and attention kernel")
+    p.add_argument("--kv-dtype", default="bfloat16", help="dtype of the KV cache (default bfloat16)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def memory_report(
+    cfg: ModelConfig, batch_size: int, seq_len: int, precision: str, optimizer: str, device: str, kv_dtype: str
+) -> dict:
+    kw = dict(precision=precision, optimizer=optimizer, device=device)
+    dtype = getattr(torch, kv_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown kv dtype {kv_dtype!r}; use e.g. float32, bfloat16, float16")
+    return {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "precision": precision,
+        "optimizer": optimizer,
+        "training": training_memory(cfg, batch_size, seq_len, activation_checkpointing=False, **kw),
+        "training_checkpointed": training_memory(cfg, batch_size, seq_len, activation_checkpointing=True, **kw),
+        "kv_cache_bytes": kv_cache_bytes(cfg, tokens=seq_len, batch_size=batch_size, dtype=dtype),
+        "kv_cache_bytes_per_token": kv_cache_bytes(cfg, dtype=dtype),
+    }
+
+
+def run(args) -> int:
+    cfg = resolve_config(args.model)
+    seq_len = args.seq_len or cfg.max_seq_len
+    report = memory_report(cfg, args.batch_size, seq_len, args.precision, args.optimizer, args.device, args.kv_dtype)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}")
+    print(f"  {'training memory':<28} {'plain':>12} {'checkpointed':>14}")
+    plain, ckpt = report["training"], report["training_checkpointed"]
+    for part in plain:
+        print(f"  {part:<28} {_gib(plain[part]):>12} {_gib(ckpt[part]):>14}")
+    print(
+        f"  KV cache ({args.kv_dtype}): {_gib(report['kv_cache_bytes'])} for the batch, "
+        f"{report['kv_cache_bytes_per_token']:,} B per token"
+    )
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.3f} GiB"
