@@ -1,0 +1,103 @@
+"""The lab: each claim of the study material is an experiment that measures it on this machine and gives a verdict.
+
+An experiment is a function registered with `@experiment(name, claim, source)`. It takes `quick` (a smaller run for
+tests and impatient users) and returns a `Finding`: the verdict ("confirmed", "refuted" or "depends"), one paragraph
+that says why with the measured numbers, the numbers themselves, and a function that draws the plot. `run(name, ...)`
+writes `result.json`, `plot.png` and `verdict.md` into the output directory. Experiments use the library's own model,
+trainer and analysis code, never private copies of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERDICTS = ("confirmed", "refuted", "depends")
+MODULES = ("kv_cache", "rope", "precision")  # files of this package that hold experiments
+
+
+@dataclass
+class Finding:
+    verdict: str
+    summary: str  # one paragraph: what was measured and why the verdict follows
+    numbers: dict[str, Any]
+    plot: Callable[[Any], None] | None = None  # draws into a matplotlib Figure
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    claim: str
+    source: str
+    fn: Callable[[bool], Finding] = field(repr=False)
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def experiment(name: str, claim: str, source: str):
+    """Register the decorated `fn(quick: bool) -> Finding` under `name`."""
+
+    def register(fn: Callable[[bool], Finding]) -> Callable[[bool], Finding]:
+        if name in REGISTRY:
+            raise ValueError(f"lab experiment {name!r} is registered twice")
+        REGISTRY[name] = Experiment(name, claim, source, fn)
+        return fn
+
+    return register
+
+
+def experiments() -> dict[str, Experiment]:
+    for module in MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    return dict(sorted(REGISTRY.items()))
+
+
+def get(name: str) -> Experiment:
+    known = experiments()
+    if name not in known:
+        raise ValueError(f"unknown lab experiment {name!r}; `modernlm lab list` shows them: {', '.join(known)}")
+    return known[name]
+
+
+def run(name: str, quick: bool = False, out: str | Path | None = None) -> tuple[Finding, Path]:
+    """Run one experiment and write its result.json, plot.png and verdict.md into `out` (default lab/NAME)."""
+    exp = get(name)
+    out = Path(out) if out is not None else Path("lab") / name
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    finding = exp.fn(quick)
+    seconds = time.perf_counter() - start
+    if finding.verdict not in VERDICTS:
+        raise RuntimeError(f"experiment {name} returned verdict {finding.verdict!r}, not one of {VERDICTS}")
+    machine = f"{platform.machine()}, {platform.processor() or platform.system()}"
+    record = dict(name=name, claim=exp.claim, source=exp.source, verdict=finding.verdict, summary=finding.summary,
+                  numbers=finding.numbers, quick=quick, seconds=round(seconds, 1), machine=machine)  # fmt: skip
+    (out / "result.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    if finding.plot is not None:
+        _plot(finding, out / "plot.png", exp.claim)
+    (out / "verdict.md").write_text(
+        f"# {name}: {finding.verdict}\n\n**Claim** ({exp.source}): {exp.claim}\n\n{finding.summary}\n\n"
+        f"Run: {'quick' if quick else 'full'}, {seconds:.0f} s on {machine}.\n"
+    )
+    return finding, out
+
+
+def _plot(finding: Finding, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(10, 4))
+    finding.plot(fig)
+    fig.suptitle(title if len(title) < 100 else title[:97] + "...", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
