@@ -3,18 +3,15 @@ vs the cache, activation memory vs the bytes a real CPU training step keeps aliv
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from modernlm import Transformer, preset
 from modernlm.analysis import activation_bytes, forward_flops, kv_cache_bytes, mfu, parameter_counts, training_flops
+from modernlm.analysis.measure import LiveBytes, storages_of
 from modernlm.analysis.memory import korthikanti_layer_bytes, layer_activation_bytes, training_memory
 from modernlm.layers.kv_cache import KVCache
 
@@ -95,40 +92,9 @@ def test_flops_breakdown_and_mfu():
 
 
 # ---- training memory against a measured step ---------------------------------------------------------------------
-class LiveBytes(TorchDispatchMode):
-    """Tracks the bytes of every storage created by an op inside the mode while any tensor on it is alive (a storage is
-    freed when its last tensor dies). Parameters and buffers, created before, are not counted."""
-
-    def __init__(self, skip: set[int]) -> None:
-        super().__init__()
-        self.skip, self.refs, self.size, self.now, self.peak = skip, {}, {}, 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                key = t.untyped_storage().data_ptr()
-                if key == 0 or key in self.skip:
-                    continue
-                if key not in self.refs:
-                    self.refs[key], self.size[key] = 0, t.untyped_storage().nbytes()
-                    self.now += self.size[key]
-                    self.peak = max(self.peak, self.now)
-                self.refs[key] += 1
-                weakref.finalize(t, self._release, key)
-        return out
-
-    def _release(self, key: int) -> None:
-        self.refs[key] -= 1
-        if not self.refs[key]:
-            del self.refs[key]
-            self.now -= self.size.pop(key)
-
-
 def measure_step(model, ids) -> tuple[int, int]:
     """(bytes alive after the forward and the loss, peak bytes over forward and backward) of one training step."""
-    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    with LiveBytes(skip) as live:
+    with LiveBytes(storages_of(model)) as live:
         logits = model(ids)
         loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
         del logits  # the log-softmax the loss keeps is counted; the logits a loop may hold are in logits_and_loss

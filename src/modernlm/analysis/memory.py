@@ -124,13 +124,20 @@ def training_memory(
     activation_checkpointing: bool | None = None,
     attention_kernel: str = "auto",
     device: str = "cuda",
+    trainable_parameters: int | None = None,
 ) -> dict[str, int]:
-    """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations."""
+    """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations.
+
+    `trainable_parameters` (default: all) is how many get gradients and optimizer states, e.g. LoRA's adapters;
+    they are counted on top of the model's own parameters. Activations are those of full training (an upper bound
+    for LoRA, whose frozen projections keep less for the backward pass)."""
     from .params import parameter_counts
 
     _check("precision", precision, PRECISIONS)
     _check("optimizer", optimizer, OPTIMIZER_STATES)
     n = parameter_counts(cfg)["total"]
+    trained = n if trainable_parameters is None else trainable_parameters
+    extra = 0 if trainable_parameters is None else trainable_parameters  # adapters live beside the frozen model
     acts = activation_bytes(
         cfg,
         batch_size,
@@ -141,9 +148,9 @@ def training_memory(
         device=device,
     )
     parts = {
-        "parameters": 4 * n,
-        "gradients": 4 * n,
-        "optimizer_states": 4 * n * OPTIMIZER_STATES[optimizer],
+        "parameters": 4 * (n + extra),
+        "gradients": 4 * trained,
+        "optimizer_states": 4 * trained * OPTIMIZER_STATES[optimizer],
         "weight_copies": 0 if precision == "fp32" else 2 * n,  # autocast's 16-bit casts of the weights
         "activations": acts["total"],
         "activations_recompute_peak": acts["recompute_peak"],
