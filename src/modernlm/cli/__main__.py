@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
-VERBS = ["info", "generate", "chat"]  # module names under modernlm.cli
+VERBS = ["info", "generate", "chat", "train", "tokenizer", "flops", "memory", "lab"]  # module names under modernlm.cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_notices() -> None:
+    """The library's notices (a one-time conversion, ...) as plain lines on stderr."""
+    log = logging.getLogger("modernlm")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(message)s]"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_notices()
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -1,0 +1,107 @@
+"""`modernlm train`: train a model; with no arguments, the ~5.5 M parameter recipe on the Python standard library.
+
+Every TrainConfig field is a flag (`--max-steps 600`, `--data 'texts/*.txt'`, `--model-override n_layers=4`); a
+`--config file.json` sets them all at once and the flags given beside it win. `--resume` continues the run in
+`--out-dir` with its saved settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+HELP = {
+    "out_dir": "run directory: checkpoints, weights, tokenizer, metrics, loss curve (alias --out)",
+    "data": "sources: 'stdlib', files, directories, globs, 'hf:NAME[:SPLIT[:COLUMN]]'",
+    "tokenizer": "a tokenizer directory or source; default: train a byte-level BPE on the data",
+    "model": "a model preset (see modernlm.config.PRESETS)",
+    "model_overrides": "a ModelConfig field as KEY=VALUE (repeatable), e.g. n_layers=4",
+    "precision": "fp32, bf16 (autocast) or fp16 (CUDA, with a grad scaler)",
+    "grad_clip": "max gradient norm; 0 disables clipping",
+    "sample_prompts": "prompts sampled from at the end",
+}
+_NONE_DEFAULT_TYPES = {"tokenizer": str, "num_threads": int}
+
+
+def add_parser(sub) -> None:
+    from ..training.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a model (no arguments: a small one on the Python stdlib, ~5 min)")
+    p.add_argument("--config", type=Path, default=None, help="a TrainConfig JSON file; flags override its values")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
+    p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    g = p.add_argument_group("settings (TrainConfig fields)")
+    for f in dataclasses.fields(TrainConfig):
+        _add_field(g, f)
+    p.set_defaults(func=run)
+
+
+def _add_field(group, f: dataclasses.Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    flags = [flag, "--out"] if f.name == "out_dir" else [flag]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    kw = dict(dest=f.name, default=None, help=f"{HELP.get(f.name, '')} (default: {default})".lstrip())
+    if f.name == "model_overrides":
+        group.add_argument("--model-override", action="append", metavar="KEY=VALUE", **kw)
+    elif isinstance(default, bool):
+        group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+    elif isinstance(default, (list, tuple)):
+        item = type(default[0]) if default else str
+        group.add_argument(*flags, nargs=len(default) if isinstance(default, tuple) else "+", type=item, **kw)
+    else:
+        group.add_argument(*flags, type=_NONE_DEFAULT_TYPES.get(f.name, type(default)), **kw)
+
+
+def build_config(args):
+    """The TrainConfig the flags describe: the saved one (--resume), a --config file, or the defaults; then flags."""
+    from ..training.config import TrainConfig
+    from ..training.setup import read_saved_config
+
+    if args.resume and args.config is None:
+        out = Path(args.out_dir or TrainConfig().out_dir)
+        config = read_saved_config(out)
+    else:
+        config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    values = config.to_dict()
+    for name in values:
+        given = getattr(args, name, None)
+        if given is not None and name != "model_overrides":
+            values[name] = given
+    for item in args.model_overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model-override takes KEY=VALUE, got {item!r}")
+        values["model_overrides"] = {**values["model_overrides"], key: _parse_value(text)}
+    return TrainConfig.from_dict(values).validate()
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string, e.g. norm=layernorm
+
+
+def run(args) -> int:
+    from ..training import train
+
+    config = build_config(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    result = train(config, resume=args.resume, stop_at_step=args.stop_at_step)
+    out = result.run_dir
+    if result.status != "done":
+        how = f"continue with: modernlm train --resume --out {out}"
+        print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
+        return 130 if result.status == "interrupted" else 0
+    for text in result.samples:
+        print(f"---- sample ----\n{text}\n")
+    val = f"validation loss {result.val_loss:.4f}; " if result.val_loss is not None else ""
+    print(f"done: {result.step} steps; {val}weights, tokenizer, metrics.jsonl and loss.png in {out}")
+    print(f'try: modernlm generate --model {out} --prompt "def" -t 0.8 --top-k 40')
+    return 0

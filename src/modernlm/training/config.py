@@ -1,0 +1,125 @@
+"""TrainConfig: every choice of a training run as a plain, serialisable field, with JSON in and out.
+
+The defaults are the no-argument recipe of `modernlm train`: a ~5.5 M parameter Llama-style model (`llama-small`)
+trained on the Python standard library's own source for about five minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Fields that may change between a run and its resumption without changing a single loss value.
+RESUMABLE_CHANGES = frozenset(
+    {"eval_interval", "log_interval", "save_interval", "keep_checkpoints", "compile", "sample_prompts"}
+    | {"sample_tokens", "num_threads", "progress"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """A training run. `data` lists sources: "stdlib" (the running Python's standard library), files, directories,
+    globs, or "hf:NAME[:SPLIT[:COLUMN]]" (Hugging Face `datasets`, when installed)."""
+
+    out_dir: str = "runs/stdlib-small"
+    data: list[str] = field(default_factory=lambda: ["stdlib"])
+    val_fraction: float = 0.02  # of the files (by a hash of their path), or of the tokens for a single text
+    tokenizer: str | None = None  # a directory or tokenizer.json; None trains a byte-level BPE on the training text
+    vocab_size: int = 4096  # of the tokenizer trained when `tokenizer` is None
+    tokenizer_sample_mb: float = 8.0  # text the tokenizer is trained on, at most
+    model: str = "llama-small"  # a preset of modernlm.config.PRESETS
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"n_layers": 4}
+    seq_len: int = 128
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 400
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
+    precision: str = "fp32"
+    compile: bool = False
+    device: str = "cpu"
+    seed: int = 1337
+    eval_interval: int = 100
+    eval_batches: int = 8
+    log_interval: int = 10
+    save_interval: int = 100
+    keep_checkpoints: int = 2
+    sample_prompts: list[str] = field(default_factory=lambda: ["def", "class", "import"])
+    sample_tokens: int = 96
+    num_threads: int | None = None  # torch threads; None keeps torch's default
+    progress: bool = True
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the first impossible value and the fix; return self."""
+        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
+            _positive_int(name, getattr(self, name))
+        for name in ("eval_interval", "save_interval", "warmup_steps", "sample_tokens", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be >= 1: resuming needs the latest checkpoint")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("grad_clip and weight_decay must be >= 0")
+        if not self.data:
+            raise ValueError('data is empty: give at least one source ("stdlib", a file, a directory or a glob)')
+        if self.vocab_size < 257 and self.tokenizer is None:
+            raise ValueError(f"vocab_size {self.vocab_size} is too small: byte-level BPE needs 256 bytes + 1 special")
+        return self
+
+    # ---- JSON ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training config at {path}; write one with TrainConfig().to_json(path)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+    def changed_fields(self, other: TrainConfig) -> list[str]:
+        """The fields whose values differ from `other`'s that change the training math (not logging or saving)."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k])
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,107 @@
+"""Everything a run needs before its first step, checked in the order that wastes the least work: the config, the
+model shape, the run directory, then the corpus, the tokenizer and the token file."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, preset
+from ..loading import load_tokenizer
+from ..tokenizer import Tokenizer
+from .checkpoint import latest_step
+from .config import TrainConfig
+from .corpus import load_corpus
+from .data import TokenData, corpus_tokenizer, tokenize_corpus
+
+TRAIN_CONFIG_NAME = "train_config.json"
+
+
+@dataclass
+class RunInputs:
+    config: TrainConfig
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    data: TokenData
+    run_dir: Path
+
+
+def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
+    """Validate the run's settings against each other and the run directory; return the model's config (its
+    vocabulary still to be fitted to the tokenizer)."""
+    config.validate()
+    model_config = preset(config.model, **config.model_overrides)
+    if config.seq_len > model_config.max_seq_len:
+        raise ValueError(
+            f"seq_len {config.seq_len} is longer than the model's max_seq_len {model_config.max_seq_len}; lower "
+            f"seq_len or raise max_seq_len (model_overrides={{'max_seq_len': {config.seq_len}}})"
+        )
+    if config.precision == "fp16" and not config.device.startswith("cuda"):
+        raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device 'cpu'")
+    run_dir = Path(config.out_dir)
+    step = latest_step(run_dir)
+    if resume:
+        saved = read_saved_config(run_dir)
+        changed = config.changed_fields(saved)
+        if changed:
+            raise ValueError(
+                f"cannot resume {run_dir} with different {', '.join(changed)}: those change the training itself; "
+                "resume with the saved settings, or start a new run in another directory"
+            )
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to resume in {run_dir}; start without --resume")
+    elif step is not None:
+        raise ValueError(
+            f"{run_dir} already holds a run (checkpoint at step {step}); continue it with --resume, "
+            "or choose another output directory"
+        )
+    if config.precision == "bf16" and config.device == "cpu" and not _cpu_has_bf16():
+        slow = "this CPU has no native bfloat16 matrix units: bf16 autocast is much slower than fp32 here"
+        warnings.warn(slow, stacklevel=3)
+    return model_config
+
+
+def read_saved_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {TRAIN_CONFIG_NAME} in {run_dir}: nothing to resume there")
+    return TrainConfig.from_json(path)
+
+
+def prepare(config: TrainConfig, resume: bool = False) -> RunInputs:
+    """Check everything, then build (or find cached) the tokenizer and the token file."""
+    model_config = check_config(config, resume)
+    corpus = load_corpus(config.data, config.val_fraction)
+    if resume and (Path(config.out_dir) / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_directory(config.out_dir)  # the run's own, even if the cache was cleared
+    elif config.tokenizer is not None:
+        tokenizer = load_tokenizer(config.tokenizer)
+    else:
+        tokenizer = corpus_tokenizer(corpus, config.vocab_size, config.tokenizer_sample_mb)
+    data = tokenize_corpus(corpus, tokenizer, config.val_fraction)
+    if data.n_train < config.seq_len + 1:
+        raise ValueError(
+            f"the training text has {data.n_train} tokens, fewer than seq_len + 1 = {config.seq_len + 1}; "
+            "lower seq_len or give more text"
+        )
+    vocab = config.model_overrides.get("vocab_size", tokenizer.vocab_size)
+    if vocab < tokenizer.vocab_size:
+        raise ValueError(f"model vocab_size {vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    model_config = ModelConfig.from_dict({**model_config.to_dict(), "vocab_size": vocab}).validate()
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(run_dir)
+    config.to_json(run_dir / TRAIN_CONFIG_NAME)
+    return RunInputs(config, model_config, tokenizer, data, run_dir)
+
+
+def _cpu_has_bf16() -> bool:
+    with contextlib.suppress(Exception):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False

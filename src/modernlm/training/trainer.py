@@ -1,0 +1,230 @@
+"""The training loop: next-token cross-entropy, AdamW with warmup + cosine, gradient accumulation and clipping,
+autocast (bf16 on CPU and CUDA, fp16 with a grad scaler on CUDA), optional torch.compile, validation at intervals,
+checkpoints that survive interrupts, a progress bar, a metrics log, a loss curve and samples at the end.
+
+`train(TrainConfig(...))` runs it; `modernlm train` is a shell over this function.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..model import Transformer
+from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .config import TrainConfig
+from .optim import build_optimizer, lr_at, set_lr
+from .report import MetricsLog, plot_losses, sample_texts
+from .setup import RunInputs, prepare
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(ValueError):
+    """The run cannot go on (a NaN loss); the message says what happened and what was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps completed
+    status: str  # "done", "interrupted" (a signal) or "paused" (stop_at_step reached)
+    losses: list[float] = field(default_factory=list)  # training loss of each step this call ran
+    val_loss: float | None = None
+    samples: list[str] = field(default_factory=list)
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, T, V) logits against (B, T) next-token ids, in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None = None) -> TrainResult:
+    """Train as `config` says; with `resume`, continue the run in `config.out_dir` from its latest checkpoint with
+    exactly the losses an uninterrupted run has. `stop_at_step` saves and returns after that many steps."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    trainer = Trainer(prepare(config, resume), resume)
+    with _interrupts() as interrupted:
+        return trainer.run(stop_at_step, interrupted)
+
+
+class Trainer:
+    def __init__(self, inputs: RunInputs, resume: bool) -> None:
+        cfg = self.cfg = inputs.config
+        self.inputs, self.run_dir, self.data = inputs, inputs.run_dir, inputs.data
+        torch.manual_seed(cfg.seed)
+        self.model = Transformer(inputs.model_config).to(cfg.device)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.decay_embeddings)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.step = 0
+        if resume:
+            self._restore()
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None)
+        self.val_batches = self.data.val_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+
+    def _restore(self) -> None:
+        weights, optimizer_state, state = load_checkpoint(self.run_dir)
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer_state)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state)
+        self.step = int(state["step"])
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = _DTYPES[self.cfg.precision]
+        device = torch.device(self.cfg.device).type
+        return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm before clipping)."""
+        cfg = self.cfg
+        self.model.train()
+        total = torch.zeros((), device=cfg.device)
+        for k in range(cfg.grad_accum):
+            x, y = self.data.train_batch(self.step * cfg.grad_accum + k, cfg.batch_size, cfg.seq_len, cfg.seed)
+            x, y = x.to(cfg.device), y.to(cfg.device)  # (B, T) each
+            with self._autocast():
+                logits = self.forward(x)  # (B, T, V)
+            loss = next_token_loss(logits, y) / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        loss_value = float(total)
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, float("nan")
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over the fixed validation windows; None without validation text."""
+        if not self.val_batches:
+            return None
+        self.model.eval()
+        losses = []
+        for x, y in self.val_batches:
+            with self._autocast():
+                losses.append(float(next_token_loss(self.forward(x.to(self.cfg.device)), y.to(self.cfg.device))))
+        return sum(losses) / len(losses)
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def run(self, stop_at_step: int | None, interrupted: threading.Event) -> TrainResult:
+        cfg = self.cfg
+        stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+        result = TrainResult(self.run_dir, self.step, "done")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
+        window, t_last = [], time.perf_counter()
+        while self.step < stop and not interrupted.is_set():
+            lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            set_lr(self.optimizer, lr)
+            loss, norm = self.train_step()
+            if not math.isfinite(loss):
+                bar.close()
+                self._fail(loss)
+            self.step += 1
+            result.losses.append(loss)
+            window.append(loss)
+            now = time.perf_counter()
+            tok_s = self.tokens_per_step / max(now - t_last, 1e-9)
+            t_last = now
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} gnorm {norm:.2f} {tok_s:,.0f} tok/s", refresh=False)
+            if self.step % cfg.log_interval == 0 or self.step == stop:
+                self.metrics.write(
+                    dict(
+                        step=self.step,
+                        loss=sum(window) / len(window),
+                        lr=lr,
+                        grad_norm=norm,
+                        tokens=self.step * self.tokens_per_step,
+                        tok_per_s=round(tok_s, 1),
+                    )
+                )
+                window = []
+            self._maybe_eval(bar, result)
+            if cfg.save_interval and self.step % cfg.save_interval == 0:
+                self.save()
+        bar.close()
+        return self._finish(result, interrupted.is_set(), stop)
+
+    def _maybe_eval(self, bar, result: TrainResult) -> None:
+        every = self.cfg.eval_interval
+        if (every and self.step % every == 0) or self.step == self.cfg.max_steps:
+            val = self.evaluate()
+            if val is not None:
+                result.val_loss = val
+                self.metrics.write(dict(step=self.step, val_loss=val, val_ppl=math.exp(min(val, 50))))
+                bar.write(f"step {self.step}: validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f}")
+
+    def save(self) -> Path:
+        state = dict(step=self.step, data_position=self.step * self.cfg.grad_accum, seed=self.cfg.seed)
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return save_checkpoint(self.run_dir, self.model, self.optimizer, state, keep=self.cfg.keep_checkpoints)
+
+    def _fail(self, loss: float) -> None:
+        from .checkpoint import latest_step
+
+        kept = latest_step(self.run_dir)
+        where = (
+            f"the last good checkpoint (step {kept}) is kept in {self.run_dir}" if kept else "no checkpoint was saved"
+        )
+        raise TrainingError(
+            f"the training loss is {loss} at step {self.step + 1}: the run stopped and {where}. Lower the learning "
+            "rate, keep gradient clipping on, or train in fp32; resume from the checkpoint with --resume"
+        )
+
+    def _finish(self, result: TrainResult, interrupted: bool, stop: int) -> TrainResult:
+        self.save()
+        result.step = self.step
+        plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
+        if interrupted or self.step < self.cfg.max_steps:
+            result.status = "interrupted" if interrupted else "paused"
+            return result
+        self.model.eval()
+        if self.cfg.sample_prompts and self.cfg.sample_tokens:
+            result.samples = sample_texts(
+                self.model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
+            )
+            (self.run_dir / "samples.txt").write_text("\n\n----\n\n".join(result.samples) + "\n")
+        return result
+
+
+@contextmanager
+def _interrupts():
+    """While training, the first Ctrl-C or SIGTERM asks the loop to save and stop after the current step; a second
+    Ctrl-C stops at once. Signals can only be caught in the main thread; elsewhere this does nothing."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum, frame):
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
