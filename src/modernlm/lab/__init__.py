@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 VERDICTS = ("confirmed", "refuted", "depends")
-MODULES = ("kv_cache", "rope", "precision")  # files of this package that hold experiments
+MODULES = (  # files of this package that hold experiments
+    *("kv_cache", "rope", "precision"),
+    *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
+    *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
+)
 
 
 @dataclass
@@ -101,3 +105,25 @@ def _plot(finding: Finding, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_report(root: str | Path, path: str | Path, note: str = "") -> Path:
+    """LAB.md: one row per experiment found under `root` (the result.json files `run` wrote), with its plot."""
+    root, path = Path(root), Path(path)
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("*/result.json"))]
+    if not records:
+        raise FileNotFoundError(f"no result.json under {root}; run the experiments first (modernlm lab run NAME)")
+    lines = ["# The lab: the study material's claims, measured", "", note, "",
+             "| experiment | claim | source | verdict | run |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        run_kind = f"{'quick' if r['quick'] else 'full'}, {r['seconds']:.0f} s"
+        lines.append(
+            f"| [{r['name']}](#{r['name']}) | {r['claim']} | {r['source']} | **{r['verdict']}** | {run_kind} |"
+        )
+    for r in records:
+        directory = root / r["name"]
+        lines += ["", f"## {r['name']}", "", f"**{r['verdict']}.** {r['summary']}", ""]
+        if (directory / "plot.png").is_file():
+            lines.append(f"![{r['name']}]({(directory / 'plot.png').relative_to(path.parent)})")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -55,9 +55,13 @@ def bf16_vs_fp16(quick: bool) -> Finding:
         fi = torch.finfo(dt)
         measured[name] = dict(max=fi.max, min_normal=fi.tiny, min_subnormal=fi.smallest_normal * fi.eps, eps=fi.eps)
     layouts_match = all(
-        abs(derived[n][k] - measured[n][k]) <= 1e-12 * derived[n][k] for n in derived for k in ("max", "min_normal", "eps")
+        abs(derived[n][k] - measured[n][k]) <= 1e-12 * derived[n][k]
+        for n in derived
+        for k in ("max", "min_normal", "eps")
     )
-    probes = {x: {n: float(torch.tensor(x, dtype=getattr(torch, n))) for n in derived} for x in (70000.0, 1e-8, 1 + 1 / 300)}
+    probes = {
+        x: {n: float(torch.tensor(x, dtype=getattr(torch, n))) for n in derived} for x in (70000.0, 1e-8, 1 + 1 / 300)
+    }
     g = torch.Generator().manual_seed(0)
     steps = {
         "fp16, no scaling": _gradients(torch.float16, 1.0, g),
@@ -76,7 +80,9 @@ def bf16_vs_fp16(quick: bool) -> Finding:
         f"becomes {probes[1e-8]['float16']:.3g} in fp16 and {probes[1e-8]['bfloat16']:.3g} in bf16; 1 + 1/300 rounds "
         f"to {probes[1 + 1 / 300]['bfloat16']} in bf16 and {probes[1 + 1 / 300]['float16']:.5f} in fp16. One backward "
         "pass of a small loss: "
-        + "; ".join(f"{k}: {z:.1%} more zero gradients than float64, relative error {e:.3f}" for k, (z, e) in steps.items())
+        + "; ".join(
+            f"{k}: {z:.1%} more zero gradients than float64, relative error {e:.3f}" for k, (z, e) in steps.items()
+        )
         + ". fp16 loses the small gradients unless the loss is scaled; bf16 keeps them, at lower precision."
     )
 
@@ -86,5 +92,6 @@ def bf16_vs_fp16(quick: bool) -> Finding:
         ax.bar(names, [100 * steps[n][0] for n in names])
         ax.set_ylabel("% gradient entries flushed to zero")
 
-    return Finding(verdict, summary, dict(derived=derived, finfo=measured, probes={str(k): v for k, v in probes.items()},
-                                          gradient_steps=steps), plot)  # fmt: skip
+    probes_json = {str(k): v for k, v in probes.items()}
+    numbers = dict(derived=derived, finfo=measured, probes=probes_json, gradient_steps=steps)
+    return Finding(verdict, summary, numbers, plot)

@@ -1,0 +1,164 @@
+"""A small, deterministic training loop for the lab's experiments (independent of modernlm.training on purpose:
+experiments must stay comparable however the trainer evolves).
+
+Data: the Python standard library's own source, read in sorted file order and encoded as bytes (vocabulary 256), so
+every machine trains on the same text with no download and no tokenizer. The last 10% is held out for validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..model import Transformer
+
+VOCAB = 256
+
+
+@functools.lru_cache(maxsize=2)
+def corpus(max_bytes: int = 1_500_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) byte tensors (N,) int64 from the first `max_bytes` of the stdlib's .py files."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()[: max_bytes - total]
+        chunks.append(data)
+        total += len(data)
+        if total >= max_bytes:
+            break
+    data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8).long()  # (N,)
+    cut = int(0.9 * len(data))
+    return data[:cut], data[cut:]
+
+
+def tiny_config(**overrides: Any) -> ModelConfig:
+    """The lab's default byte-level model: 2 layers, 64 wide, 4 heads (~0.1 M parameters)."""
+    fields = dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, ffn_multiple_of=16, max_seq_len=1024)
+    return ModelConfig(**{**fields, **overrides}).validate()
+
+
+def batch(data: torch.Tensor, batch_size: int, seq_len: int, g: torch.Generator) -> torch.Tensor:
+    """(B, T + 1) random windows of `data`."""
+    starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=g)
+    return torch.stack([data[s : s + seq_len + 1] for s in starts.tolist()])
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models train fastest on one thread (and far faster than two threads on a shared, busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Run:
+    model: Transformer
+    losses: list[float] = field(default_factory=list)  # training loss per step (nan once diverged)
+    seconds: float = 0.0
+
+
+def train(
+    cfg: ModelConfig,
+    steps: int,
+    *,
+    batch_size: int = 16,
+    seq_len: int = 64,
+    lr: float = 3e-3,
+    warmup: int = 0,
+    clip: float | None = 1.0,
+    seed: int = 0,
+    mask_fn=None,  # optional: replaces the model's attention mask (the causal-mask leak)
+) -> Run:
+    """AdamW (betas 0.9, 0.95, weight decay 0.1) on random windows of the corpus; linear warmup, then cosine to 10%."""
+    with one_thread():
+        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn)
+
+
+def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn) -> Run:
+    torch.manual_seed(seed)
+    model = Transformer(cfg).train()
+    if mask_fn is not None:
+        model._mask = mask_fn  # instance override: the model has no switch to drop its causal mask
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(seed)
+    data = corpus()[0]
+    run, start = Run(model), time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * _schedule(step, steps, warmup)
+        ids = batch(data, batch_size, seq_len, g)  # (B, T + 1)
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        if not torch.isfinite(loss):
+            run.losses += [math.nan] * (steps - step)
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        run.losses.append(loss.item())
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _schedule(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def evaluate(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> float:
+    """Mean next-byte cross-entropy (nats) over `windows` evenly spaced validation windows of `seq_len` tokens."""
+    return float(position_losses(model, seq_len, windows, batch_size).mean())
+
+
+def position_losses(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> torch.Tensor:
+    """(T,) mean next-byte cross-entropy at each position of `windows` evenly spaced validation windows."""
+    model.eval()
+    with one_thread(), torch.no_grad():
+        data = corpus()[1]
+        starts = torch.linspace(0, len(data) - seq_len - 2, windows).long().tolist()
+        total = torch.zeros(seq_len, dtype=torch.float64)
+        for i in range(0, windows, batch_size):
+            ids = torch.stack([data[s : s + seq_len + 1] for s in starts[i : i + batch_size]])  # (b, T + 1)
+            logits = model(ids[:, :-1])  # (b, T, V)
+            losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (b, T)
+            total += losses.double().sum(0)
+        return total / windows
+
+
+def smooth(losses: list[float], k: int = 10) -> float:
+    """Mean of the last k finite losses (nan if the run diverged)."""
+    tail = losses[-k:]
+    return math.nan if any(math.isnan(x) for x in tail) else sum(tail) / len(tail)
+
+
+def compare(configs: dict[str, ModelConfig], steps: int | dict[str, int], seq_len: int = 64, **kw: Any) -> dict:
+    """Train each config (same data order and seed) and report parameters, training curve and validation loss."""
+    out = {}
+    for label, cfg in configs.items():
+        n = steps[label] if isinstance(steps, dict) else steps
+        run = train(cfg, n, seq_len=seq_len, **kw)
+        out[label] = dict(
+            parameters=run.model.num_parameters(),
+            steps=n,
+            losses=run.losses,
+            seconds=run.seconds,
+            val_loss=evaluate(run.model, seq_len),
+        )
+    return out

@@ -1,0 +1,100 @@
+"""Length extrapolation: train at a short length, evaluate perplexity at 1x to 8x of it, for sinusoidal, learned, ALiBi
+and RoPE (base 10k and 100k) positions, and for the RoPE-10k model with position interpolation (linear scaling) or
+NTK-aware scaling (a larger base) applied at evaluation time only, with no fine-tuning."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import ModelConfig
+from ..model import Transformer
+from . import Finding, experiment
+from ._train import position_losses, tiny_config, train
+
+MULTIPLES = (1, 2, 4, 8)
+
+
+def _rescaled(model: Transformer, factor: float, kind: str) -> Transformer:
+    """The same weights with RoPE rescaled for `factor` x the training length: 'pi' divides the frequencies by the
+    factor (Chen et al. 2023); 'ntk' raises the base to base·factor^(Dh/(Dh-2)) (bloc97's NTK-aware scaling)."""
+    cfg = ModelConfig.from_dict(model.config.to_dict())
+    if factor > 1 and kind == "pi":
+        cfg.rope_scaling = {"rope_type": "linear", "factor": factor}
+    elif factor > 1 and kind == "ntk":
+        cfg.rope_theta = cfg.rope_theta * factor ** (cfg.head_dim / (cfg.head_dim - 2))
+    out = Transformer(cfg)
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+def _perplexities(T: int, steps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Validation perplexity at each multiple of the training length T, for each kind of position: over the whole
+    window, and over the positions past T only (at 1x: the last half of the window, for reference)."""
+    kinds = {
+        "sinusoidal": {},
+        "learned": {},
+        "alibi": {},
+        "rope 10k": dict(positions="rope"),
+        "rope 100k": dict(positions="rope", rope_theta=100000.0),
+    }
+    whole, beyond = {}, {}
+    for label, fields in kinds.items():
+        cfg = tiny_config(positions=fields.pop("positions", label), max_seq_len=8 * T, **fields)
+        model = train(cfg, steps, seq_len=T, seed=0).model
+        variants = {label: lambda m, model=model: model}
+        if label == "rope 10k":
+            for kind in ("pi", "ntk"):
+                variants[f"rope 10k + {kind} at eval"] = lambda m, model=model, kind=kind: _rescaled(model, m, kind)
+        for name, make in variants.items():
+            losses = [position_losses(make(m), m * T) for m in MULTIPLES]  # (m T,) each
+            whole[name] = [math.exp(float(x.mean())) for x in losses]
+            beyond[name] = [
+                math.exp(float(x[T if m > 1 else T // 2 :].mean())) for m, x in zip(MULTIPLES, losses, strict=True)
+            ]
+    return whole, beyond
+
+
+@experiment(
+    "length-extrapolation",
+    "ALiBi extrapolates past its training length while sinusoidal, learned and RoPE positions degrade; RoPE is far "
+    "more stable than sinusoidal; position interpolation / NTK scaling rescue RoPE",
+    "Press et al. 2022 (ALiBi); Chen et al. 2023 (position interpolation); study cards on positions",
+)
+def length_extrapolation(quick: bool) -> Finding:
+    T, steps = (32, 30) if quick else (64, 500)
+    ppl, past = _perplexities(T, steps)
+    # past T at 8x against the second half of a window at 1x: both predict with at least T/2 bytes of context, so a
+    # model that extrapolates does no worse; whole-window perplexity (the ALiBi paper's measure) is reported too
+    growth = {k: v[-1] / v[0] for k, v in past.items()}
+    alibi_holds = growth["alibi"] < 1.1
+    others_degrade = all(growth[k] > 1.5 for k in ("sinusoidal", "learned", "rope 10k"))
+    best_at_8x = min(past, key=lambda k: past[k][-1])
+    verdict = "confirmed" if alibi_holds and others_degrade else "refuted" if not alibi_holds else "depends"
+    summary = (
+        f"2 layers, 64 wide, byte-level, trained {steps} steps at T={T}; validation perplexity over whole windows of "
+        f"{', '.join(f'{m}x' for m in MULTIPLES)} the training length: "
+        + "; ".join(f"{k}: {', '.join(f'{p:.2f}' for p in v)}" for k, v in ppl.items())
+        + f". Over the positions past T only (at 1x: positions {T // 2} to {T - 1}, for reference), at 1x, 2x, 4x, "
+        "8x: "
+        + "; ".join(f"{k}: {', '.join(f'{p:.2f}' for p in v)}" for k, v in past.items())
+        + f". Past T at 8x over the 1x reference: ALiBi {growth['alibi']:.2f}x, sinusoidal "
+        f"{growth['sinusoidal']:.2f}x, learned {growth['learned']:.2f}x (its table rows past {T} were never "
+        f"trained), RoPE 10k {growth['rope 10k']:.2f}x, RoPE 100k {growth['rope 100k']:.2f}x; with PI "
+        f"{growth['rope 10k + pi at eval']:.2f}x, with NTK {growth['rope 10k + ntk at eval']:.2f}x. Lowest past T "
+        f"at 8x: {best_at_8x}."
+    )
+
+    def plot(fig):
+        axes = fig.subplots(1, 2)
+        for ax, data, what in ((axes[0], ppl, "whole window"), (axes[1], past, "positions past T")):
+            for k, v in data.items():
+                ax.plot([m * T for m in MULTIPLES], v, "o-" if "at eval" not in k else "x--", label=k)
+            ax.axvline(T, color="gray", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"evaluation length (trained at {T})")
+            ax.set_ylabel(f"validation perplexity, {what}")
+        axes[0].legend(fontsize=7)
+
+    numbers = dict(train_len=T, steps=steps, multiples=MULTIPLES, perplexity=ppl, perplexity_past_train_len=past)
+    return Finding(verdict, summary, dict(numbers, growth_8x=growth), plot)
