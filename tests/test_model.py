@@ -166,3 +166,25 @@ def test_native_directory_round_trip(tmp_path):
     ids = torch.randint(0, 512, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(modernlm.load_model(tmp_path)(ids), model(ids), atol=0, rtol=0)
+
+
+def test_rmsnorm_backward_is_the_derivative():
+    """The hand-written backward against finite differences (float64), and against autograd of the plain formula."""
+    from modernlm.layers.norm import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16).double()
+    norm.weight.data = torch.randn(16, dtype=torch.float64)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: norm(x), (x, norm.weight))
+    x32 = torch.randn(4, 7, 16, requires_grad=True)
+    w32 = norm.weight.detach().float().requires_grad_()
+    plain = w32 * x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.eps)
+    grad = torch.randn_like(plain)
+    expected = torch.autograd.grad(plain, (x32, w32), grad)
+    norm32 = RMSNorm(16).float()
+    norm32.weight.data = w32.detach().clone()
+    got = torch.autograd.grad(norm32(x32), (x32, norm32.weight), grad)
+    torch.testing.assert_close(norm32(x32), plain, rtol=0, atol=1e-6)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

@@ -3,8 +3,8 @@
 Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", section 4),
 whose GPT block at 16 bits saves 34·B·S·H + 5·B·N·S² bytes per layer (H width, N heads, S sequence). We count the
 same thing, the tensors autograd keeps for the backward pass, element by element for *our* block, which changes:
-- norms: LayerNorm keeps its input (the linear after it keeps its output): 2·D; our RMSNorm also keeps the normalised
-  x before the gain (3·D); both keep a float32 statistic or two per token;
+- norms: LayerNorm keeps its input, our RMSNorm (a custom autograd function) the normalised x before the gain; the
+  linear after either keeps its output: 2·D; plus a float32 statistic or two per token (1/rms; mean and 1/std);
 - FFN width: F instead of 4·D, and per kind: ReLU keeps F (its output is the down projection's input), GELU 2·F,
   SwiGLU/GeGLU 4·F (the gate's input, both factors of the product, the product);
 - attention: with GQA/MQA the keys and values are K·Dh wide; shared Q/K keeps one tensor; RoPE keeps the rotated q, k;
@@ -50,7 +50,7 @@ def layer_activation_bytes(
     e, tokens = PRECISIONS[precision], batch_size * seq_len
     kernel = resolve_kernel(cfg, attention_kernel, device)
     mask_bytes = 1 if device.startswith("cuda") else e
-    norm = (3 if cfg.norm == "rmsnorm" else 2) * cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+    norm = 2 * cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
     if kernel == "flash":
         keys = 0 if cfg.shared_qk else cfg.kv_dim
         attention = (cfg.q_dim + keys + cfg.kv_dim + cfg.q_dim) * e + cfg.n_heads * 4  # q, k, v, output; lse
@@ -94,7 +94,7 @@ def activation_bytes(
         cfg, batch_size, seq_len, precision, attention_kernel=attention_kernel, device=device
     )
     mask_bytes = 1 if device.startswith("cuda") else e
-    final_norm = ((3 if cfg.norm == "rmsnorm" else 2) * D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * tokens
+    final_norm = (2 * D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * tokens
     kernel = resolve_kernel(cfg, attention_kernel, device)
     shared = 0  # tensors built once per forward and kept by every layer
     if cfg.positions == "rope":
