@@ -7,7 +7,8 @@ import importlib
 import logging
 import sys
 
-VERBS = ["info", "generate", "chat", "train", "tokenizer", "flops", "memory", "lab"]  # module names under modernlm.cli
+# module names under modernlm.cli
+VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", "memory", "lab"]
 
 
 def build_parser() -> argparse.ArgumentParser:

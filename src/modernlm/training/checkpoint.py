@@ -34,23 +34,37 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    run_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, keep: int = 2
+    run_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    keep: int = 2,
+    *,
+    publish: bool = True,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint of step `state["step"]` atomically, make it the latest, publish its weights at the run
-    directory's root, and delete all but the newest `keep` checkpoints. Returns the checkpoint directory."""
+    directory's root (unless not `publish`), and delete all but the newest `keep` checkpoints. `weights`: the
+    tensors to store instead of the whole state dict (e.g. only LoRA adapters; never published). Returns the
+    checkpoint directory."""
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{int(state['step']):07d}"
     if _latest_name(root) == final.name and final.is_dir():
         return final  # this step is already saved (an interrupt right after a scheduled save)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_native(model, tmp)
+    if weights is None:
+        save_native(model, tmp)
+    else:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS_NAME)
+        publish = False  # a partial state dict is no model to load
     _write_optimizer(tmp, optimizer)
     _write_json(tmp / STATE_NAME, {**state, "param_groups": _param_groups(optimizer), "rng": _python_rng()})
     shutil.rmtree(final, ignore_errors=True)  # a stale copy of this step that `latest` does not name
     os.replace(tmp, final)
     _write_text_atomic(root / LATEST, final.name + "\n")
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    for name in (CONFIG_NAME, WEIGHTS_NAME) if publish else ():
         _copy_atomic(final / name, Path(run_dir) / name)
     _prune(root, keep)
     return final

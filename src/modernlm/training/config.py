@@ -20,10 +20,50 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+class JsonConfig:
+    """JSON in and out for a dataclass of plain values (TrainConfig, FinetuneConfig): unknown fields are refused with
+    the valid ones listed; `_coerce` turns JSON values back into field types (lists into tuples...)."""
+
+    WHAT = "config"  # how error messages name the file
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def _coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**cls._coerce(dict(data)))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no {cls.WHAT} at {path}; write one with {cls.__name__}().to_json(path)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """A training run. `data` lists sources: "stdlib" (the running Python's standard library), files, directories,
     globs, or "hf:NAME[:SPLIT[:COLUMN]]" (Hugging Face `datasets`, when installed)."""
+
+    WHAT = "training config"
 
     out_dir: str = "runs/stdlib-small"
     data: list[str] = field(default_factory=lambda: ["stdlib"])
@@ -83,36 +123,11 @@ class TrainConfig:
             raise ValueError(f"vocab_size {self.vocab_size} is too small: byte-level BPE needs 256 bytes + 1 special")
         return self
 
-    # ---- JSON ---------------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        data = dict(data)
+    def _coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no training config at {path}; write one with TrainConfig().to_json(path)")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        return data
 
     def changed_fields(self, other: TrainConfig) -> list[str]:
         """The fields whose values differ from `other`'s that change the training math (not logging or saving)."""

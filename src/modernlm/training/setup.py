@@ -7,6 +7,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -16,18 +17,38 @@ from ..tokenizer import Tokenizer
 from .checkpoint import latest_step
 from .config import TrainConfig
 from .corpus import load_corpus
-from .data import TokenData, corpus_tokenizer, tokenize_corpus
+from .data import corpus_tokenizer, tokenize_corpus
 
 TRAIN_CONFIG_NAME = "train_config.json"
 
 
+class TrainData(Protocol):
+    """What the trainer reads: batch `index` as (inputs, shifted targets) (B, T) each, -100 where no loss; a pure
+    function of index and seed, so a resumed run sees the same batches. TokenData and finetune's ChatData have it."""
+
+    def train_batch(
+        self, index: int, batch_size: int, seq_len: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def val_batches(self, n_batches: int, batch_size: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 @dataclass
 class RunInputs:
+    """Everything the Trainer needs. `model`: a prebuilt model to train (e.g. a loaded base with LoRA adapters);
+    None builds a fresh Transformer(model_config). Only its parameters with requires_grad are optimized.
+    `publish_weights`: copy each checkpoint's weights to the run root (where `load_model(run_dir)` reads them);
+    False for runs that publish their own outputs. `save_trainable_only`: checkpoints hold only the trainable
+    parameters (LoRA adapters), and resuming needs the same prebuilt model to put them into."""
+
     config: TrainConfig
     model_config: ModelConfig
     tokenizer: Tokenizer
-    data: TokenData
+    data: TrainData
     run_dir: Path
+    model: torch.nn.Module | None = None
+    publish_weights: bool = True
+    save_trainable_only: bool = False
 
 
 def check_config(config: TrainConfig, resume: bool) -> ModelConfig:

@@ -63,7 +63,8 @@ class Trainer:
         cfg = self.cfg = inputs.config
         self.inputs, self.run_dir, self.data = inputs, inputs.run_dir, inputs.data
         torch.manual_seed(cfg.seed)
-        self.model = Transformer(inputs.model_config).to(cfg.device)
+        model = inputs.model if inputs.model is not None else Transformer(inputs.model_config)
+        self.model = model.to(cfg.device)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.decay_embeddings)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step = 0
@@ -76,7 +77,16 @@ class Trainer:
 
     def _restore(self) -> None:
         weights, optimizer_state, state = load_checkpoint(self.run_dir)
-        self.model.load_state_dict(weights)
+        if self.inputs.save_trainable_only:
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            if set(weights) != trainable:
+                raise ValueError(
+                    f"the checkpoint in {self.run_dir} holds {len(weights)} tensors, but this model trains "
+                    f"{len(trainable)} parameters: it was made with other settings; resume with the saved ones"
+                )
+            self.model.load_state_dict(weights, strict=False)
+        else:
+            self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(optimizer_state)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -178,7 +188,18 @@ class Trainer:
         state = dict(step=self.step, data_position=self.step * self.cfg.grad_accum, seed=self.cfg.seed)
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        return save_checkpoint(self.run_dir, self.model, self.optimizer, state, keep=self.cfg.keep_checkpoints)
+        weights = None
+        if self.inputs.save_trainable_only:
+            weights = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return save_checkpoint(
+            self.run_dir,
+            self.model,
+            self.optimizer,
+            state,
+            keep=self.cfg.keep_checkpoints,
+            publish=self.inputs.publish_weights,
+            weights=weights,
+        )
 
     def _fail(self, loss: float) -> None:
         from .checkpoint import latest_step

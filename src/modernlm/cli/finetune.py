@@ -1,0 +1,105 @@
+"""`modernlm finetune`: adapt a pretrained model to chat data (JSONL) with LoRA (default) or in full.
+
+With no arguments: SmolLM2-135M-Instruct, LoRA r=8 on the attention projections, the example dataset (short
+arithmetic and unit answers), a few minutes on 2 CPU cores. `--config file.json` (a FinetuneConfig) sets everything
+at once; flags given beside it win. `--resume` continues the run in `--out` with its saved settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# flag -> (FinetuneConfig field or "train.<TrainConfig field>", type, help)
+FLAGS = {
+    "--model": (
+        "base",
+        str,
+        "base model: an embedded name, a HF directory, a .gguf file (default: smollm2-135m-instruct)",
+    ),
+    "--train": ("train_file", str, "training JSONL (default: the example dataset, written into the run directory)"),
+    "--val": ("val_file", str, "held-out JSONL (default: the last tenth of --train)"),
+    "--out": ("train.out_dir", str, "run directory (default: runs/finetune, runs/finetune-full with --full)"),
+    "--r": ("r", int, "LoRA rank (default 8)"),
+    "--alpha": ("alpha", float, "LoRA alpha; the update is scaled by alpha / r (default 16)"),
+    "--dropout": ("dropout", float, "dropout on the LoRA input (default 0)"),
+    "--max-len": ("train.seq_len", int, "longest example in tokens; longer ones are cut (default 64)"),
+    "--max-steps": ("train.max_steps", int, "optimizer steps (default 100)"),
+    "--batch-size": ("train.batch_size", int, "examples per step (default 8)"),
+    "--lr": ("train.lr", float, "peak learning rate (default 1e-3 LoRA, 2e-5 full)"),
+    "--warmup-steps": ("train.warmup_steps", int, "linear warmup steps (default 10)"),
+    "--eval-interval": ("train.eval_interval", int, "steps between held-out evaluations (default 25)"),
+    "--save-interval": ("train.save_interval", int, "steps between checkpoints (default 50)"),
+    "--seed": ("train.seed", int, "seed of the adapter initialisation and the batch order (default 0)"),
+    "--num-threads": ("train.num_threads", int, "torch threads (default: torch's)"),
+    "--compare-prompts": ("compare_prompts", int, "held-out prompts answered before and after (default 4)"),
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on chat JSONL with LoRA or in full (no arguments: a demo)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--lora", dest="lora", action="store_true", default=None, help="LoRA adapters (the default)")
+    mode.add_argument("--full", dest="lora", action="store_false", help="train every weight instead of LoRA")
+    p.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default q,k,v,o_proj)")
+    for flag, (_, kind, text) in FLAGS.items():
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--config", type=Path, default=None, help="a FinetuneConfig JSON file; flags override its values")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """The FinetuneConfig the flags describe: the saved one (--resume), a --config file or the defaults; then flags."""
+    from ..finetune.config import CONFIG_NAME, FinetuneConfig, default_train_config
+
+    lora = True if args.lora is None else args.lora
+    if args.config is not None:
+        values = FinetuneConfig.from_json(args.config).to_dict()
+    elif args.resume:
+        out = Path(args.out or default_train_config(lora).out_dir)
+        if not (out / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no fine-tuning run to resume in {out} (no {CONFIG_NAME}); start without --resume")
+        values = FinetuneConfig.from_json(out / CONFIG_NAME).to_dict()
+    else:
+        values = FinetuneConfig(lora=lora).to_dict()
+    if args.lora is not None:
+        values["lora"] = args.lora
+    for flag, (name, _, _) in FLAGS.items():
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given is not None:
+            section, _, key = name.rpartition(".")
+            (values[section] if section else values)[key] = given
+    if args.targets is not None:
+        values["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.no_progress:
+        values["train"]["progress"] = False
+    return FinetuneConfig.from_dict(values).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..finetune.run import finetune
+
+    cfg = build_config(args)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    result = finetune(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    if result.status != "done":
+        how = f"continue with: modernlm finetune --resume --out {result.run_dir}"
+        print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
+        return 130 if result.status == "interrupted" else 0
+    for c in result.comparisons:
+        print(f"---- {c.prompt}\n  reference: {c.reference}\n  before: {c.before!r}\n  after:  {c.after!r}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"held-out loss {fmt(result.val_before)} -> {fmt(result.val_after)}; {result.step} steps, "
+          f"{result.trainable:,} of {result.total:,} parameters trained, {result.seconds:.0f} s")  # fmt: skip
+    out = result.run_dir
+    made = f"{out / 'adapter'} (adapter), " if result.adapter_dir else ""
+    print(f"wrote {made}{result.model_dir} (a transformers checkpoint) and {out / 'before_after.md'}")
+    print(f"try: modernlm chat --model {result.model_dir}")
+    return 0
