@@ -5,7 +5,7 @@ Measured with `modernlm.analysis.measure.LiveBytes`, which counts the bytes of e
 still hold (RSS would add the allocator's caching and fragmentation): the peak over one training step (forward,
 backward, AdamW step) of the second step, plus the optimizer state that the first step created, beyond the model's
 weights; and what is alive after the forward and the loss (the activations, the float32 logits included).
-Predicted: gradients + optimizer states + activations (those of full training: an upper bound for LoRA).
+Predicted: gradients + optimizer states + activations (those of full training, also for LoRA).
 
     python benchmarks/finetune_memory.py [--batch-size 4] [--seq-len 256]
 """

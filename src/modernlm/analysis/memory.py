@@ -129,8 +129,8 @@ def training_memory(
     """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations.
 
     `trainable_parameters` (default: all) is how many get gradients and optimizer states, e.g. LoRA's adapters;
-    they are counted on top of the model's own parameters. Activations are those of full training (an upper bound
-    for LoRA, whose frozen projections keep less for the backward pass)."""
+    they are counted on top of the model's own parameters. Activations are those of full training (measured on
+    SmolLM2, LoRA's are 84% of it with adapters on q/k/v/o and the same with adapters on every linear)."""
     from .params import parameter_counts
 
     _check("precision", precision, PRECISIONS)
