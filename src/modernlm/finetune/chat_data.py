@@ -108,14 +108,15 @@ def encode_conversation(tokenizer, messages: list[dict]) -> Example:
     return Example(list(encoding.ids), labels)
 
 
-def encode_file(tokenizer, path: str | os.PathLike, max_len: int) -> list[Example]:
-    """Every conversation of a JSONL file, encoded; those longer than `max_len` tokens are cut (with a count)."""
-    examples = [encode_conversation(tokenizer, c) for c in read_jsonl(path)]
+def encode_conversations(tokenizer, conversations: list[list[dict]], max_len: int, where: str) -> list[Example]:
+    """Conversations (from `read_jsonl`) encoded and cut to `max_len` tokens; those left without an assistant token
+    are dropped. `where` names their source in the error raised when none is left."""
+    examples = [encode_conversation(tokenizer, c) for c in conversations]
     for e in examples:
         del e.ids[max_len:], e.labels[max_len:]
     kept = [e for e in examples if any(t != IGNORE for t in e.labels[1:])]
     if not kept:
-        raise ChatDataError(f"{path}: no example has an assistant token within {max_len} tokens; raise the length")
+        raise ChatDataError(f"{where}: no example has an assistant token within {max_len} tokens; raise the length")
     return kept
 
 

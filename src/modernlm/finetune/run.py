@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from .. import load_model, load_tokenizer, save_model
-from ..training.checkpoint import latest_step
-from ..training.setup import RunInputs
+from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
-from .chat_data import ChatData, encode_file, read_jsonl
+from .chat_data import ChatData, encode_conversations, read_jsonl
 from .config import CONFIG_NAME, FinetuneConfig
 from .examples import write_example_dataset
 from .lora import apply_lora, merge_and_unload, save_adapter, trainable_parameters
@@ -57,7 +56,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_at_step: int | N
     """Run `cfg`; with `resume`, continue the run in its directory from the latest checkpoint (same losses as an
     uninterrupted run). `stop_at_step` saves and returns after that many optimizer steps."""
     t0 = time.perf_counter()
-    _check_run_dir(cfg.validate(), resume)
+    check_run_dir(cfg.validate().run_dir, cfg, CONFIG_NAME, resume)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     run_dir = cfg.run_dir
@@ -108,25 +107,6 @@ def _prepare_model(cfg: FinetuneConfig, model, tokenizer, prompts) -> list[Compa
     return _compare(model, tokenizer, prompts, cfg.answer_tokens)
 
 
-def _check_run_dir(cfg: FinetuneConfig, resume: bool) -> None:
-    step = latest_step(cfg.run_dir)
-    if resume:
-        saved_path = cfg.run_dir / CONFIG_NAME
-        if step is None or not saved_path.is_file():
-            raise FileNotFoundError(f"no fine-tuning checkpoint to resume in {cfg.run_dir}; start without --resume")
-        changed = cfg.changed_fields(FinetuneConfig.from_json(saved_path))
-        if changed:
-            raise ValueError(
-                f"cannot resume {cfg.run_dir} with different {', '.join(changed)}: those change the training; "
-                "resume with the saved settings, or start a new run in another directory"
-            )
-    elif step is not None:
-        raise ValueError(
-            f"{cfg.run_dir} already holds a run (checkpoint at step {step}); continue it with --resume, "
-            "or choose another output directory"
-        )
-
-
 def _data(cfg: FinetuneConfig, tokenizer) -> tuple[ChatData, list[tuple[list[dict], str]]]:
     """The encoded data, and the held-out prompts to compare on: (messages before the reply, the reply)."""
     if cfg.train_file is None:
@@ -134,14 +114,16 @@ def _data(cfg: FinetuneConfig, tokenizer) -> tuple[ChatData, list[tuple[list[dic
     else:
         train_path, val_path = Path(cfg.train_file), cfg.val_file and Path(cfg.val_file)
     max_len = cfg.train.seq_len + 1  # inputs and shifted labels are seq_len long
-    train = encode_file(tokenizer, train_path, max_len)
+    train_conversations = read_jsonl(train_path)
     if val_path:
-        val, val_conversations = encode_file(tokenizer, val_path, max_len), read_jsonl(val_path)
+        val_conversations = read_jsonl(val_path)
     else:  # hold out the last tenth of the training file
-        n_val = max(len(train) // 10, 1)
-        if len(train) < 2:
+        if len(train_conversations) < 2:
             raise ValueError(f"{train_path} has one example: give a val_file, or more examples to hold some out")
-        train, val, val_conversations = train[:-n_val], train[-n_val:], read_jsonl(train_path)[-n_val:]
+        n_val = max(len(train_conversations) // 10, 1)
+        train_conversations, val_conversations = train_conversations[:-n_val], train_conversations[-n_val:]
+    train = encode_conversations(tokenizer, train_conversations, max_len, str(train_path))
+    val = encode_conversations(tokenizer, val_conversations, max_len, str(val_path or train_path))
     prompts = []
     for messages in val_conversations[: cfg.compare_prompts]:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

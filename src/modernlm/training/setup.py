@@ -15,7 +15,7 @@ from ..config import ModelConfig, preset
 from ..loading import load_tokenizer
 from ..tokenizer import Tokenizer
 from .checkpoint import latest_step
-from .config import TrainConfig
+from .config import JsonConfig, TrainConfig
 from .corpus import load_corpus
 from .data import corpus_tokenizer, tokenize_corpus
 
@@ -65,11 +65,22 @@ def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
         raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device 'cpu'")
-    run_dir = Path(config.out_dir)
+    check_run_dir(Path(config.out_dir), config, TRAIN_CONFIG_NAME, resume)
+    if config.precision == "bf16" and config.device == "cpu" and not _cpu_has_bf16():
+        slow = "this CPU has no native bfloat16 matrix units: bf16 autocast is much slower than fp32 here"
+        warnings.warn(slow, stacklevel=3)
+    return model_config
+
+
+def check_run_dir(run_dir: Path, config: JsonConfig, config_name: str, resume: bool) -> None:
+    """A new run needs a directory without checkpoints; a resumed one needs its saved settings (`config_name`), the
+    same values of every field that changes the training, and a checkpoint. Shared by training and fine-tuning."""
     step = latest_step(run_dir)
     if resume:
-        saved = read_saved_config(run_dir)
-        changed = config.changed_fields(saved)
+        saved_path = run_dir / config_name
+        if not saved_path.is_file():
+            raise FileNotFoundError(f"no {config_name} in {run_dir}: nothing to resume there")
+        changed = config.changed_fields(type(config).from_json(saved_path))
         if changed:
             raise ValueError(
                 f"cannot resume {run_dir} with different {', '.join(changed)}: those change the training itself; "
@@ -82,10 +93,6 @@ def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
             f"{run_dir} already holds a run (checkpoint at step {step}); continue it with --resume, "
             "or choose another output directory"
         )
-    if config.precision == "bf16" and config.device == "cpu" and not _cpu_has_bf16():
-        slow = "this CPU has no native bfloat16 matrix units: bf16 autocast is much slower than fp32 here"
-        warnings.warn(slow, stacklevel=3)
-    return model_config
 
 
 def read_saved_config(run_dir: Path) -> TrainConfig:
