@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .generate import add_model_args, add_sampling_args, load, sampling_options
+from .generate import add_model_args, add_sampling_args, encode_prompt, load, sampling_options
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
@@ -66,7 +66,7 @@ def run(args) -> int:
         messages.append({"role": "user", "content": text})
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         pieces = []
-        for piece in session.stream(tokenizer.encode(prompt), args.max_new_tokens, **options):
+        for piece in session.stream(encode_prompt(tokenizer, prompt), args.max_new_tokens, **options):
             pieces.append(piece)
             print(piece, end="", flush=True)
         print()
