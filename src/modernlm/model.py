@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import ABSOLUTE_POSITIONS, ModelConfig
 from .layers.block import Block
 from .layers.kv_cache import KVCache
+from .layers.linear import Linear, linear
 from .layers.norm import make_norm
 from .layers.positions import LearnedPositions, absolute_positions, alibi_bias, alibi_slopes, sinusoidal_table
 from .layers.rope import inverse_frequencies, rope_cos_sin
@@ -30,7 +31,7 @@ class Transformer(nn.Module):
         # Post-norm blocks end in a norm already; the final norm belongs to the pre-norm stack (GPT-2's ln_f).
         pre = config.norm_placement == "pre"
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps) if pre else nn.Identity()
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.register_buffer("alibi_slopes", torch.empty(config.n_heads), persistent=False)
         self.attention_factor = 1.0
@@ -110,7 +111,7 @@ class Transformer(nn.Module):
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight).float()  # (B, T, V)
+        return linear(x, weight).float()  # (B, T, V)
 
     def _embed(self, input_ids, input_pos, attention_mask) -> torch.Tensor:
         """Token embeddings (scaled by sqrt(D) if asked), plus absolute positions, then embedding dropout."""

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..layers.linear import Linear, linear
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
@@ -76,10 +77,10 @@ class LoraLinear(nn.Linear):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        return y + linear(linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     def delta(self) -> torch.Tensor:  # (out, in)
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
@@ -147,7 +148,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold the adapters into the weights and put plain nn.Linear modules back: a normal model to save."""
     for name, m in lora_modules(model).items():
         m.merge()
-        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, plain)

@@ -8,12 +8,14 @@ Dimension names used in the shape comments:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn import Linear
 
 from ..config import ModelConfig
+from .linear import Linear, attention_dtype
 from .rope import apply_rope
 
 
@@ -51,13 +53,21 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
             k, v = k_cache, v_cache  # (B, K, S, Dh)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # (B, H, T, Dh)
+        y = self._attend(q, k, v, mask, causal=mask is None and T > 1)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)
+
+    def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:  # (B, H, T, Dh), (B, K, S, Dh) x2 -> (B, H, T, Dh)
+        dtype = attention_dtype(q)
+        if dtype is not None:  # the fp32 kernel on bf16 values (see layers/linear.py)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+        with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn import Linear
 
 from ..config import GATED_FFNS, ModelConfig
+from .linear import Linear
 
 ACTIVATIONS = {
     "swiglu": F.silu,

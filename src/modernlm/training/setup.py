@@ -3,8 +3,6 @@ model shape, the run directory, then the corpus, the tokenizer and the token fil
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -66,9 +64,6 @@ def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device 'cpu'")
     check_run_dir(Path(config.out_dir), config, TRAIN_CONFIG_NAME, resume)
-    if config.precision == "bf16" and config.device == "cpu" and not _cpu_has_bf16():
-        slow = "this CPU has no native bfloat16 matrix units: bf16 autocast is much slower than fp32 here"
-        warnings.warn(slow, stacklevel=3)
     return model_config
 
 
@@ -127,9 +122,3 @@ def prepare(config: TrainConfig, resume: bool = False) -> RunInputs:
     tokenizer.save(run_dir)
     config.to_json(run_dir / TRAIN_CONFIG_NAME)
     return RunInputs(config, model_config, tokenizer, data, run_dir)
-
-
-def _cpu_has_bf16() -> bool:
-    with contextlib.suppress(Exception):
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return False
