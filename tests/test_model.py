@@ -91,6 +91,24 @@ def test_rope_rotates_pairs_by_position_times_frequency():
     assert math.isclose(out[5].item(), math.sin(angle), abs_tol=1e-6)
 
 
+def test_rope_backward_is_the_derivative():
+    """The hand-written backward (the inverse rotation) against finite differences (float64), on the (B, T, H, Dh)
+    layout attention uses and on arbitrary tables, and against autograd of the textbook rotate_half form."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)  # (B, T, H, Dh)
+    cos, sin = torch.randn(5, 1, 8, dtype=torch.float64), torch.randn(5, 1, 8, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: apply_rope(x, cos, sin), (x,))
+    inv_freq, _ = inverse_frequencies(8, 10000.0, None)
+    cos, sin = rope_cos_sin(torch.arange(5), inv_freq.double(), 1.0, torch.float64)
+    xt = x.detach().transpose(1, 2).requires_grad_()  # (B, H, T, Dh), a strided view
+    textbook = xt * cos + torch.cat((-xt[..., 4:], xt[..., :4]), -1) * sin
+    grad = torch.randn_like(textbook)
+    expected = torch.autograd.grad(textbook, xt, grad)[0]
+    ours = apply_rope(xt, cos, sin)
+    torch.testing.assert_close(ours, textbook, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, xt, grad)[0], expected, atol=1e-12, rtol=0)
+
+
 def test_gqa_shares_kv_heads():
     model = tiny(n_kv_heads=1)
     attn = model.blocks[0].attn

@@ -40,14 +40,16 @@ class Attention(nn.Module):
         input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = q  # shared_qk: (B, H, T, Dh) with H == K
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, Dh)
+        k = q  # shared_qk: H == K
         if self.k_proj is not None:
-            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
-        if rope is not None:
-            q = apply_rope(q, *rope)
-            k = q if self.k_proj is None else apply_rope(k, *rope)
+        if rope is not None:  # rotated before the heads move forward: the (B, T, heads, Dh) layout SDPA reads best
+            cos, sin = rope[0][:, None], rope[1][:, None]  # (T, 1, Dh)
+            q = apply_rope(q, cos, sin)
+            k = q if self.k_proj is None else apply_rope(k, cos, sin)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Dh), (B, K, T, Dh)
         if kv is not None:
             k_cache, v_cache = kv
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))

@@ -78,7 +78,39 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, heads, T, Dh) by the (T, Dh) tables: x * cos + rotate_half(x) * sin."""
+    """Rotate x (..., Dh) by cos and sin tables broadcastable to it, e.g. (B, heads, T, Dh) by (T, Dh):
+    x * cos + rotate_half(x) * sin, where rotate_half(x) is (-x2, x1) for the halves x1, x2 of the head dimension."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RopeFunction.apply(x, cos, sin)
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, written half by half (no rotate_half tensor is built):
+    out1 = x1 c1 - x2 s1,  out2 = x2 c2 + x1 s2."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    x1, x2 = x[..., :half], x[..., half:]
+    (c1, c2), (s1, s2) = cos.split(half, -1), sin.split(half, -1)  # (T, Dh/2) each
+    return torch.cat((torch.addcmul(x1 * c1, x2, s1, value=-1.0), torch.addcmul(x2 * c2, x1, s2)), -1)
+
+
+class _RopeFunction(torch.autograd.Function):
+    """RoPE with its backward written out: the gradient of a rotation is the inverse rotation of the gradient, so
+    the backward pass keeps no activations and runs the five ops of the forward pass (autograd through the
+    cat/neg/mul/add form runs about twice as many, and slices and pads the gradient). cos and sin get no gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.x_dtype = x.dtype
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        # d/dx1 = g1 c1 + g2 s2, d/dx2 = g2 c2 - g1 s1 (the rotation by -angle when the halves' tables are equal)
+        half = grad.shape[-1] // 2
+        g1, g2 = grad[..., :half], grad[..., half:]
+        (c1, c2), (s1, s2) = cos.split(half, -1), sin.split(half, -1)
+        grad_x = torch.cat((torch.addcmul(g1 * c1, g2, s2), torch.addcmul(g2 * c2, g1, s1, value=-1.0)), -1)
+        return grad_x.to(ctx.x_dtype), None, None
