@@ -159,9 +159,18 @@ def test_weight_decay_only_on_matrices(tied):
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
-def test_tiny_model_overfits_tiny_corpus_below_unigram_entropy(tmp_path, corpus_file):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: autocast (emulated on CPUs without bf16 units)
+def test_tiny_model_overfits_tiny_corpus_below_unigram_entropy(tmp_path, corpus_file, precision):
     config = tiny_config(
-        tmp_path, corpus_file, max_steps=120, warmup_steps=10, lr=1e-2, batch_size=8, save_interval=0, min_lr=1e-3
+        tmp_path,
+        corpus_file,
+        max_steps=120,
+        warmup_steps=10,
+        lr=1e-2,
+        batch_size=8,
+        save_interval=0,
+        min_lr=1e-3,
+        precision=precision,
     )
     config.model_overrides = {"d_model": 64, "max_seq_len": 64}
     result = train(config)

@@ -19,7 +19,8 @@ recomputed, which adds one layer's activations on top (`recompute_peak`).
 
 Precision: "fp32" keeps everything in float32; "bf16"/"fp16" mean autocast (the trainer's meaning): float32
 parameters, gradients and optimizer states, 16-bit copies of the weights, activations counted at 2 bytes (an estimate:
-under autocast the residual stream and norms stay float32). Only fp32 is checked against measurement (on CPU).
+under autocast the residual stream and norms stay float32; on a CPU without bf16 units attention runs its float32
+kernel and keeps float32 q, k, v and output, see layers/linear.py). Only fp32 is checked against measurement (on CPU).
 """
 
 from __future__ import annotations
