@@ -214,3 +214,39 @@ def test_missing_chat_template(ours):
 def test_special_token_not_in_vocabulary(ours):
     with pytest.raises(TokenizerError, match="eos_token '</s>' is not in the vocabulary"):
         Tokenizer(ours.backend, eos_token="</s>")
+
+
+@pytest.mark.parametrize("add_bos", [True, False, None])
+def test_prompts_start_with_bos_as_the_checkpoint_says(tmp_path, write_gguf, small_vocab, add_bos):
+    """`tokenizer.ggml.add_bos_token` (GGUF), `add_bos_token` or the tokenizer.json post-processor (directories):
+    prompt ids equal transformers' `tokenizer(text).input_ids` for the GGUF, the directory transformers saves from it,
+    and the directory we save."""
+    from transformers import AutoTokenizer
+
+    from modernlm.cli.generate import encode_prompt
+
+    tokens, merges = small_vocab
+    metadata = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": [3, 3] + [1] * (len(tokens) - 2),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 0,
+    }
+    if add_bos is not None:
+        metadata["tokenizer.ggml.add_bos_token"] = add_bos
+    path = write_gguf(tmp_path / "m.gguf", "llama", metadata)
+    hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    hf.save_pretrained(tmp_path / "hf_saved")
+    ours = Tokenizer.from_gguf(path)
+    ours.save(tmp_path / "ours_saved")
+    text = CORPUS[0]
+    expected = hf(text).input_ids
+    assert (expected[:1] == [1]) == bool(add_bos)
+    assert encode_prompt(ours, text) == expected
+    assert encode_prompt(Tokenizer.from_directory(tmp_path / "hf_saved"), text) == expected
+    assert encode_prompt(Tokenizer.from_directory(tmp_path / "ours_saved"), text) == expected
+    assert AutoTokenizer.from_pretrained(tmp_path / "ours_saved")(text).input_ids == expected
+    assert encode_prompt(ours, "<|im_start|>" + text)[:2] != [1, 1]  # never a second BOS

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -65,6 +65,7 @@ class Tokenizer:
         pad_token: str | None = None,
         unk_token: str | None = None,
         chat_template: str | None = None,
+        add_bos_token: bool = False,
         source: str = "",
     ) -> None:
         self.backend = backend
@@ -77,6 +78,9 @@ class Tokenizer:
             if backend.token_to_id(token) is None:
                 raise TokenizerError(f"{source or 'tokenizer'}: the {name} {token!r} is not in the vocabulary")
         self.chat_template = chat_template
+        # Whether a prompt starts with BOS: the checkpoint's own setting, as transformers and llama.cpp read it.
+        # `encode` never adds it; prompt encoders (cli.generate.encode_prompt) do.
+        self.add_bos_token = bool(add_bos_token) and "bos_token" in self.special_tokens
         self.source = source
 
     # ---- constructors -------------------------------------------------------------------------------------------
@@ -98,10 +102,15 @@ class Tokenizer:
         config = _read_json(path / "tokenizer_config.json")
         special_map = _read_json(path / "special_tokens_map.json")
         special = {name: _token_content(config.get(name, special_map.get(name))) for name in SPECIAL_NAMES}
+        backend = BackendTokenizer.from_file(str(path / "tokenizer.json"))
+        add_bos = config.get("add_bos_token")
+        if not isinstance(add_bos, bool):  # no setting: what tokenizer.json's post-processor does with a text
+            add_bos = _post_processor_adds(backend, special["bos_token"])
         return cls(
-            BackendTokenizer.from_file(str(path / "tokenizer.json")),
+            backend,
             **special,
             chat_template=_directory_chat_template(path, config),
+            add_bos_token=add_bos,
             source=str(path),
         )
 
@@ -131,7 +140,13 @@ class Tokenizer:
         ):
             token_id = meta.get(f"tokenizer.ggml.{key}")
             special[name] = tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
-        return cls(backend, **special, chat_template=meta.get("tokenizer.chat_template"), source=str(path))
+        return cls(
+            backend,
+            **special,
+            chat_template=meta.get("tokenizer.chat_template"),
+            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+            source=str(path),
+        )
 
     # ---- text <-> ids ---------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -200,11 +215,18 @@ class Tokenizer:
         """Write tokenizer.json and tokenizer_config.json, which `transformers.AutoTokenizer.from_pretrained` loads."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / "tokenizer.json"))
+        backend = self.backend
+        if self.add_bos_token:  # transformers adds BOS through tokenizer.json's post-processor: write one that does
+            backend = BackendTokenizer.from_str(self.backend.to_str())
+            bos = self.special_tokens["bos_token"]
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, self.bos_token_id)]
+            )
+        backend.save(str(directory / "tokenizer.json"))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json as written: no class-specific rebuilding
             **self.special_tokens,
-            "add_bos_token": False,
+            "add_bos_token": self.add_bos_token,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
         }
@@ -270,6 +292,12 @@ def _byte_level_bpe(
 
 
 # ---- directories --------------------------------------------------------------------------------------------------
+def _post_processor_adds(backend: BackendTokenizer, bos_token: str | None) -> bool:
+    """Whether the tokenizer.json's post-processor puts `bos_token` before a text (Llama 3's TemplateProcessing)."""
+    bos = None if bos_token is None else backend.token_to_id(bos_token)
+    return bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
