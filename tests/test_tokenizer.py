@@ -250,3 +250,9 @@ def test_prompts_start_with_bos_as_the_checkpoint_says(tmp_path, write_gguf, sma
     assert encode_prompt(Tokenizer.from_directory(tmp_path / "ours_saved"), text) == expected
     assert AutoTokenizer.from_pretrained(tmp_path / "ours_saved")(text).input_ids == expected
     assert encode_prompt(ours, "<|im_start|>" + text)[:2] != [1, 1]  # never a second BOS
+    messages = [{"role": "user", "content": text}]
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    ours.chat_template = hf.chat_template = template  # a template without BOS: the chat prompt gets none
+    rendered = ours.apply_chat_template(messages, add_generation_prompt=False)
+    chat_ids = hf.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert encode_prompt(ours, rendered, chat=True) == chat_ids

@@ -66,7 +66,7 @@ def run(args) -> int:
         messages.append({"role": "user", "content": text})
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         pieces = []
-        for piece in session.stream(encode_prompt(tokenizer, prompt), args.max_new_tokens, **options):
+        for piece in session.stream(encode_prompt(tokenizer, prompt, chat=True), args.max_new_tokens, **options):
             pieces.append(piece)
             print(piece, end="", flush=True)
         print()

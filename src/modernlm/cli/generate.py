@@ -57,10 +57,12 @@ def load(args):
     return model, tokenizer
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
+def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """Ids of a prompt, BOS first when the tokenizer says prompts start with it (transformers' `tokenizer(text)`);
+    a rendered chat template (`chat`) carries its own BOS or none, as `apply_chat_template(tokenize=True)` gives."""
     ids = tokenizer.encode(text)
     bos = getattr(tokenizer, "bos_token_id", None)
-    if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
+    if not chat and getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
         ids = [bos, *ids]
     return ids
 
@@ -99,7 +101,7 @@ def run(args) -> int:
             {"role": "user", "content": prompt}
         ]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    ids = encode_prompt(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt, chat=args.chat)
     options = sampling_options(args, tokenizer)
     loaded = time.perf_counter()
     if args.num_beams > 1:
