@@ -87,6 +87,15 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, data_files, t
     second = finetune(cfg, resume=True)
     assert first.train.losses + second.train.losses == tuned.train.losses
     assert second.val_before == tuned.val_before and second.val_after == tuned.val_after
+    # tokens count the positions of each (padded) batch, carried across the resume; chat batches are shorter than
+    # batch x seq_len, which was counted before
+    tokens = [_last_tokens(run.run_dir) for run in (tuned, second)]
+    assert tokens[0] == tokens[1] < 4 * cfg.train.batch_size * cfg.train.seq_len
+
+
+def _last_tokens(run_dir) -> int:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [m for m in lines if "tokens" in m][-1]["tokens"]
 
 
 def test_optimizer_holds_only_trainable_parameters(tmp_path):

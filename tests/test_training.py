@@ -5,6 +5,7 @@ checkpoints that survive a crash mid-write, a NaN and a signal, and clear errors
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import signal
 from collections import Counter
@@ -193,6 +194,8 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path, corpus_file):
     second = train(config, resume=True)
     assert second.status == "done" and len(first.losses) + len(second.losses) == 8
     torch.testing.assert_close(first.losses + second.losses, straight.losses, rtol=1e-6, atol=1e-6)
+    metrics = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [m for m in metrics if "tokens" in m][-1]["tokens"] == 8 * 2 * 4 * 32  # steps x accum x batch x seq_len
     weights_a = modernlm.load_model(tmp_path / "a").state_dict()
     for name, value in modernlm.load_model(tmp_path / "b").state_dict().items():
         torch.testing.assert_close(value, weights_a[name], rtol=1e-5, atol=1e-6)

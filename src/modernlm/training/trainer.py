@@ -68,12 +68,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.decay_embeddings)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step = 0
+        # Token positions run through the model (padding of chat batches included; before, batch x seq_len was
+        # counted, which overstated shorter padded batches).
+        self.tokens, self.step_tokens = 0, 0
         if resume:
             self._restore()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None)
         self.val_batches = self.data.val_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
 
     def _restore(self) -> None:
         weights, optimizer_state, state = load_checkpoint(self.run_dir)
@@ -92,6 +94,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng(state)
         self.step = int(state["step"])
+        self.tokens = int(state.get("tokens", self.step * self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum))
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -104,9 +107,11 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         total = torch.zeros((), device=cfg.device)
+        self.step_tokens = 0
         for k in range(cfg.grad_accum):
             x, y = self.data.train_batch(self.step * cfg.grad_accum + k, cfg.batch_size, cfg.seq_len, cfg.seed)
             x, y = x.to(cfg.device), y.to(cfg.device)  # (B, T) each
+            self.step_tokens += x.numel()
             with self._autocast():
                 logits = self.forward(x)  # (B, T, V)
             loss = next_token_loss(logits, y) / cfg.grad_accum
@@ -150,10 +155,11 @@ class Trainer:
                 bar.close()
                 self._fail(loss)
             self.step += 1
+            self.tokens += self.step_tokens
             result.losses.append(loss)
             window.append(loss)
             now = time.perf_counter()
-            tok_s = self.tokens_per_step / max(now - t_last, 1e-9)
+            tok_s = self.step_tokens / max(now - t_last, 1e-9)
             t_last = now
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} gnorm {norm:.2f} {tok_s:,.0f} tok/s", refresh=False)
@@ -164,7 +170,7 @@ class Trainer:
                         loss=sum(window) / len(window),
                         lr=lr,
                         grad_norm=norm,
-                        tokens=self.step * self.tokens_per_step,
+                        tokens=self.tokens,
                         tok_per_s=round(tok_s, 1),
                     )
                 )
@@ -185,7 +191,9 @@ class Trainer:
                 bar.write(f"step {self.step}: validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f}")
 
     def save(self) -> Path:
-        state = dict(step=self.step, data_position=self.step * self.cfg.grad_accum, seed=self.cfg.seed)
+        state = dict(
+            step=self.step, data_position=self.step * self.cfg.grad_accum, seed=self.cfg.seed, tokens=self.tokens
+        )
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         weights = None
