@@ -105,3 +105,27 @@ def test_training_step_under_emulation_matches_torch_bf16(emulate):
     assert loss_emulated == pytest.approx(loss_fp32, rel=2e-2)
     assert F.cosine_similarity(grad_emulated, grad_native, dim=0) > 0.999
     assert F.cosine_similarity(grad_emulated, grad_fp32, dim=0) > 0.99
+
+
+def test_bf16_weights_take_fp32_gemms_from_min_rows_on(emulate):
+    """Inference with a bf16 model: prompts of MIN_ROWS tokens or more run as fp32 GEMMs on the bf16 values (same
+    logits as torch's bf16 kernels, to bf16 precision); fewer rows (decoding) keep torch's kernel."""
+    emulate(True)
+    w = torch.randn(8, 16).bfloat16()
+    assert not L.emulating_bf16(torch.randn(L.MIN_ROWS - 1, 16).bfloat16(), w)
+    assert L.emulating_bf16(torch.randn(2, L.MIN_ROWS // 2, 16).bfloat16(), w)
+    assert not L.emulating_bf16(torch.randn(L.MIN_ROWS, 16), w.float())  # float32: nothing to emulate
+    config = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    ids = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        exact = model.double()(ids)
+        model = model.bfloat16()
+        ours = model(ids)
+        emulate(False)
+        theirs = model(ids)
+    scale = exact.abs().max()
+    assert (ours.double() - exact).abs().max() < 0.05 * scale
+    assert (ours.double() - theirs.double()).abs().max() < 0.05 * scale
+    assert (ours.double() - exact).abs().mean() <= 1.5 * (theirs.double() - exact).abs().mean()

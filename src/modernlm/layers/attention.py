@@ -59,12 +59,12 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)
 
     def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:  # (B, H, T, Dh), (B, K, S, Dh) x2 -> (B, H, T, Dh)
-        dtype = attention_dtype(q)
+        dtype, out_dtype = attention_dtype(q), q.dtype
         if dtype is not None:  # the fp32 kernel on bf16 values (see layers/linear.py)
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
         with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
-            return F.scaled_dot_product_attention(
+            y = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
@@ -73,3 +73,4 @@ class Attention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
+        return y.to(out_dtype)

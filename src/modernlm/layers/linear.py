@@ -1,17 +1,19 @@
-"""The matrix product behind every projection, and how bfloat16 autocast runs it on a CPU without bf16 hardware.
+"""The matrix product behind every projection, and how bfloat16 runs on a CPU without bf16 hardware.
 
 On an x86 CPU without AVX512-BF16 or AMX, torch's bf16 GEMM runs 7-12x slower than fp32, and its bf16 attention about
-5x. Under CPU bf16 autocast on such a machine, `linear` computes the bf16 product as a bf16 kernel does (operands
-rounded to bf16, products exact, sums in fp32, the result rounded to bf16) with fp32 GEMMs; it keeps bf16 copies for
-the backward pass, so activations still take bf16 memory. `attention_dtype` asks attention to run its float32
-kernel on the bf16 inputs for the same reason.
+5x. On such a machine `linear` computes a bf16 product as a bf16 kernel does (operands rounded to bf16, products
+exact, sums in fp32, the result rounded to bf16) with fp32 GEMMs:
+- under CPU bf16 autocast (training), keeping bf16 copies for the backward pass, so activations still take bf16
+  memory;
+- for bf16 weights and inputs of at least `MIN_ROWS` rows (a prompt's prefill). Fewer rows (decoding) keep torch's
+  bf16 kernel: it reads half the bytes of fp32, and converting the weight for a few rows costs more than it saves.
+`attention_dtype` asks attention to run its float32 kernel on the bf16 inputs in the same cases.
 
 (Fusing q/k/v or gate/up into one GEMM over concatenated weights was measured and made training steps slower on
 this AVX2 CPU, forward and backward: MKL runs the three narrow GEMMs as fast as the wide one.)
 
-`F.linear` under autocast is the plain twin; tests compare them.
+`F.linear` in bf16 is the plain twin; tests compare them.
 """
-
 from __future__ import annotations
 
 import functools
@@ -31,24 +33,39 @@ def native_bf16_matmul() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def emulating_bf16(x: torch.Tensor) -> bool:
-    """True under CPU bf16 autocast on a CPU without bf16 matrix units: products run as fp32 on bf16 values."""
-    return (
-        x.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not native_bf16_matmul()
-    )
+MIN_ROWS = 16  # bf16 weights: rows of input from which fp32 GEMMs win (crossover measured at 8-16 on AVX2)
 
 
-def attention_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """float32 when attention on `x` should run its fp32 kernel (see `emulating_bf16`), else None (as it is)."""
-    return torch.float32 if emulating_bf16(x) else None
+def _without_bf16_units(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not native_bf16_matmul()
+
+
+def _autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def emulating_bf16(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """True where the bf16 product of x (with `weight`) runs as fp32 GEMMs on bf16 values (see the module's doc)."""
+    if not _without_bf16_units(x):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return _autocast_bf16()
+    bf16 = x.dtype == torch.bfloat16 and (weight is None or weight.dtype == torch.bfloat16)
+    return bf16 and x.numel() >= MIN_ROWS * x.shape[-1]
+
+
+def attention_dtype(q: torch.Tensor) -> torch.dtype | None:
+    """float32 when attention on queries q (B, H, T, Dh) should run its fp32 kernel, else None (as it is)."""
+    if not _without_bf16_units(q):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.float32 if _autocast_bf16() else None
+    return torch.float32 if q.dtype == torch.bfloat16 and q.shape[-2] >= MIN_ROWS else None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias: (..., in) -> (..., out)."""
-    if emulating_bf16(x):
+    if emulating_bf16(x, weight):
         return _Bf16Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
