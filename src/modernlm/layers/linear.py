@@ -14,6 +14,7 @@ this AVX2 CPU, forward and backward: MKL runs the three narrow GEMMs as fast as 
 
 `F.linear` in bf16 is the plain twin; tests compare them.
 """
+
 from __future__ import annotations
 
 import functools
