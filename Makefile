@@ -28,4 +28,4 @@ bench: setup-test  ## side by side with transformers; figures go to BENCHMARKS.m
 
 lab: setup  ## every lab experiment, full runs, then LAB.md
 	for name in $$($(PY) -m modernlm lab list | grep -v '^ '); do $(PY) -m modernlm lab run $$name --out lab/$$name || exit 1; done
-	$(PY) -c "import modernlm.lab as l; l.write_report('lab', 'LAB.md')"
+	$(PY) -c "import modernlm.lab as l, pathlib; l.write_report('lab', 'LAB.md', pathlib.Path('lab/NOTE.md').read_text().strip())"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import Transformer
+from ..training.optim import build_optimizer, lr_at, set_lr
 
 VOCAB = 256
 
@@ -83,7 +84,8 @@ def train(
     seed: int = 0,
     mask_fn=None,  # optional: replaces the model's attention mask (the causal-mask leak)
 ) -> Run:
-    """AdamW (betas 0.9, 0.95, weight decay 0.1) on random windows of the corpus; linear warmup, then cosine to 10%."""
+    """The trainer's AdamW (betas 0.9, 0.95, weight decay 0.1 on matrices) and schedule (linear warmup, then cosine to
+    10% of `lr` at the last step) on random windows of the corpus."""
     with one_thread():
         return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn)
 
@@ -93,13 +95,12 @@ def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn) -> 
     model = Transformer(cfg).train()
     if mask_fn is not None:
         model._mask = mask_fn  # instance override: the model has no switch to drop its causal mask
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = build_optimizer(model, lr=lr, weight_decay=0.1)
     g = torch.Generator().manual_seed(seed)
     data = corpus()[0]
     run, start = Run(model), time.perf_counter()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * _schedule(step, steps, warmup)
+        set_lr(opt, lr_at(step, lr, 0.1 * lr, warmup, steps))
         ids = batch(data, batch_size, seq_len, g)  # (B, T + 1)
         loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
         if not torch.isfinite(loss):
@@ -113,13 +114,6 @@ def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn) -> 
         run.losses.append(loss.item())
     run.seconds = time.perf_counter() - start
     return run
-
-
-def _schedule(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def evaluate(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> float:
