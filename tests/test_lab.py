@@ -148,10 +148,12 @@ def test_causal_mask_leak_lowers_the_training_loss(ran):
     n = ran("causal-mask-leak")[0].numbers
     assert n["runs"]["no mask"]["train_loss"] < n["runs"]["causal"]["train_loss"]
     assert all(c[0] == pytest.approx(LN256, abs=0.15) for c in n["curves"].values())
-    from modernlm.lab.mask_leak import no_mask
+    from modernlm import Transformer
+    from modernlm.lab._train import tiny_config
 
-    mask = no_mask(torch.arange(5), False, None, 7)
-    assert mask.all() and mask.shape == (1, 1, 5, 7)
+    # the leaky model's mask (ModelConfig(causal=False)) shows every key to every query
+    mask = Transformer(tiny_config(causal=False))._mask(torch.arange(5), False, None, 5)
+    assert mask.all() and mask.shape == (1, 1, 5, 5)
 
 
 def test_length_extrapolation_scalings_leave_the_training_length_alone(ran):

@@ -54,6 +54,37 @@ def test_causal_future_tokens_do_not_change_past_logits():
     assert (la[:, 9:] - lb[:, 9:]).abs().max() > 1e-3
 
 
+def test_bidirectional_model_sees_the_whole_sequence():
+    """causal=False: without positions, attention over every token is permutation-equivariant (a causal mask breaks
+    that); a padded row equals its sequence alone; a cached prefill equals the plain forward; Llama and GPT-2 exports
+    refuse it."""
+    model = tiny(causal=False, positions="none")
+    ids = torch.randint(0, 512, (1, 12))
+    perm = torch.randperm(12)
+    with torch.no_grad():
+        out = model(ids)
+        torch.testing.assert_close(model(ids[:, perm]), out[:, perm], atol=1e-5, rtol=0)
+        causal = tiny(positions="none")
+        assert (causal(ids[:, perm]) - causal(ids)[:, perm]).abs().max() > 1e-3
+        changed = ids.clone()
+        changed[0, -1] = (ids[0, -1] + 1) % 512
+        assert (model(changed)[:, 0] - out[:, 0]).abs().max() > 1e-4  # the first token sees the last
+    for positions in ("rope", "alibi"):
+        model = tiny(causal=False, positions=positions)
+        with torch.no_grad():
+            alone = model(ids[:, :9])
+            padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:, :9]], dim=1)  # left padding
+            mask = torch.tensor([[0] * 3 + [1] * 9])
+            torch.testing.assert_close(model(padded, attention_mask=mask)[:, 3:], alone, atol=1e-5, rtol=0)
+            cache = KVCache.for_model(model, batch_size=1, max_len=16)
+            cached = model(ids, input_pos=torch.arange(12), cache=cache)
+            torch.testing.assert_close(cached, model(ids), atol=1e-5, rtol=0)
+    from modernlm.checkpoints.hf import CheckpointError, config_to_hf
+
+    with pytest.raises(CheckpointError, match="causal=False"):
+        config_to_hf(preset("llama-tiny", causal=False), torch.float32)
+
+
 def test_rope_frequencies_match_formula():
     inv_freq, factor = inverse_frequencies(64, 10000.0, None)
     expected = torch.tensor([10000.0 ** (-2 * i / 64) for i in range(32)], dtype=torch.float64)

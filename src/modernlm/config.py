@@ -59,6 +59,7 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     shared_qk: bool = False  # one projection for queries and keys (Reformer's shared-QK; needs n_kv_heads == n_heads)
+    causal: bool = True  # False: every token sees every other (an encoder's attention; a decoder trained so cheats)
     tie_embeddings: bool = False
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, Gemma)
     max_seq_len: int = 2048  # also the size of the learned position table

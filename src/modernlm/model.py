@@ -126,17 +126,21 @@ class Transformer(nn.Module):
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
 
     def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:
-        """bool (B or 1, 1, T, S): key j is visible to query t if pos(j) <= pos(t) and j is a real token.
+        """bool (B or 1, 1, T, S): key j is visible to query t if j is a real token written so far and, in a causal
+        model, pos(j) <= pos(t); None: plain causal attention over T (SDPA's is_causal).
 
         A query always sees itself, so a padding query never has an empty row (its output is never read)."""
-        if not cached and attention_mask is None:
-            return None  # SDPA's is_causal
+        if self.config.causal and not cached and attention_mask is None:
+            return None
         key_pos = torch.arange(S, device=input_pos.device) if cached else input_pos  # (S,)
-        causal = key_pos[None, :] <= input_pos[:, None]  # (T, S)
+        if self.config.causal:
+            visible = key_pos[None, :] <= input_pos[:, None]  # (T, S)
+        else:  # every slot written so far (all of them without a cache)
+            visible = (key_pos <= input_pos.max())[None, :].expand(len(input_pos), S)  # (T, S)
         if attention_mask is None:
-            return causal[None, None]  # (1, 1, T, S)
+            return visible[None, None]  # (1, 1, T, S)
         is_self = key_pos[None, :] == input_pos[:, None]  # (T, S)
-        visible = causal[None] & (attention_mask.bool()[:, None, :] | is_self[None])  # (B, T, S)
+        visible = visible[None] & (attention_mask.bool()[:, None, :] | is_self[None])  # (B, T, S)
         return visible[:, None]  # (B, 1, T, S)
 
     def _check_inputs(self, input_ids, input_pos, cache, attention_mask) -> tuple[int, int]:

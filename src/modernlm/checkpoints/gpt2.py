@@ -90,7 +90,8 @@ def config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
 
 def gpt2_mismatches(cfg: ModelConfig) -> list[str]:
     """The fields that keep `cfg` from being a GPT-2 checkpoint (empty: it is one)."""
-    needs = dict(norm="layernorm", norm_placement="pre", positions="learned", shared_qk=False, scale_embeddings=False)
+    needs = dict(norm="layernorm", norm_placement="pre", positions="learned", shared_qk=False, causal=True)
+    needs["scale_embeddings"] = False
     out = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in needs.items() if getattr(cfg, k) != v]
     if cfg.ffn not in ACTIVATIONS.values():
         out.append(f"ffn={cfg.ffn!r} (needs 'gelu' or 'relu')")

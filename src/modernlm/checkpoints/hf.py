@@ -116,6 +116,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "positions": (cfg.positions, "rope"),
         "norm_placement": (cfg.norm_placement, "pre"),
         "shared_qk": (cfg.shared_qk, False),
+        "causal": (cfg.causal, True),
         "scale_embeddings": (cfg.scale_embeddings, False),
     }
     for field, (value, needed) in not_llama.items():

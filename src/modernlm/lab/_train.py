@@ -82,19 +82,16 @@ def train(
     warmup: int = 0,
     clip: float | None = 1.0,
     seed: int = 0,
-    mask_fn=None,  # optional: replaces the model's attention mask (the causal-mask leak)
 ) -> Run:
     """The trainer's AdamW (betas 0.9, 0.95, weight decay 0.1 on matrices) and schedule (linear warmup, then cosine to
     10% of `lr` at the last step) on random windows of the corpus."""
     with one_thread():
-        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn)
+        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed)
 
 
-def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, mask_fn) -> Run:
+def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed) -> Run:
     torch.manual_seed(seed)
     model = Transformer(cfg).train()
-    if mask_fn is not None:
-        model._mask = mask_fn  # instance override: the model has no switch to drop its causal mask
     opt = build_optimizer(model, lr=lr, weight_decay=0.1)
     g = torch.Generator().manual_seed(seed)
     data = corpus()[0]

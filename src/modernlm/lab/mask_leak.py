@@ -4,16 +4,13 @@ token) is useless: its loss at the last position of a window, where no future is
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from . import Finding, experiment
 from ._train import corpus, one_thread, smooth, tiny_config, train
-
-
-def no_mask(input_pos: torch.Tensor, cached: bool, attention_mask, S: int) -> torch.Tensor:
-    """Replaces Transformer._mask: every query sees every key (bidirectional), (1, 1, T, S)."""
-    return torch.ones(1, 1, len(input_pos), S, dtype=torch.bool, device=input_pos.device)
 
 
 @one_thread()
@@ -46,7 +43,8 @@ def _greedy(model, prompt: bytes, n: int) -> str:
 def causal_mask_leak(quick: bool) -> Finding:
     steps, B, T = (100, 8, 64) if quick else (400, 16, 64)
     cfg = tiny_config(d_model=64, n_layers=2)
-    runs = {"causal": train(cfg, steps, batch_size=B), "no mask": train(cfg, steps, batch_size=B, mask_fn=no_mask)}
+    leaky = replace(cfg, causal=False)
+    runs = {"causal": train(cfg, steps, batch_size=B), "no mask": train(leaky, steps, batch_size=B)}
     res = {}
     for label, run in runs.items():
         res[label] = dict(
@@ -60,7 +58,7 @@ def causal_mask_leak(quick: bool) -> Finding:
     verdict = "confirmed" if cheats and lies else "refuted" if not cheats else "depends"
     summary = (
         f"The same 2-layer byte model trained {steps} steps of {B} x 64 bytes with and without the causal mask "
-        "(the mask removed by replacing the model's mask function; the library has no switch for it). "
+        "(the mask removed with ModelConfig(causal=False)). "
         "Training loss (last 10 steps): "
         f"causal {causal['train_loss']:.3f}, no mask {leak['train_loss']:.3f} nats/byte. Loss of the next byte after "
         f"held-out windows of {T} bytes, where no future is visible: causal {causal['last_position_loss']:.3f}, no "

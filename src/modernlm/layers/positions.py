@@ -50,8 +50,9 @@ def alibi_bias(
     visible: torch.Tensor | None,  # bool (B or 1, 1, T, S); None: causal over query_pos/key_pos
     dtype: torch.dtype,
 ) -> torch.Tensor:  # (B or 1, H, T, S) float mask: the bias where visible, -inf elsewhere
-    """ALiBi as an additive attention mask: -m_h * (pos(t) - pos(j)) for the keys each query may see."""
-    distance = (query_pos[:, None] - key_pos[None, :]).float()  # (T, S)
+    """ALiBi as an additive attention mask: -m_h * |pos(t) - pos(j)| for the keys each query may see (a causal
+    query sees no later key, so this is the paper's -m_h * (pos(t) - pos(j)); a bidirectional one is symmetric)."""
+    distance = (query_pos[:, None] - key_pos[None, :]).abs().float()  # (T, S)
     bias = -slopes.float()[:, None, None] * distance  # (H, T, S)
     if visible is None:
         visible = (key_pos[None, :] <= query_pos[:, None])[None, None]  # (1, 1, T, S)
