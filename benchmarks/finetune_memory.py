@@ -5,7 +5,8 @@ Measured with `modernlm.analysis.measure.LiveBytes`, which counts the bytes of e
 still hold (RSS would add the allocator's caching and fragmentation): the peak over one training step (forward,
 backward, AdamW step) of the second step, plus the optimizer state that the first step created, beyond the model's
 weights; and what is alive after the forward and the loss (the activations, the float32 logits included).
-Predicted: gradients + optimizer states + activations (those of full training, also for LoRA).
+Predicted: `training_memory`'s step_peak beyond the weights: optimizer states + the larger of (activations + the
+loss's first gradients) and (all gradients); its activations are those of full training, also for LoRA.
 
     python benchmarks/finetune_memory.py [--batch-size 4] [--seq-len 256]
 """
@@ -59,7 +60,7 @@ def worker(case: str, batch: int, seq: int) -> dict:
     trainable, total = trainable_parameters(model)
     predicted = training_memory(model.config, batch, seq, "fp32", "adamw", device="cpu",
                                 trainable_parameters=None if CASES[case] is None else trainable)  # fmt: skip
-    step_predicted = predicted["gradients"] + predicted["optimizer_states"] + predicted["activations"]
+    step_predicted = predicted["step_peak"] - predicted["parameters"]  # the weights (adapters too) are not counted
     return dict(case=case, trainable=trainable, total=total, optimizer_state_bytes=states,
                 predicted_optimizer_state_bytes=predicted["optimizer_states"], step_peak_bytes=peak,
                 predicted_step_bytes=step_predicted, activation_bytes=activations,

@@ -131,7 +131,10 @@ def training_memory(
 
     `trainable_parameters` (default: all) is how many get gradients and optimizer states, e.g. LoRA's adapters;
     they are counted on top of the model's own parameters. Activations are those of full training (measured on
-    SmolLM2, LoRA's are 84% of it with adapters on q/k/v/o and the same with adapters on every linear)."""
+    SmolLM2, LoRA's are 84% of it with adapters on q/k/v/o and the same with adapters on every linear).
+
+    `total` is the sum of the parts; `step_peak` the high-water mark of one step (see below), which measurement
+    matches on SmolLM2 for full and LoRA fine-tuning (benchmarks/finetune_memory.py)."""
     from .params import parameter_counts
 
     _check("precision", precision, PRECISIONS)
@@ -148,6 +151,7 @@ def training_memory(
         attention_kernel=attention_kernel,
         device=device,
     )
+    logits = batch_size * seq_len * cfg.vocab_size
     parts = {
         "parameters": 4 * (n + extra),
         "gradients": 4 * trained,
@@ -155,9 +159,22 @@ def training_memory(
         "weight_copies": 0 if precision == "fp32" else 2 * n,  # autocast's 16-bit casts of the weights
         "activations": acts["total"],
         "activations_recompute_peak": acts["recompute_peak"],
+        # the first gradients of the backward pass: of the log-softmax and of the float32 logits (and, under
+        # autocast, of the 16-bit logits they were cast from), alive together while the activations still are
+        "loss_backward": logits * (8 + (0 if precision == "fp32" else PRECISIONS[precision])),
     }
-    parts["total"] = sum(v for k, v in parts.items() if k != "activations_recompute_peak")
+    parts["total"] = sum(v for k, v in parts.items() if k not in ("activations_recompute_peak", "loss_backward"))
     parts["total"] += acts["recompute_peak"] - acts["total"]
+    # The high-water mark of a step whose gradients start at None (zero_grad(set_to_none=True)): at the start of the
+    # backward pass (activations + loss_backward), or at its end (all gradients, with one block recomputed on top
+    # under checkpointing), whichever is larger; parameters, weight copies and optimizer states are there throughout.
+    backward_end = parts["gradients"] + acts["recompute_peak"] - acts["total"]
+    parts["step_peak"] = (
+        parts["parameters"]
+        + parts["weight_copies"]
+        + parts["optimizer_states"]
+        + max(acts["total"] + parts["loss_backward"], backward_end)
+    )
     return parts
 
 
