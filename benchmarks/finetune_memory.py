@@ -6,7 +6,7 @@ still hold (RSS would add the allocator's caching and fragmentation): the peak o
 backward, AdamW step) of the second step, plus the optimizer state that the first step created, beyond the model's
 weights; and what is alive after the forward and the loss (the activations, the float32 logits included).
 Predicted: `training_memory`'s step_peak beyond the weights: optimizer states + the larger of (activations + the
-loss's first gradients) and (all gradients); its activations are those of full training, also for LoRA.
+loss's first gradients) and (all gradients); for LoRA the activations of a frozen model with adapters on the targets.
 
     python benchmarks/finetune_memory.py [--batch-size 4] [--seq-len 256]
 """
@@ -58,8 +58,12 @@ def worker(case: str, batch: int, seq: int) -> dict:
         activations = step(live)
     peak = live.peak + states  # the state existed before the measured step, so the tracker did not see it
     trainable, total = trainable_parameters(model)
-    predicted = training_memory(model.config, batch, seq, "fp32", "adamw", device="cpu",
-                                trainable_parameters=None if CASES[case] is None else trainable)  # fmt: skip
+    lora = CASES[case]
+    adapters = None if lora is None else dict.fromkeys(lora["targets"], lora["r"])
+    trained = None if lora is None else trainable
+    predicted = training_memory(
+        model.config, batch, seq, "fp32", "adamw", device="cpu", trainable_parameters=trained, adapters=adapters
+    )
     step_predicted = predicted["step_peak"] - predicted["parameters"]  # the weights (adapters too) are not counted
     return dict(case=case, trainable=trainable, total=total, optimizer_state_bytes=states,
                 predicted_optimizer_state_bytes=predicted["optimizer_states"], step_peak_bytes=peak,

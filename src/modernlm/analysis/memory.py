@@ -25,6 +25,8 @@ kernel and keeps float32 q, k, v and output, see layers/linear.py). Only fp32 is
 
 from __future__ import annotations
 
+import functools
+
 from ..config import ModelConfig
 
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation element
@@ -46,27 +48,61 @@ def layer_activation_bytes(
     *,
     attention_kernel: str = "auto",
     device: str = "cuda",
+    adapters: dict[str, int] | None = None,
+    input_grad: bool = True,
 ) -> dict[str, int]:
-    """Bytes one block keeps for the backward pass, by part (no checkpointing)."""
-    e, tokens = PRECISIONS[precision], batch_size * seq_len
+    """Bytes one block keeps for the backward pass, by part (no checkpointing). `adapters`: see `activation_bytes`;
+    `input_grad`: whether the block's input needs a gradient (with frozen weights, not before the first adapter)."""
+    e, tokens, D, F = PRECISIONS[precision], batch_size * seq_len, cfg.d_model, cfg.ffn_hidden
     kernel = resolve_kernel(cfg, attention_kernel, device)
     mask_bytes = 1 if device.startswith("cuda") else e
-    norm = 2 * cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
-    if kernel == "flash":
+    keeps, g = functools.partial(_keeps_input, adapters), _grad_flow(adapters, input_grad)
+    # each norm keeps its own tensor (x̂ or its input) and statistics if its input needs a gradient; its output is
+    # kept by the projections it feeds
+    norm_own = D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+    feeds_attention = any(keeps(n) for n in ("q_proj", "k_proj", "v_proj"))
+    feeds_ffn = any(keeps(n) for n in ("gate_proj", "up_proj"))
+    norms = (g["block_in"] + g["attn_out"]) * norm_own + (feeds_attention + feeds_ffn) * D * e
+    if kernel == "flash":  # q, k, v and the log-sum-exp if q/k/v need gradients; the output (o_proj's input)
         keys = 0 if cfg.shared_qk else cfg.kv_dim
-        attention = (cfg.q_dim + keys + cfg.kv_dim + cfg.q_dim) * e + cfg.n_heads * 4  # q, k, v, output; lse
-    else:  # math: scaled q, scaled k and v (expanded to H heads), the output's reshaped copy; softmax output
-        attention = 4 * cfg.q_dim * e
+        attention = g["qkv"] * ((cfg.q_dim + keys + cfg.kv_dim) * e + cfg.n_heads * 4)
+        attention += (g["qkv"] or keeps("o_proj")) * cfg.q_dim * e
+    else:  # math: scaled q, scaled k and v (expanded to H heads), softmax output; the output's reshaped copy
         n_score_tensors = 1 + (2 if cfg.attn_dropout else 0)
-        attention += cfg.n_heads * seq_len * (n_score_tensors * e - (e - mask_bytes if cfg.attn_dropout else 0))
+        scores = cfg.n_heads * seq_len * (n_score_tensors * e - (e - mask_bytes if cfg.attn_dropout else 0))
+        attention = g["qkv"] * (3 * cfg.q_dim * e + scores) + keeps("o_proj") * cfg.q_dim * e
+    if cfg.ffn in ("swiglu", "geglu"):  # act(gate) * up keeps the gate's input and each factor for the other's grad
+        ffn = 2 * g["gate"] + g["up"] + keeps("down_proj")
+    elif cfg.ffn == "gelu":  # its input, and its output (the down projection's input)
+        ffn = g["up"] + keeps("down_proj")
+    else:  # relu: its output, for its own backward and the down projection's
+        ffn = int(g["up"] or keeps("down_proj"))
     parts = {
-        "norms": 2 * norm * tokens,
+        "norms": norms * tokens,
         "attention": attention * tokens,
-        "ffn": FFN_SAVED[cfg.ffn] * cfg.ffn_hidden * e * tokens,
-        "dropout_masks": (2 * cfg.d_model * mask_bytes * tokens) if cfg.resid_dropout else 0,
+        "ffn": ffn * F * e * tokens,
+        "dropout_masks": (2 * D * mask_bytes * tokens) if cfg.resid_dropout else 0,
+        "adapters": sum((adapters or {}).values()) * e * tokens,  # each adapter's (r,) product A x, kept for B
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _keeps_input(adapters: dict[str, int] | None, name: str) -> bool:
+    """A projection keeps its input for the backward pass if its weight trains (no adapters: full training) or an
+    adapter on it does (LoRA's A needs it)."""
+    return adapters is None or name in adapters
+
+
+def _grad_flow(adapters: dict[str, int] | None, input_grad: bool) -> dict[str, bool]:
+    """Which tensors of a block need a gradient, in order: its input, q/k/v, the attention sub-layer's output (and
+    so the residual stream after it), the gate and up outputs, the block's output."""
+    keeps = functools.partial(_keeps_input, adapters)
+    qkv = input_grad or any(keeps(n) for n in ("q_proj", "k_proj", "v_proj"))
+    attn_out = qkv or keeps("o_proj")
+    gate, up = attn_out or keeps("gate_proj"), attn_out or keeps("up_proj")
+    out = gate or up or keeps("down_proj")
+    return dict(block_in=input_grad, qkv=qkv, attn_out=attn_out, gate=gate, up=up, out=out)
 
 
 def resolve_kernel(cfg: ModelConfig, attention_kernel: str, device: str) -> str:
@@ -86,16 +122,27 @@ def activation_bytes(
     activation_checkpointing: bool | None = None,
     attention_kernel: str = "auto",
     device: str = "cuda",
+    adapters: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """Bytes kept between the forward and the backward pass of one step (when activation memory peaks), by part."""
+    """Bytes kept between the forward and the backward pass of one step (when activation memory peaks), by part.
+
+    `adapters` (LoRA): {leaf module name: rank} of the adapted projections of a model whose own weights are frozen
+    (e.g. {"q_proj": 8, "v_proj": 8}); a frozen projection without one keeps no input. None: every weight trains."""
     _check("precision", precision, PRECISIONS)
     recompute = cfg.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     e, tokens, D = PRECISIONS[precision], batch_size * seq_len, cfg.d_model
-    layer = layer_activation_bytes(
-        cfg, batch_size, seq_len, precision, attention_kernel=attention_kernel, device=device
-    )
+    kw = dict(attention_kernel=attention_kernel, device=device, adapters=adapters)
+    # with frozen weights (adapters) nothing upstream of the first adapter needs a gradient: the embedding output
+    # does not, and the first block keeps only what follows its first adapter
+    first_in = adapters is None
+    first = layer_activation_bytes(cfg, batch_size, seq_len, precision, input_grad=first_in, **kw)
+    later_in = _grad_flow(adapters, first_in)["out"]
+    layer = layer_activation_bytes(cfg, batch_size, seq_len, precision, input_grad=later_in, **kw)
     mask_bytes = 1 if device.startswith("cuda") else e
-    final_norm = (2 * D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * tokens
+    head_trains = _keeps_input(adapters, "lm_head")  # its input is the final norm's output
+    norm_own = (D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * _grad_flow(adapters, later_in)["out"]
+    final_norm = (norm_own + head_trains * D * e) * tokens
+    first_block_keeps = any(_keeps_input(adapters, n) for n in ("q_proj", "k_proj", "v_proj"))
     kernel = resolve_kernel(cfg, attention_kernel, device)
     shared = 0  # tensors built once per forward and kept by every layer
     if cfg.positions == "rope":
@@ -103,10 +150,11 @@ def activation_bytes(
     if cfg.positions == "alibi" and (kernel == "flash" or recompute):
         shared += cfg.n_heads * seq_len * seq_len * e
     parts = {
-        "blocks": cfg.n_layers * (tokens * D * e if recompute else layer["total"]),
-        "embedding": tokens * 8 + (tokens * D * mask_bytes if cfg.embed_dropout else 0),  # ids (int64), dropout mask
+        "blocks": cfg.n_layers * tokens * D * e if recompute else first["total"] + (cfg.n_layers - 1) * layer["total"],
+        # ids (int64) for the embedding's weight gradient, the dropout mask
+        "embedding": tokens * 8 * first_in + (tokens * D * mask_bytes if cfg.embed_dropout else 0),
         # pre-norm: the final norm; post-norm: the embedding output, which the first block's projections keep
-        "final_norm": final_norm if cfg.norm_placement == "pre" else tokens * D * e,
+        "final_norm": final_norm if cfg.norm_placement == "pre" else first_block_keeps * tokens * D * e,
         "logits_and_loss": 2 * tokens * cfg.vocab_size * 4,  # float32 logits, the log-softmax the loss keeps
         "shared": shared,
     }
@@ -126,12 +174,13 @@ def training_memory(
     attention_kernel: str = "auto",
     device: str = "cuda",
     trainable_parameters: int | None = None,
+    adapters: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations.
 
     `trainable_parameters` (default: all) is how many get gradients and optimizer states, e.g. LoRA's adapters;
-    they are counted on top of the model's own parameters. Activations are those of full training (measured on
-    SmolLM2, LoRA's are 84% of it with adapters on q/k/v/o and the same with adapters on every linear).
+    they are counted on top of the model's own parameters. `adapters` ({module name: rank}, see `activation_bytes`)
+    counts LoRA's activations instead of full training's.
 
     `total` is the sum of the parts; `step_peak` the high-water mark of one step (see below), which measurement
     matches on SmolLM2 for full and LoRA fine-tuning (benchmarks/finetune_memory.py)."""
@@ -150,6 +199,7 @@ def training_memory(
         activation_checkpointing=activation_checkpointing,
         attention_kernel=attention_kernel,
         device=device,
+        adapters=adapters,
     )
     logits = batch_size * seq_len * cfg.vocab_size
     parts = {
