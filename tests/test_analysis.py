@@ -216,3 +216,19 @@ def test_flops_and_memory_cli(tmp_path, capsys):
     assert "activations" in out and "checkpointed" in out and "KV cache" in out
     assert main(["memory", "no-such-model"]) == 2
     assert "gpt-2017" in capsys.readouterr().err  # the error lists the presets
+    assert main(["memory", "llama-tiny", "--lora", "q_proj,v_proj", "--lora-r", "4", "--json"]) == 0
+    lora = json.loads(capsys.readouterr().out)["training"]
+    assert lora["optimizer_states"] < lora["activations"] and lora["step_peak"] > lora["activations"]
+    assert main(["memory", "llama-tiny", "--lora", "qproj"]) == 2
+    assert "no projection named ['qproj']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(shared_qk=True, n_kv_heads=4, ffn="gelu")], ids=str)
+def test_adapter_parameters_equal_lora_trainables(fields):
+    from modernlm.analysis.params import adapter_parameters, projection_shapes
+    from modernlm.finetune.lora import LoraConfig, apply_lora, trainable_parameters
+
+    cfg = preset("llama-tiny", **fields)
+    targets = tuple(projection_shapes(cfg))
+    model = apply_lora(Transformer(cfg), LoraConfig(r=3, targets=targets))
+    assert adapter_parameters(cfg, dict.fromkeys(targets, 3)) == trainable_parameters(model)[0]

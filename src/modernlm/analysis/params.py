@@ -38,3 +38,24 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     counts["total"] = sum(counts.values())
     counts["non_embedding"] = counts["total"] - counts["embedding"] - counts["positions"] - counts["lm_head"]
     return counts
+
+
+def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each projection of a block, by module name (those this config has)."""
+    shapes = {"q_proj": (cfg.d_model, cfg.q_dim), "v_proj": (cfg.d_model, cfg.kv_dim)}
+    shapes["o_proj"] = (cfg.q_dim, cfg.d_model)
+    if not cfg.shared_qk:
+        shapes["k_proj"] = (cfg.d_model, cfg.kv_dim)
+    if cfg.ffn in GATED_FFNS:
+        shapes["gate_proj"] = (cfg.d_model, cfg.ffn_hidden)
+    shapes.update(up_proj=(cfg.d_model, cfg.ffn_hidden), down_proj=(cfg.ffn_hidden, cfg.d_model))
+    return shapes
+
+
+def adapter_parameters(cfg: ModelConfig, adapters: dict[str, int]) -> int:
+    """LoRA's trainable parameters: r * (in + out) for each adapted projection ({name: r}) of every block."""
+    shapes = projection_shapes(cfg)
+    unknown = sorted(set(adapters) - set(shapes))
+    if unknown:
+        raise ValueError(f"no projection named {unknown} in this config; choose among {', '.join(shapes)}")
+    return cfg.n_layers * sum(r * sum(shapes[name]) for name, r in adapters.items())

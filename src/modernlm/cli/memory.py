@@ -9,6 +9,7 @@ import torch
 
 from ..analysis import kv_cache_bytes, training_memory
 from ..analysis.memory import OPTIMIZER_STATES, PRECISIONS
+from ..analysis.params import adapter_parameters
 from ..config import PRESETS, ModelConfig
 from .flops import resolve_config
 
@@ -22,14 +23,25 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZER_STATES))
     p.add_argument("--device", default="cuda", help="cuda or cpu: sets the dropout-mask size and attention kernel")
     p.add_argument("--kv-dtype", default="bfloat16", help="dtype of the KV cache (default bfloat16)")
+    p.add_argument("--lora", metavar="TARGETS", help="LoRA fine-tuning: the adapted projections, e.g. q_proj,v_proj")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
 def memory_report(
-    cfg: ModelConfig, batch_size: int, seq_len: int, precision: str, optimizer: str, device: str, kv_dtype: str
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    precision: str,
+    optimizer: str,
+    device: str,
+    kv_dtype: str,
+    adapters: dict[str, int] | None = None,
 ) -> dict:
-    kw = dict(precision=precision, optimizer=optimizer, device=device)
+    kw = dict(precision=precision, optimizer=optimizer, device=device, adapters=adapters)
+    if adapters is not None:
+        kw["trainable_parameters"] = adapter_parameters(cfg, adapters)
     dtype = getattr(torch, kv_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown kv dtype {kv_dtype!r}; use e.g. float32, bfloat16, float16")
@@ -48,11 +60,19 @@ def memory_report(
 def run(args) -> int:
     cfg = resolve_config(args.model)
     seq_len = args.seq_len or cfg.max_seq_len
-    report = memory_report(cfg, args.batch_size, seq_len, args.precision, args.optimizer, args.device, args.kv_dtype)
+    adapters = None
+    if args.lora:
+        if args.lora_r < 1:
+            raise ValueError(f"--lora-r must be >= 1, got {args.lora_r}")
+        adapters = dict.fromkeys((t.strip() for t in args.lora.split(",") if t.strip()), args.lora_r)
+    report = memory_report(
+        cfg, args.batch_size, seq_len, args.precision, args.optimizer, args.device, args.kv_dtype, adapters
+    )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}")
+    lora = f", LoRA r={args.lora_r} on {','.join(adapters)}" if adapters else ""
+    print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}{lora}")
     print(f"  {'training memory':<28} {'plain':>12} {'checkpointed':>14}")
     plain, ckpt = report["training"], report["training_checkpointed"]
     for part in plain:
