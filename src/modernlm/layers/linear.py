@@ -37,31 +37,25 @@ def native_bf16_matmul() -> bool:
 MIN_ROWS = 16  # bf16 weights: rows of input from which fp32 GEMMs win (crossover measured at 8-16 on AVX2)
 
 
-def _without_bf16_units(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and not native_bf16_matmul()
-
-
-def _autocast_bf16() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+def _runs_in_fp32(x: torch.Tensor, enough_rows: bool) -> bool:
+    """The one rule of the module's doc: on a CPU without bf16 units, under bf16 autocast, or for bf16 `x` with
+    `enough_rows` (at least MIN_ROWS of them)."""
+    if x.device.type != "cpu" or native_bf16_matmul():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.bfloat16 and enough_rows
 
 
 def emulating_bf16(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
     """True where the bf16 product of x (with `weight`) runs as fp32 GEMMs on bf16 values (see the module's doc)."""
-    if not _without_bf16_units(x):
-        return False
-    if torch.is_autocast_enabled("cpu"):
-        return _autocast_bf16()
-    bf16 = x.dtype == torch.bfloat16 and (weight is None or weight.dtype == torch.bfloat16)
-    return bf16 and x.numel() >= MIN_ROWS * x.shape[-1]
+    same_dtype = weight is None or weight.dtype == x.dtype or torch.is_autocast_enabled("cpu")
+    return same_dtype and _runs_in_fp32(x, x.numel() >= MIN_ROWS * x.shape[-1])
 
 
 def attention_dtype(q: torch.Tensor) -> torch.dtype | None:
     """float32 when attention on queries q (B, H, T, Dh) should run its fp32 kernel, else None (as it is)."""
-    if not _without_bf16_units(q):
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        return torch.float32 if _autocast_bf16() else None
-    return torch.float32 if q.dtype == torch.bfloat16 and q.shape[-2] >= MIN_ROWS else None
+    return torch.float32 if _runs_in_fp32(q, q.shape[-2] >= MIN_ROWS) else None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

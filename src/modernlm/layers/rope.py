@@ -108,9 +108,7 @@ class _RopeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        # d/dx1 = g1 c1 + g2 s2, d/dx2 = g2 c2 - g1 s1 (the rotation by -angle when the halves' tables are equal)
-        half = grad.shape[-1] // 2
-        g1, g2 = grad[..., :half], grad[..., half:]
-        (c1, c2), (s1, s2) = cos.split(half, -1), sin.split(half, -1)
-        grad_x = torch.cat((torch.addcmul(g1 * c1, g2, s2), torch.addcmul(g2 * c2, g1, s1, value=-1.0)), -1)
-        return grad_x.to(ctx.x_dtype), None, None
+        # d/dx1 = g1 c1 + g2 s2, d/dx2 = g2 c2 - g1 s1: the same rotation with the sine table's halves swapped and
+        # negated (the rotation by -angle when the halves' tables are equal); the tables are (T, Dh), cheap to flip
+        flipped = -sin.roll(sin.shape[-1] // 2, dims=-1)  # (-s2, -s1)
+        return _rotate(grad, cos, flipped).to(ctx.x_dtype), None, None
