@@ -57,12 +57,9 @@ def layer_activation_bytes(
     kernel = resolve_kernel(cfg, attention_kernel, device)
     mask_bytes = 1 if device.startswith("cuda") else e
     keeps, g = functools.partial(_keeps_input, adapters), _grad_flow(adapters, input_grad)
-    # each norm keeps its own tensor (x̂ or its input) and statistics if its input needs a gradient; its output is
-    # kept by the projections it feeds
-    norm_own = D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
-    feeds_attention = any(keeps(n) for n in ("q_proj", "k_proj", "v_proj"))
-    feeds_ffn = any(keeps(n) for n in ("gate_proj", "up_proj"))
-    norms = (g["block_in"] + g["attn_out"]) * norm_own + (feeds_attention + feeds_ffn) * D * e
+    # each norm keeps its own tensor and statistics if its input needs a gradient; its output is kept by the
+    # projections it feeds
+    norms = (g["block_in"] + g["attn_out"]) * _norm_own(cfg, e) + (g["attn_in"] + g["ffn_in"]) * D * e
     if kernel == "flash":  # q, k, v and the log-sum-exp if q/k/v need gradients; the output (o_proj's input)
         keys = 0 if cfg.shared_qk else cfg.kv_dim
         attention = g["qkv"] * ((cfg.q_dim + keys + cfg.kv_dim) * e + cfg.n_heads * 4)
@@ -94,15 +91,25 @@ def _keeps_input(adapters: dict[str, int] | None, name: str) -> bool:
     return adapters is None or name in adapters
 
 
+def _norm_own(cfg: ModelConfig, e: int) -> int:
+    """Bytes per token a norm keeps of its own: x̂ (RMSNorm) or its input (LayerNorm), and float32 statistics."""
+    return cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+
+
 def _grad_flow(adapters: dict[str, int] | None, input_grad: bool) -> dict[str, bool]:
-    """Which tensors of a block need a gradient, in order: its input, q/k/v, the attention sub-layer's output (and
-    so the residual stream after it), the gate and up outputs, the block's output."""
+    """Whether the attention's and the FFN's input projections keep their (shared) input (`attn_in`, `ffn_in`), and
+    which tensors of a block need a gradient, in order: its input, q/k/v, the attention sub-layer's output (and so
+    the residual stream after it), the gate and up outputs, the block's output."""
     keeps = functools.partial(_keeps_input, adapters)
-    qkv = input_grad or any(keeps(n) for n in ("q_proj", "k_proj", "v_proj"))
+    attn_in = any(keeps(n) for n in ("q_proj", "k_proj", "v_proj"))
+    ffn_in = any(keeps(n) for n in ("gate_proj", "up_proj"))
+    qkv = input_grad or attn_in
     attn_out = qkv or keeps("o_proj")
     gate, up = attn_out or keeps("gate_proj"), attn_out or keeps("up_proj")
     out = gate or up or keeps("down_proj")
-    return dict(block_in=input_grad, qkv=qkv, attn_out=attn_out, gate=gate, up=up, out=out)
+    return dict(
+        attn_in=attn_in, ffn_in=ffn_in, block_in=input_grad, qkv=qkv, attn_out=attn_out, gate=gate, up=up, out=out
+    )
 
 
 def resolve_kernel(cfg: ModelConfig, attention_kernel: str, device: str) -> str:
@@ -140,9 +147,8 @@ def activation_bytes(
     layer = layer_activation_bytes(cfg, batch_size, seq_len, precision, input_grad=later_in, **kw)
     mask_bytes = 1 if device.startswith("cuda") else e
     head_trains = _keeps_input(adapters, "lm_head")  # its input is the final norm's output
-    norm_own = (D * e + (1 if cfg.norm == "rmsnorm" else 2) * 4) * _grad_flow(adapters, later_in)["out"]
-    final_norm = (norm_own + head_trains * D * e) * tokens
-    first_block_keeps = any(_keeps_input(adapters, n) for n in ("q_proj", "k_proj", "v_proj"))
+    later = _grad_flow(adapters, later_in)
+    final_norm = (later["out"] * _norm_own(cfg, e) + head_trains * D * e) * tokens
     kernel = resolve_kernel(cfg, attention_kernel, device)
     shared = 0  # tensors built once per forward and kept by every layer
     if cfg.positions == "rope":
@@ -154,7 +160,7 @@ def activation_bytes(
         # ids (int64) for the embedding's weight gradient, the dropout mask
         "embedding": tokens * 8 * first_in + (tokens * D * mask_bytes if cfg.embed_dropout else 0),
         # pre-norm: the final norm; post-norm: the embedding output, which the first block's projections keep
-        "final_norm": final_norm if cfg.norm_placement == "pre" else first_block_keeps * tokens * D * e,
+        "final_norm": final_norm if cfg.norm_placement == "pre" else later["attn_in"] * tokens * D * e,
         "logits_and_loss": 2 * tokens * cfg.vocab_size * 4,  # float32 logits, the log-softmax the loss keeps
         "shared": shared,
     }
