@@ -108,7 +108,7 @@ def test_optimizer_holds_only_trainable_parameters(tmp_path):
     in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
     assert len(in_optimizer) == 4 * model.config.n_layers  # lora_A and lora_B of two projections per block
-    loss, _ = trainer.train_step()  # -100 labels (prompt, padding) are ignored by next_token_loss
+    loss, _, _ = trainer.train_step()  # -100 labels (prompt, padding) are ignored by next_token_loss
     assert loss > 0 and torch.isfinite(torch.tensor(loss))
 
 

@@ -70,7 +70,7 @@ class Trainer:
         self.step = 0
         # Token positions run through the model (padding of chat batches included; before, batch x seq_len was
         # counted, which overstated shorter padded batches).
-        self.tokens, self.step_tokens = 0, 0
+        self.tokens = 0
         if resume:
             self._restore()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -102,16 +102,17 @@ class Trainer:
         device = torch.device(self.cfg.device).type
         return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm before clipping)."""
+    def train_step(self) -> tuple[float, float, int]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm before clipping, token
+        positions run through the model)."""
         cfg = self.cfg
         self.model.train()
         total = torch.zeros((), device=cfg.device)
-        self.step_tokens = 0
+        tokens = 0
         for k in range(cfg.grad_accum):
             x, y = self.data.train_batch(self.step * cfg.grad_accum + k, cfg.batch_size, cfg.seq_len, cfg.seed)
             x, y = x.to(cfg.device), y.to(cfg.device)  # (B, T) each
-            self.step_tokens += x.numel()
+            tokens += x.numel()
             with self._autocast():
                 logits = self.forward(x)  # (B, T, V)
             loss = next_token_loss(logits, y) / cfg.grad_accum
@@ -120,13 +121,13 @@ class Trainer:
         loss_value = float(total)
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            return loss_value, float("nan")
+            return loss_value, float("nan"), tokens
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, float(norm)
+        return loss_value, float(norm), tokens
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -150,16 +151,16 @@ class Trainer:
         while self.step < stop and not interrupted.is_set():
             lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             set_lr(self.optimizer, lr)
-            loss, norm = self.train_step()
+            loss, norm, step_tokens = self.train_step()
             if not math.isfinite(loss):
                 bar.close()
                 self._fail(loss)
             self.step += 1
-            self.tokens += self.step_tokens
+            self.tokens += step_tokens
             result.losses.append(loss)
             window.append(loss)
             now = time.perf_counter()
-            tok_s = self.step_tokens / max(now - t_last, 1e-9)
+            tok_s = step_tokens / max(now - t_last, 1e-9)
             t_last = now
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} gnorm {norm:.2f} {tok_s:,.0f} tok/s", refresh=False)
