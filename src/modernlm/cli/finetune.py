@@ -8,7 +8,6 @@ at once; flags given beside it win. `--resume` continues the run in `--out` with
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 # flag -> (FinetuneConfig field or "train.<TrainConfig field>", type, help)
@@ -83,6 +82,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.run import finetune
+    from .train import stopped_early
 
     cfg = build_config(args)
     if args.print_config:
@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = finetune(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
     if result.status != "done":
-        how = f"continue with: modernlm finetune --resume --out {result.run_dir}"
-        print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
-        return 130 if result.status == "interrupted" else 0
+        return stopped_early(result, "finetune")
     for c in result.comparisons:
         print(f"---- {c.prompt}\n  reference: {c.reference}\n  before: {c.before!r}\n  after:  {c.after!r}")
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731

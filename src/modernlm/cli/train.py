@@ -79,6 +79,13 @@ def build_config(args):
     return TrainConfig.from_dict(values).validate()
 
 
+def stopped_early(result, verb: str) -> int:
+    """Say how to continue a run that stopped before its last step (paused or interrupted); its exit code."""
+    how = f"continue with: modernlm {verb} --resume --out {result.run_dir}"
+    print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
+    return 130 if result.status == "interrupted" else 0
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -96,9 +103,7 @@ def run(args) -> int:
     result = train(config, resume=args.resume, stop_at_step=args.stop_at_step)
     out = result.run_dir
     if result.status != "done":
-        how = f"continue with: modernlm train --resume --out {out}"
-        print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
-        return 130 if result.status == "interrupted" else 0
+        return stopped_early(result, "train")
     for text in result.samples:
         print(f"---- sample ----\n{text}\n")
     val = f"validation loss {result.val_loss:.4f}; " if result.val_loss is not None else ""
