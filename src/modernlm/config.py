@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fields import FieldError, check_fields, check_mapping
+
 NORMS = ("rmsnorm", "layernorm")
 FFNS = ("swiglu", "geglu", "gelu", "relu")
 GATED_FFNS = ("swiglu", "geglu")
@@ -32,7 +34,7 @@ ROPE_SCALING_KEYS = {
 DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldError):
     """A configuration that cannot describe a working model; the message names the field and the fix."""
 
 
@@ -72,6 +74,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
 
     def __post_init__(self) -> None:
+        _checked(check_fields, self)  # types first: the derived sizes below compute with these values
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None and self.n_heads:
@@ -87,6 +90,7 @@ class ModelConfig:
     # ---- checks -------------------------------------------------------------------------------------------------
     def validate(self) -> ModelConfig:
         """Raise ConfigError naming the first impossible choice; return self so calls chain."""
+        _checked(check_fields, self)
         for name in (
             "vocab_size",
             "d_model",
@@ -169,28 +173,43 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> ModelConfig:
+        """A config from a mapping (a JSON file's object, converted HF fields); `where` names the source in errors."""
+        data = _checked(check_mapping, cls, data, where)
+        try:
+            return cls(**data)
+        except FieldError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            from .files import write_text
+
+            write_text(path, text + "\n")
         return text
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> ModelConfig:
         source = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
-        text = source.read_text() if source is not None else str(text_or_path)
+        if source is not None and not source.is_file():
+            raise ConfigError(f"no model config file at {source}")
+        text = source.read_text(encoding="utf-8", errors="replace") if source is not None else str(text_or_path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source or 'config text'} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(data, str(source or ""))
+
+
+def _checked(check, *args):
+    """Run a fields.py check, raising its error as a ConfigError."""
+    try:
+        return check(*args)
+    except ConfigError:
+        raise
+    except FieldError as e:
+        raise ConfigError(str(e)) from None
 
 
 def default_ffn_hidden(d_model: int, ffn: str, multiple_of: int) -> int:
@@ -298,4 +317,4 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     """A named configuration, with fields overridden by keyword."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    return ModelConfig(**{**PRESETS[name], **overrides}).validate()
+    return ModelConfig.from_dict({**PRESETS[name], **overrides}, f"preset {name!r} with overrides").validate()

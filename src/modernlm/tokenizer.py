@@ -21,6 +21,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 
+from .files import write_json, write_text
+
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 # GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
 CONTROL, USER_DEFINED = 3, 4
@@ -222,7 +224,7 @@ class Tokenizer:
             backend.post_processor = processors.TemplateProcessing(
                 single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, self.bos_token_id)]
             )
-        backend.save(str(directory / "tokenizer.json"))
+        write_text(directory / "tokenizer.json", backend.to_str(pretty=True))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json as written: no class-specific rebuilding
             **self.special_tokens,
@@ -232,7 +234,7 @@ class Tokenizer:
         }
         if self.chat_template:
             config["chat_template"] = self.chat_template
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        write_json(directory / "tokenizer_config.json", config)
         return directory
 
     def __repr__(self) -> str:

@@ -15,15 +15,16 @@ directory turns it off too, with a warning, and loading goes on from the GGUF fi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
-import tempfile
+import time
 import warnings
 from pathlib import Path
 
 from safetensors.torch import save_file
+
+from ..files import atomic_path, clean_stale, write_json
 
 FORMAT = 1  # bump when the conversion (names, dtypes, config fields, tokenizer) changes
 DONE = "converted.json"  # written last: its presence means the directory is complete
@@ -58,18 +59,24 @@ def converted(path: str | os.PathLike) -> Path | None:
         return directory
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+        for stale in clean_stale(directory.parent) + _clean_legacy(directory.parent):
+            log.info("removed %s, left by an interrupted conversion", stale.name)
     except OSError as e:
         warnings.warn(f"cannot write the GGUF cache in {cache_root()} ({e}); loading {path} directly", stacklevel=3)
         return None
     log.info("converting %s once into %s (later loads take about a second)", path.name, directory)
-    try:
+    with atomic_path(directory) as staging:  # an incomplete entry (no DONE) is replaced
+        staging.mkdir()
         _convert(path, staging)
-        shutil.rmtree(directory, ignore_errors=True)  # an incomplete entry from an interrupted run
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _clean_legacy(root: Path) -> list[Path]:
+    """Staging directories of older versions (`.tmp-XXXXXXXX`, no writer id), removed once an hour old."""
+    old = [p for p in root.glob(".tmp-*") if p.is_dir() and time.time() - p.stat().st_mtime > 3600]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
 
 
 def _convert(path: Path, out: Path) -> None:
@@ -87,4 +94,4 @@ def _convert(path: Path, out: Path) -> None:
     except TokenizerError:  # the model still loads; load_tokenizer reports the tokenizer's problem itself
         pass
     info = {"source": str(path.resolve()), "format": FORMAT, "tokenizer": tokenizer}
-    (out / DONE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / DONE, info)

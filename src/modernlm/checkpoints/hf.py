@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
+from ..files import atomic_path, write_json
 from . import gpt2
 
 SUPPORTED = {
@@ -214,8 +215,9 @@ def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
         tensors = gpt2.state_to_gpt2(state)
     else:
         tensors = {rename(k, to_hf=True): v for k, v in state.items()}
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    write_json(directory / "config.json", hf_config)
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory

@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
+from ..files import atomic_path
 from .hf import CheckpointError
 
 CONFIG_NAME = "modernlm_config.json"
@@ -35,8 +36,8 @@ def load_native(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
 def save_native(model: torch.nn.Module, directory: str | Path) -> Path:
     """Write the config and the weights; tied weights are stored once (as the embedding)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "modernlm"})
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, tmp, metadata={"format": "modernlm"})
     model.config.to_json(directory / CONFIG_NAME)
     return directory

@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--config", type=Path, default=None, help="a FinetuneConfig JSON file; flags override its values")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
     p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
@@ -82,13 +83,15 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.run import finetune
-    from .train import stopped_early
+    from .train import already_finished, stopped_early
 
     cfg = build_config(args)
     if args.print_config:
         print(cfg.to_json())
         return 0
-    result = finetune(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    result = finetune(cfg, resume=args.resume, stop_at_step=args.stop_at_step, extend=args.extend)
+    if result.status == "finished":
+        return already_finished(result, "finetune", cfg.train.max_steps)
     if result.status != "done":
         return stopped_early(result, "finetune")
     for c in result.comparisons:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model (no arguments: a small one on the Python stdlib, ~5 min)")
     p.add_argument("--config", type=Path, default=None, help="a TrainConfig JSON file; flags override its values")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
+    p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
     p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
     g = p.add_argument_group("settings (TrainConfig fields)")
@@ -58,6 +58,8 @@ def _add_field(group, f: dataclasses.Field) -> None:
 
 def build_config(args):
     """The TrainConfig the flags describe: the saved one (--resume), a --config file, or the defaults; then flags."""
+    from ..config import ModelConfig
+    from ..fields import parse_override
     from ..training.config import TrainConfig
     from ..training.setup import read_saved_config
 
@@ -72,11 +74,19 @@ def build_config(args):
         if given is not None and name != "model_overrides":
             values[name] = given
     for item in args.model_overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--model-override takes KEY=VALUE, got {item!r}")
-        values["model_overrides"] = {**values["model_overrides"], key: _parse_value(text)}
-    return TrainConfig.from_dict(values).validate()
+        key, value = parse_override(ModelConfig, item)
+        values["model_overrides"] = {**values["model_overrides"], key: value}
+    return TrainConfig.from_dict(values, "the flags").validate()
+
+
+def already_finished(result, verb: str, max_steps: int) -> int:
+    """Say that a resumed run had nothing left to do, and how to train it further."""
+    print(
+        f"{result.run_dir} already finished at step {result.step} (max_steps {max_steps}): nothing to train. "
+        f"To train it further: modernlm {verb} --resume --out {result.run_dir} --extend --max-steps {2 * max_steps}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def stopped_early(result, verb: str) -> int:
@@ -86,13 +96,6 @@ def stopped_early(result, verb: str) -> int:
     return 130 if result.status == "interrupted" else 0
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # a bare string, e.g. norm=layernorm
-
-
 def run(args) -> int:
     from ..training import train
 
@@ -100,8 +103,10 @@ def run(args) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    result = train(config, resume=args.resume, stop_at_step=args.stop_at_step)
+    result = train(config, resume=args.resume, stop_at_step=args.stop_at_step, extend=args.extend)
     out = result.run_dir
+    if result.status == "finished":
+        return already_finished(result, "train", config.max_steps)
     if result.status != "done":
         return stopped_early(result, "train")
     for text in result.samples:

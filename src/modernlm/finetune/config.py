@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoints.sources import DEFAULT_MODEL
+from ..fields import check_fields
 from ..training.config import JsonConfig, TrainConfig
 from .lora import ATTENTION_TARGETS, LoraConfig
 
@@ -80,6 +81,7 @@ class FinetuneConfig(JsonConfig):
 
     def validate(self) -> FinetuneConfig:
         """Raise ValueError naming the first impossible value and the fix; return self."""
+        check_fields(self)
         self.train.validate()
         if self.lora:
             self.lora_config().validate()

@@ -12,6 +12,8 @@ import os
 import random
 from pathlib import Path
 
+from ..files import write_text
+
 SYSTEM = "Answer with one short sentence."
 
 
@@ -56,5 +58,5 @@ def write_example_dataset(directory: str | os.PathLike, n_train: int = 400, n_va
     conversations = example_conversations(n_train + n_val)
     paths = directory / "train.jsonl", directory / "val.jsonl"
     for path, part in zip(paths, (conversations[:n_train], conversations[n_train:]), strict=True):
-        path.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in part), encoding="utf-8")
+        write_text(path, "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in part))
     return paths

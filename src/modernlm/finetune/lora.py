@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_path, write_json
 from ..layers.linear import Linear, linear
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -198,7 +199,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().contiguous().cpu()
     for name, p in _trained_base(model).items():  # norms or embeddings the config chose to train
         tensors[_peft_param(name)] = p.detach().contiguous().cpu()
-    save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
     peft = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -213,7 +215,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "modules_to_save": None,
         "base_model_name_or_path": config.extra.get("base_model"),
     }
-    (directory / CONFIG_NAME).write_text(json.dumps(peft, indent=2) + "\n")
+    write_json(directory / CONFIG_NAME, peft)
     return directory
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import load_model, load_tokenizer, save_model
+from ..files import write_text
 from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
 from .chat_data import ChatData, encode_conversations, read_jsonl
@@ -52,11 +53,13 @@ class FinetuneResult:
     train: TrainResult | None = None
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = False, stop_at_step: int | None = None) -> FinetuneResult:
+def finetune(
+    cfg: FinetuneConfig, *, resume: bool = False, stop_at_step: int | None = None, extend: bool = False
+) -> FinetuneResult:
     """Run `cfg`; with `resume`, continue the run in its directory from the latest checkpoint (same losses as an
     uninterrupted run). `stop_at_step` saves and returns after that many optimizer steps."""
     t0 = time.perf_counter()
-    check_run_dir(cfg.validate().run_dir, cfg, CONFIG_NAME, resume)
+    check_run_dir(cfg.validate().run_dir, cfg, CONFIG_NAME, resume, extend)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     run_dir = cfg.run_dir
@@ -174,7 +177,7 @@ def _publish(cfg: FinetuneConfig, model, tokenizer, comparisons: list[Comparison
     result.comparisons = comparisons
     result.model = model
     result.model_dir = save_model(model, run_dir / ("merged" if cfg.lora else "model"), tokenizer)
-    (run_dir / "before_after.md").write_text(render_comparison(result, cfg))
+    write_text(run_dir / "before_after.md", render_comparison(result, cfg))
 
 
 def render_comparison(result: FinetuneResult, cfg: FinetuneConfig) -> str:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_path, write_json, write_text
+
 VERDICTS = ("confirmed", "refuted", "depends")
 MODULES = (  # files of this package that hold experiments
     *("kv_cache", "rope", "precision"),
@@ -83,12 +85,13 @@ def run(name: str, quick: bool = False, out: str | Path | None = None) -> tuple[
     machine = f"{platform.machine()}, {platform.processor() or platform.system()}"
     record = dict(name=name, claim=exp.claim, source=exp.source, verdict=finding.verdict, summary=finding.summary,
                   numbers=finding.numbers, quick=quick, seconds=round(seconds, 1), machine=machine)  # fmt: skip
-    (out / "result.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    write_json(out / "result.json", record, default=float)
     if finding.plot is not None:
         _plot(finding, out / "plot.png", exp.claim)
-    (out / "verdict.md").write_text(
+    write_text(
+        out / "verdict.md",
         f"# {name}: {finding.verdict}\n\n**Claim** ({exp.source}): {exp.claim}\n\n{finding.summary}\n\n"
-        f"Run: {'quick' if quick else 'full'}, {seconds:.0f} s on {machine}.\n"
+        f"Run: {'quick' if quick else 'full'}, {seconds:.0f} s on {machine}.\n",
     )
     return finding, out
 
@@ -103,7 +106,8 @@ def _plot(finding: Finding, path: Path, title: str) -> None:
     finding.plot(fig)
     fig.suptitle(title if len(title) < 100 else title[:97] + "...", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -125,5 +129,5 @@ def write_report(root: str | Path, path: str | Path, note: str = "") -> Path:
         lines += ["", f"## {r['name']}", "", f"**{r['verdict']}.** {r['summary']}", ""]
         if (directory / "plot.png").is_file():
             lines.append(f"![{r['name']}]({(directory / 'plot.png').relative_to(path.parent)})")
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

@@ -12,6 +12,7 @@ half-written checkpoint is never the latest one. Only safetensors and JSON are r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, save_native
+from ..files import atomic_path, clean_stale, copy_file, write_json, write_text
 
+log = logging.getLogger("modernlm")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -51,38 +55,52 @@ def save_checkpoint(
     final = root / f"step-{int(state['step']):07d}"
     if _latest_name(root) == final.name and final.is_dir():
         return final  # this step is already saved (an interrupt right after a scheduled save)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if weights is None:
-        save_native(model, tmp)
-    else:
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS_NAME)
-        publish = False  # a partial state dict is no model to load
-    _write_optimizer(tmp, optimizer)
-    _write_json(tmp / STATE_NAME, {**state, "param_groups": _param_groups(optimizer), "rng": _python_rng()})
-    shutil.rmtree(final, ignore_errors=True)  # a stale copy of this step that `latest` does not name
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:  # replaces a stale copy of this step that `latest` does not name
+        if weights is None:
+            save_native(model, tmp)
+        else:
+            tmp.mkdir(parents=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS_NAME)
+            publish = False  # a partial state dict is no model to load
+        _write_optimizer(tmp, optimizer)
+        _write_json(tmp / STATE_NAME, {**state, "param_groups": _param_groups(optimizer), "rng": _python_rng()})
     _write_text_atomic(root / LATEST, final.name + "\n")
     for name in (CONFIG_NAME, WEIGHTS_NAME) if publish else ():
-        _copy_atomic(final / name, Path(run_dir) / name)
+        copy_file(final / name, Path(run_dir) / name)
     _prune(root, keep)
     return final
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
-    """(model state dict, optimizer state dict, run state) of the latest checkpoint of `run_dir`."""
+    """(model state dict, optimizer state dict, run state) of the latest readable checkpoint of `run_dir`. When the
+    newest one is missing or damaged (a disk error, a hand edit), the next older complete one is taken, with a
+    notice that says what was wrong and which step the run goes back to."""
     root = Path(run_dir) / CHECKPOINTS
-    name = _latest_name(root)
-    if name is None or not (root / name / STATE_NAME).is_file():
-        raise CheckpointError(
-            f"no checkpoint to resume in {run_dir} (looked for {root / LATEST}); start without resume"
-        )
-    directory = root / name
-    state = json.loads((directory / STATE_NAME).read_text())
-    tensors = load_file(directory / OPTIMIZER_NAME)
-    weights = load_file(directory / WEIGHTS_NAME)
-    return weights, _optimizer_state(tensors, state.pop("param_groups")), state | {"rng_tensors": _rng(tensors)}
+    problems = []
+    for directory in _candidates(root):
+        try:
+            state = json.loads((directory / STATE_NAME).read_text())
+            tensors = load_file(directory / OPTIMIZER_NAME)
+            weights = load_file(directory / WEIGHTS_NAME)
+            groups = state.pop("param_groups")
+        except (OSError, ValueError, KeyError, SafetensorError) as e:  # JSONDecodeError is a ValueError
+            problems.append(f"{directory.name}: {type(e).__name__}: {e}")
+            continue
+        if problems:
+            log.warning(
+                "the newest checkpoint of %s cannot be read (%s); resuming from the older complete one, %s",
+                run_dir, "; ".join(problems), directory.name,
+            )  # fmt: skip
+        return weights, _optimizer_state(tensors, groups), state | {"rng_tensors": _rng(tensors)}
+    found = f": {'; '.join(problems)}" if problems else f" (looked in {root})"
+    raise CheckpointError(f"no readable checkpoint to resume in {run_dir}{found}; start without resume")
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Checkpoint directories, the one `latest` names first, then the others newest first."""
+    steps = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    latest = _latest_name(root)
+    return sorted(steps, key=lambda p: p.name != latest)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -98,8 +116,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def latest_step(run_dir: str | os.PathLike) -> int | None:
     """The step of the latest checkpoint, or None when there is none."""
-    name = _latest_name(Path(run_dir) / CHECKPOINTS)
-    return int(name.split("-")[1]) if name else None
+    candidates = _candidates(Path(run_dir) / CHECKPOINTS)
+    return int(candidates[0].name.split("-")[1]) if candidates else None
 
 
 # ---- the optimizer and the RNGs as tensors + JSON -----------------------------------------------------------------
@@ -150,19 +168,11 @@ def _latest_name(root: Path) -> str | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    write_json(path, data, indent=1)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    write_text(path, text)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -172,5 +182,6 @@ def _prune(root: Path, keep: int) -> None:
     for old in steps[:-keep]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):  # no save is in progress here: these are leftovers of failed ones
+    clean_stale(root)  # staging directories of saves that were killed (a live writer's are kept)
+    for tmp in root.glob(".tmp-*"):  # the naming of older versions; no save is in progress here
         shutil.rmtree(tmp, ignore_errors=True)

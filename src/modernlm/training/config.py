@@ -12,17 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fields import check_fields, check_mapping
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that may change between a run and its resumption without changing a single loss value.
 RESUMABLE_CHANGES = frozenset(
     {"eval_interval", "log_interval", "save_interval", "keep_checkpoints", "compile", "sample_prompts"}
     | {"sample_tokens", "num_threads", "progress"}
+    | {"out_dir"}  # the same run given by another path (relative or absolute) or moved to another directory
 )
 
 
 class JsonConfig:
     """JSON in and out for a dataclass of plain values (TrainConfig, FinetuneConfig): unknown fields are refused with
-    the valid ones listed; `_coerce` turns JSON values back into field types (lists into tuples...)."""
+    the valid ones listed, and every value is checked against its field's type (fields.py)."""
 
     WHAT = "config"  # how error messages name the file
 
@@ -30,21 +33,19 @@ class JsonConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def _coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**cls._coerce(dict(data)))
+    def from_dict(cls, data: dict[str, Any], where: str = ""):
+        """A config from a mapping; every key must be a field and every value of the field's type (`where` names the
+        source in errors)."""
+        config = cls(**check_mapping(cls, data, where))
+        check_fields(config, where)
+        return config
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            from ..files import write_text
+
+            write_text(path, text + "\n")
         return text
 
     @classmethod
@@ -53,9 +54,10 @@ class JsonConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no {cls.WHAT} at {path}; write one with {cls.__name__}().to_json(path)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_bytes().decode("utf-8", errors="replace"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
+        return cls.from_dict(data, str(path))
 
 
 @dataclass
@@ -101,6 +103,7 @@ class TrainConfig(JsonConfig):
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first impossible value and the fix; return self."""
+        check_fields(self)
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
             _positive_int(name, getattr(self, name))
         for name in ("eval_interval", "save_interval", "warmup_steps", "sample_tokens", "keep_checkpoints"):
@@ -122,12 +125,6 @@ class TrainConfig(JsonConfig):
         if self.vocab_size < 257 and self.tokenizer is None:
             raise ValueError(f"vocab_size {self.vocab_size} is too small: byte-level BPE needs 256 bytes + 1 special")
         return self
-
-    @classmethod
-    def _coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return data
 
     def changed_fields(self, other: TrainConfig) -> list[str]:
         """The fields whose values differ from `other`'s that change the training math (not logging or saving)."""

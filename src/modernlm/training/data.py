@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..files import atomic_path, clean_stale, write_json
 from ..tokenizer import Tokenizer
 from .bpe import EOT, train_bpe
 from .corpus import Corpus
@@ -98,7 +98,7 @@ def _write_tokens(directory: Path, corpus: Corpus, tokenizer: Tokenizer, eot: in
         n_train -= n_val
     meta = dict(format=FORMAT, dtype=np.dtype(dtype).name, n_train=n_train, n_val=n_val, eot_id=eot)
     meta.update(n_documents=len(corpus.train) + len(corpus.val), vocab_size=tokenizer.vocab_size)
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(directory / "meta.json", meta)
 
 
 def _encode_documents(f, docs, tokenizer: Tokenizer, eot: int, dtype, chunk: int = 256) -> int:
@@ -115,18 +115,12 @@ def _encode_documents(f, docs, tokenizer: Tokenizer, eot: int, dtype, chunk: int
 
 def _atomic_dir(directory: Path, fill) -> None:
     """Build the directory's contents under a temporary name and rename it into place, so a crash never leaves a
-    half-written cache entry."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    half-written cache entry; staging directories of killed runs are removed first."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(directory.parent)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
         fill(tmp)
-        os.replace(tmp, directory)
-    except OSError:
-        if not directory.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _key(*parts) -> str:

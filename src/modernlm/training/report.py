@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import append_line, atomic_path, write_text
 from ..tokenizer import Tokenizer
 
 
@@ -17,18 +18,24 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
         self.path = Path(path)
         if resume_step is None:
-            self.path.write_text("")
+            write_text(self.path, "")
         else:  # drop what an interrupted run logged after its last checkpoint: those steps are run again
-            self.path.write_text("".join(f"{json.dumps(r)}\n" for r in self.read() if r["step"] <= resume_step))
+            write_text(self.path, "".join(f"{json.dumps(r)}\n" for r in self.read() if r["step"] <= resume_step))
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
     def read(self) -> list[dict]:
+        """The records; a line cut short by a kill mid-append (only ever the last) is skipped."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return [r for r in records if isinstance(r, dict) and "step" in r]
 
 
 def plot_losses(records: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
@@ -51,7 +58,8 @@ def plot_losses(records: list[dict], path: str | os.PathLike, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
 

@@ -3,6 +3,7 @@ model shape, the run directory, then the corpus, the tokenizer and the token fil
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +50,7 @@ class RunInputs:
     save_trainable_only: bool = False
 
 
-def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
+def check_config(config: TrainConfig, resume: bool, extend: bool = False) -> ModelConfig:
     """Validate the run's settings against each other and the run directory; return the model's config (its
     vocabulary still to be fitted to the tokenizer)."""
     config.validate()
@@ -63,31 +64,65 @@ def check_config(config: TrainConfig, resume: bool) -> ModelConfig:
         raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device 'cpu'")
-    check_run_dir(Path(config.out_dir), config, TRAIN_CONFIG_NAME, resume)
+    check_run_dir(Path(config.out_dir), config, TRAIN_CONFIG_NAME, resume, extend)
     return model_config
 
 
-def check_run_dir(run_dir: Path, config: JsonConfig, config_name: str, resume: bool) -> None:
+def check_run_dir(run_dir: Path, config: JsonConfig, config_name: str, resume: bool, extend: bool = False) -> None:
     """A new run needs a directory without checkpoints; a resumed one needs its saved settings (`config_name`), the
-    same values of every field that changes the training, and a checkpoint. Shared by training and fine-tuning."""
+    same values of every field that changes the training, and a checkpoint. `extend`: a resumed run may go on to a
+    larger max_steps (its schedule is stretched; the notice says how). Shared by training and fine-tuning."""
     step = latest_step(run_dir)
+    if extend and not resume:
+        raise ValueError("extend continues a saved run to more steps: use it with resume (--resume --extend)")
     if resume:
         saved_path = run_dir / config_name
         if not saved_path.is_file():
             raise FileNotFoundError(f"no {config_name} in {run_dir}: nothing to resume there")
-        changed = config.changed_fields(type(config).from_json(saved_path))
+        saved = type(config).from_json(saved_path)
+        changed = config.changed_fields(saved)
+        stretched = [c for c in changed if c.endswith("max_steps")] if extend else []
+        if extend and not stretched:
+            raise ValueError(f"--extend needs a new --max-steps above the saved {_loop(saved).max_steps}")
+        changed = [c for c in changed if c not in stretched]
         if changed:
+            hint = (
+                "; to train a run further, add --extend with the new --max-steps"
+                if any(c.endswith("max_steps") for c in changed)
+                else ""
+            )
             raise ValueError(
                 f"cannot resume {run_dir} with different {', '.join(changed)}: those change the training itself; "
-                "resume with the saved settings, or start a new run in another directory"
+                f"resume with the saved settings, or start a new run in another directory{hint}"
             )
         if step is None:
             raise FileNotFoundError(f"no checkpoint to resume in {run_dir}; start without --resume")
+        if stretched:
+            _announce_extension(run_dir, _loop(saved), _loop(config), step)
     elif step is not None:
         raise ValueError(
             f"{run_dir} already holds a run (checkpoint at step {step}); continue it with --resume, "
             "or choose another output directory"
         )
+
+
+def _loop(config: JsonConfig) -> TrainConfig:
+    """The loop settings of a training or fine-tuning config."""
+    return getattr(config, "train", None) or config
+
+
+def _announce_extension(run_dir: Path, old: TrainConfig, new: TrainConfig, step: int) -> None:
+    from .optim import lr_at
+
+    if new.max_steps <= step:
+        raise ValueError(f"--max-steps {new.max_steps} is not past the run's step {step}; give a larger one")
+    before = lr_at(step, old.lr, old.min_lr, old.warmup_steps, old.max_steps)
+    after = lr_at(step, new.lr, new.min_lr, new.warmup_steps, new.max_steps)
+    logging.getLogger("modernlm").warning(
+        "extending %s from %d to %d steps: the warmup+cosine schedule now ends at step %d, so the learning rate at "
+        "step %d goes from %.3g to %.3g (not the run a %d-step start would have made)",
+        run_dir, old.max_steps, new.max_steps, new.max_steps, step, before, after, new.max_steps,
+    )  # fmt: skip
 
 
 def read_saved_config(run_dir: Path) -> TrainConfig:
@@ -97,9 +132,9 @@ def read_saved_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_json(path)
 
 
-def prepare(config: TrainConfig, resume: bool = False) -> RunInputs:
+def prepare(config: TrainConfig, resume: bool = False, extend: bool = False) -> RunInputs:
     """Check everything, then build (or find cached) the tokenizer and the token file."""
-    model_config = check_config(config, resume)
+    model_config = check_config(config, resume, extend)
     corpus = load_corpus(config.data, config.val_fraction)
     if resume and (Path(config.out_dir) / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_directory(config.out_dir)  # the run's own, even if the cache was cleared

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..files import write_text
 from ..model import Transformer
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
@@ -37,7 +38,7 @@ class TrainingError(ValueError):
 class TrainResult:
     run_dir: Path
     step: int  # optimizer steps completed
-    status: str  # "done", "interrupted" (a signal) or "paused" (stop_at_step reached)
+    status: str  # "done", "interrupted" (a signal), "paused" (stop_at_step reached), "finished" (nothing left to run)
     losses: list[float] = field(default_factory=list)  # training loss of each step this call ran
     val_loss: float | None = None
     samples: list[str] = field(default_factory=list)
@@ -48,12 +49,16 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def train(config: TrainConfig, *, resume: bool = False, stop_at_step: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool = False, stop_at_step: int | None = None, extend: bool = False
+) -> TrainResult:
     """Train as `config` says; with `resume`, continue the run in `config.out_dir` from its latest checkpoint with
-    exactly the losses an uninterrupted run has. `stop_at_step` saves and returns after that many steps."""
+    exactly the losses an uninterrupted run has (`extend`: to a larger max_steps than it was started with, the
+    schedule stretched). `stop_at_step` saves and returns after that many steps. A resumed run that had already
+    finished returns status "finished" and runs nothing."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    trainer = Trainer(prepare(config, resume), resume)
+    trainer = Trainer(prepare(config, resume, extend), resume)
     with _interrupts() as interrupted:
         return trainer.run(stop_at_step, interrupted)
 
@@ -145,6 +150,8 @@ class Trainer:
     def run(self, stop_at_step: int | None, interrupted: threading.Event) -> TrainResult:
         cfg = self.cfg
         stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+        if self.step >= cfg.max_steps:  # a finished run resumed: nothing to train, nothing to sample again
+            return TrainResult(self.run_dir, self.step, "finished")
         result = TrainResult(self.run_dir, self.step, "done")
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
         window, t_last = [], time.perf_counter()
@@ -234,7 +241,7 @@ class Trainer:
             result.samples = sample_texts(
                 self.model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
             )
-            (self.run_dir / "samples.txt").write_text("\n\n----\n\n".join(result.samples) + "\n")
+            write_text(self.run_dir / "samples.txt", "\n\n----\n\n".join(result.samples) + "\n")
         return result
 
 
