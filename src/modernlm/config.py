@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .fields import FieldError, check_fields, check_mapping
+from .text import read_strict
 
 NORMS = ("rmsnorm", "layernorm")
 FFNS = ("swiglu", "geglu", "gelu", "relu")
@@ -194,7 +195,7 @@ class ModelConfig:
         source = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         if source is not None and not source.is_file():
             raise ConfigError(f"no model config file at {source}")
-        text = source.read_text(encoding="utf-8", errors="replace") if source is not None else str(text_or_path)
+        text = read_strict(source) if source is not None else str(text_or_path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

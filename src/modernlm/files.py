@@ -126,9 +126,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files and directories that killed writers left in `directory` (those whose process is
-    gone); a live writer's temporaries are kept. Returns what was removed."""
+def clean_stale(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and directories that killed writers left in `directory` (and, `recursive`, in its
+    subdirectories): those whose process is gone; a live writer's temporaries are kept. Returns what was removed."""
     directory = Path(directory)
     removed = []
     if not directory.is_dir():
@@ -138,4 +138,6 @@ def clean_stale(directory: str | os.PathLike) -> list[Path]:
         if match and not _alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)
+        elif recursive and path.is_dir() and not path.is_symlink():
+            removed += clean_stale(path, recursive=True)
     return removed

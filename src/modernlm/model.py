@@ -24,6 +24,7 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config.validate()
+        self.source = None  # the path load_model read it from (save_model copies its tokenizer)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.positions == "learned":
             self.pos_embed = LearnedPositions(config.max_seq_len, config.d_model)
@@ -55,6 +56,18 @@ class Transformer(nn.Module):
         """Build on the meta device and take the tensors as they are (no copy, no random init)."""
         with torch.device("meta"):
             model = cls(config)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        wrong = [
+            f"{name} is {tuple(t.shape)}, the config needs {expected[name]}"
+            for name, t in state_dict.items()
+            if name in expected and tuple(t.shape) != expected[name]
+        ]
+        if wrong:
+            raise ValueError(
+                f"checkpoint does not fit its config ({'; '.join(wrong[:4])}{'; ...' * (len(wrong) > 4)}): the weights "
+                "and the config come from different models (e.g. another vocabulary size); use the config that came "
+                "with the weights"
+            )
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         if missing or unexpected:
             raise ValueError(

@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 from tokenizers import Tokenizer as BackendTokenizer
 
 from .files import write_json, write_text
+from .text import read_json
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 # GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
@@ -303,10 +304,10 @@ def _post_processor_adds(backend: BackendTokenizer, bos_token: str | None) -> bo
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path} is not valid JSON ({e}); restore it from the model's source") from e
+    data = read_json(path, "tokenizer file (restore it from the model's source)", TokenizerError)
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _token_content(value: Any) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .hf import CheckpointError
 
 
@@ -196,16 +196,35 @@ def config_from_gguf(
             )
         return default
 
+    def number(name: str, default: Any = KeyError, kind: type = int) -> Any:
+        value = key(name, default)
+        if value is None and default is None:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        if not (ok and (kind is float or isinstance(value, int))):
+            what = "a positive integer" if kind is int else "a positive number"
+            raise GGUFError(
+                f"{where}: the metadata key {arch}.{name} must be {what}, got {value!r}; re-convert the file"
+            )
+        return value
+
     if "token_embd.weight" not in shapes:
         raise GGUFError(f"{where}: the tensor token_embd.weight is missing; the file is incomplete, re-convert it")
-    d_model, n_heads = key("embedding_length"), key("attention.head_count")
-    head_dim = key("attention.key_length", None) or key("rope.dimension_count", None) or d_model // n_heads
+    d_model, n_heads = number("embedding_length"), number("attention.head_count")
+    head_dim = number("attention.key_length", None) or number("rope.dimension_count", None) or d_model // n_heads
     if key("rope.dimension_count", head_dim) != head_dim:
         raise GGUFError(
             f"{where}: RoPE covers {key('rope.dimension_count')} of {head_dim} head dimensions (partial rotary), "
             "which Llama-style models do not use; this file is not supported"
         )
-    theta = float(key("rope.freq_base", 10000.0))
+    theta = float(number("rope.freq_base", 10000.0, float))
+    try:
+        return _gguf_config(meta, shapes, key, number, d_model, n_heads, head_dim, theta, rope_freqs, where, arch)
+    except ConfigError as e:
+        raise GGUFError(f"{where}: {e}; re-convert the file") from None
+
+
+def _gguf_config(meta, shapes, key, number, d_model, n_heads, head_dim, theta, rope_freqs, where, arch) -> ModelConfig:
     return ModelConfig(
         vocab_size=shapes["token_embd.weight"][0],  # (V, D)
         d_model=d_model,
@@ -216,7 +235,7 @@ def config_from_gguf(
         ffn="swiglu",
         ffn_hidden=key("feed_forward_length"),
         norm="rmsnorm",
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        norm_eps=float(number("attention.layer_norm_rms_epsilon", 1e-5, float)),
         rope_theta=theta,
         rope_scaling=_rope_scaling(key, rope_freqs, head_dim, theta, where),
         qkv_bias="blk.0.attn_q.bias" in shapes,

@@ -53,7 +53,7 @@ def _fill(template: str, m: re.Match) -> str:
 
 # ---- config -----------------------------------------------------------------------------------------------------
 def config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
-    from .hf import CheckpointError
+    from .hf import CheckpointError, positive_field
 
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
@@ -65,7 +65,8 @@ def config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
             raise CheckpointError(f"{where}: GPT-2 option {flag}=true is not supported; only the standard attention is")
     if not hf.get("scale_attn_weights", True):
         raise CheckpointError(f"{where}: scale_attn_weights=false (no 1/sqrt(d) scaling) is not supported")
-    d = hf["n_embd"]
+    d = positive_field(hf, "n_embd", where)
+    positive_field(hf, "n_head", where)
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         d_model=d,

@@ -8,7 +8,6 @@ Weights are read with safetensors, never with pickle.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..files import atomic_path, write_json
+from ..text import read_json
 from . import gpt2
 
 SUPPORTED = {
@@ -71,6 +71,14 @@ def rename(name: str, to_hf: bool) -> str | None:
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
+def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
+    """A field of an HF config that sizes are computed from: a positive integer, or CheckpointError naming it."""
+    value = hf[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{where}: {name} must be a positive integer, got {value!r}; fix or restore config.json")
+    return value
+
+
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     by_type = {v: k for k, v in SUPPORTED.items()}
     arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
@@ -83,7 +91,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 keeps theta and scaling together here
     theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
     scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    heads = hf["num_attention_heads"]
+    heads = positive_field(hf, "num_attention_heads", where)
+    positive_field(hf, "hidden_size", where)
     is_qwen2 = SUPPORTED[arch] == "qwen2"
     attention_bias = bool(hf.get("attention_bias", False))
     return ModelConfig(
@@ -97,7 +106,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         ffn_hidden=hf["intermediate_size"],
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta),
+        rope_theta=theta,
         rope_scaling=scaling,
         qkv_bias=is_qwen2 or attention_bias,
         out_bias=attention_bias and not is_qwen2,
@@ -156,7 +165,9 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "shard index", CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map object; restore the file from the model's source")
         files = [directory / name for name in dict.fromkeys(weight_map.values())]
     elif (directory / "model.safetensors").is_file():
         files = [directory / "model.safetensors"]
@@ -176,12 +187,15 @@ def _weight_files(directory: Path) -> list[Path]:
 def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     directory = Path(directory)
     config_path = directory / "config.json"
+    hf = read_json(config_path, "model config", CheckpointError)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object of config fields, got {type(hf).__name__}")
     try:
-        config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+        config = config_from_hf(hf, str(config_path))
     except KeyError as e:
         raise CheckpointError(f"{config_path} lacks the field {e.args[0]!r}") from e
+    except ConfigError as e:
+        raise CheckpointError(f"{config_path}: {e}") from e
     state_dict: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from ..text import from_user
 from .generate import add_model_args, add_sampling_args, encode_prompt, load, sampling_options
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
@@ -38,6 +39,21 @@ def _read(prompt: str, interactive: bool) -> str | None:
         return None
 
 
+def _turn(session, tokenizer, messages: list[dict], max_new_tokens: int, options: dict) -> str | None:
+    """Stream one reply to `messages`; its text, or None (with a one-line error) when the turn cannot run."""
+    try:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        pieces = []
+        for piece in session.stream(encode_prompt(tokenizer, prompt, chat=True), max_new_tokens, **options):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    except ValueError as e:  # e.g. the conversation outgrew the context
+        print(f"[error: {e}; /reset starts a new conversation]", file=sys.stderr)
+        return None
+    print()
+    return "".join(pieces).strip()
+
+
 def run(args) -> int:
     from ..generation import Session
 
@@ -47,7 +63,8 @@ def run(args) -> int:
         raise ValueError(f"{args.model} has no chat template; use `modernlm generate` for plain continuation")
     session = Session(model, tokenizer=tokenizer)
     options = sampling_options(args, tokenizer)
-    start = [{"role": "system", "content": args.system}] if args.system else []
+    system = from_user(args.system, "--system") if args.system else None
+    start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     if interactive:
         print(f"modernlm chat with {args.model}. {HELP}", file=sys.stderr)
@@ -55,7 +72,7 @@ def run(args) -> int:
         line = _read(">>> ", interactive)
         if line is None or line.strip() == "/exit":
             break
-        text = line.strip()
+        text = from_user(line, "this line").strip()
         if not text:
             continue
         if text == "/reset":
@@ -63,14 +80,10 @@ def run(args) -> int:
             session.reset()
             print("[conversation reset]", file=sys.stderr)
             continue
-        messages.append({"role": "user", "content": text})
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        pieces = []
-        for piece in session.stream(encode_prompt(tokenizer, prompt, chat=True), args.max_new_tokens, **options):
-            pieces.append(piece)
-            print(piece, end="", flush=True)
-        print()
-        messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+        reply = _turn(session, tokenizer, [*messages, {"role": "user", "content": text}], args.max_new_tokens, options)
+        if reply is None:  # the turn failed and said why; the conversation goes on without it
+            continue
+        messages += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         s = session.stats
         if not args.quiet:
             print(

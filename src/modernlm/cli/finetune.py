@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import positive_int
+
 # flag -> (FinetuneConfig field or "train.<TrainConfig field>", type, help)
 FLAGS = {
     "--model": (
@@ -47,7 +49,9 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, default=None, help="a FinetuneConfig JSON file; flags override its values")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
-    p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
+    p.add_argument(
+        "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
     p.set_defaults(func=run)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..analysis import forward_flops, parameter_counts, training_flops
 from ..config import PRESETS, ModelConfig, preset
+from . import positive_int
 
 
 def add_parser(sub) -> None:
@@ -14,8 +15,10 @@ def add_parser(sub) -> None:
         "flops", help="FLOPs per token by part (QKV, QK^T, softmax, weights x V, ...), forward and train"
     )
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}), a ModelConfig JSON file, or a model source")
-    p.add_argument("--seq-len", type=int, default=None, help="context length (default: the model's max_seq_len)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument(
+        "--seq-len", type=positive_int, default=None, help="context length (default: the model's max_seq_len)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--checkpointing", action="store_true", help="count the recompute of activation checkpointing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -6,7 +6,10 @@ import argparse
 import sys
 import time
 
+from tqdm import tqdm
+
 from ..checkpoints.sources import DEFAULT_MODEL
+from ..text import from_user
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +38,11 @@ def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: 
 
 
 def sampling_options(args, tokenizer) -> dict:
-    """The keyword arguments of `generate` / `Session.stream` from the parsed flags."""
+    """The keyword arguments of `generate` / `Session.stream` from the parsed flags (checked here, before a model
+    loads or a chat starts)."""
+    from ..generation.sampling import SamplingParams
+
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
     return dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -89,17 +96,22 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..generation import Session, generate
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = from_user(sys.stdin.read(), "standard input") if args.prompt == "-" else from_user(args.prompt, "--prompt")
     if not prompt:
         raise ValueError("the prompt is empty: give some text with --prompt")
+    if args.num_beams < 1:
+        raise ValueError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
     if args.stream and args.num_beams > 1:
         raise ValueError("--stream works with greedy or sampled decoding, not with --num-beams > 1")
+    if args.num_beams > 1 and args.temperature > 0:
+        raise ValueError("beam search is deterministic: use --temperature 0 with --num-beams > 1")
+    system = from_user(args.system, "--system") if args.system else None
+    if system and not args.chat:
+        raise ValueError("--system goes with --chat (a system message is part of a chat template)")
     t0 = time.perf_counter()
     model, tokenizer = load(args)
     if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": prompt}
-        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     ids = encode_prompt(tokenizer, prompt, chat=args.chat)
     options = sampling_options(args, tokenizer)
@@ -118,8 +130,15 @@ def run(args) -> int:
             for piece in session.stream(ids, args.max_new_tokens, **options):
                 print(piece, end="", flush=True)
             print()
-        else:
-            print("".join(session.stream(ids, args.max_new_tokens, **options)))
+        else:  # a progress bar on a terminal, so a long generation does not look hung
+            bar = tqdm(total=args.max_new_tokens, desc="generating", unit="tok", leave=False, file=sys.stderr,
+                       disable=args.quiet or not sys.stderr.isatty())  # fmt: skip
+            pieces = []
+            for piece in session.stream(ids, args.max_new_tokens, **options):
+                pieces.append(piece)
+                bar.update(session.stats.new_tokens - bar.n)
+            bar.close()
+            print("".join(pieces))
         s = session.stats
         stats = (
             f"{s.new_tokens} tokens; prompt {s.prompt_tokens} tokens in {s.prefill_s:.2f} s; "

@@ -11,20 +11,21 @@ from ..analysis import kv_cache_bytes, training_memory
 from ..analysis.memory import OPTIMIZER_STATES, PRECISIONS
 from ..analysis.params import adapter_parameters
 from ..config import PRESETS, ModelConfig
+from . import positive_int
 from .flops import resolve_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("memory", help="training memory by part and KV-cache bytes")
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}), a ModelConfig JSON file, or a model source")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's max_seq_len")
     p.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="bf16/fp16: autocast (default bf16)")
     p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZER_STATES))
     p.add_argument("--device", default="cuda", help="cuda or cpu: sets the dropout-mask size and attention kernel")
     p.add_argument("--kv-dtype", default="bfloat16", help="dtype of the KV cache (default bfloat16)")
     p.add_argument("--lora", metavar="TARGETS", help="LoRA fine-tuning: the adapted projections, e.g. q_proj,v_proj")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -12,6 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from . import positive_int
+
 HELP = {
     "out_dir": "run directory: checkpoints, weights, tokenizer, metrics, loss curve (alias --out)",
     "data": "sources: 'stdlib', files, directories, globs, 'hf:NAME[:SPLIT[:COLUMN]]'",
@@ -32,7 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, default=None, help="a TrainConfig JSON file; flags override its values")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
     p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
-    p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this many steps (resume later)")
+    p.add_argument(
+        "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
+    )
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
     g = p.add_argument_group("settings (TrainConfig fields)")
     for f in dataclasses.fields(TrainConfig):

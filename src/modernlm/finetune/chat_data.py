@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..text import read_strict
+
 IGNORE = -100  # the label of a token that carries no loss (torch's cross_entropy ignore_index)
 ROLES = ("system", "user", "assistant")
 
@@ -42,10 +44,9 @@ def read_jsonl(path: str | os.PathLike) -> list[list[dict]]:
     if not path.is_file():
         raise ChatDataError(f"no such file: {path}; give a JSONL file of chat examples")
     conversations = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                conversations.append(_conversation(line, f"{path}:{n}"))
+    for n, line in enumerate(read_strict(path).splitlines(), start=1):
+        if line.strip():
+            conversations.append(_conversation(line, f"{path}:{n}"))
     if not conversations:
         raise ChatDataError(f"{path} holds no examples; write one JSON object per line")
     return conversations
@@ -74,6 +75,15 @@ def _conversation(line: str, where: str) -> list[dict]:
             raise ChatDataError(
                 f"{where}: message {i} must be {{'role': one of {', '.join(ROLES)}, 'content': a string}}, got {m!r}"
             )
+    roles = [m["role"] for m in messages]
+    if "system" in roles[1:]:
+        raise ChatDataError(f"{where}: a system message may only come first (message {roles.index('system', 1)})")
+    first = roles[1] if roles[0] == "system" and len(roles) > 1 else roles[0]
+    if first != "user":
+        raise ChatDataError(
+            f"{where}: the conversation starts with {first!r}; it must start with a user turn (after an optional "
+            "system message), since every assistant reply answers something"
+        )
     if not any(m["role"] == "assistant" for m in messages):
         raise ChatDataError(f"{where}: the conversation has no assistant turn, so there is nothing to learn from it")
     return [{"role": m["role"], "content": m["content"]} for m in messages]

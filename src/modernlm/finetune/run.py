@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import load_model, load_tokenizer, save_model
-from ..files import write_text
+from ..files import clean_stale, write_text
 from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
 from .chat_data import ChatData, encode_conversations, read_jsonl
@@ -64,6 +64,7 @@ def finetune(
         torch.set_num_threads(cfg.train.num_threads)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
     cfg.to_json(run_dir / CONFIG_NAME)
     tokenizer = load_tokenizer(cfg.base)
     data, prompts = _data(cfg, tokenizer)  # bad data fails here, before the model loads
@@ -90,8 +91,9 @@ def finetune(
         seconds=0.0,
         train=train_result,
     )
-    if train_result.status == "done":
-        _publish(cfg, model, tokenizer, comparisons, result)
+    outputs = [run_dir / "before_after.md", run_dir / ("merged" if cfg.lora else "model") / "config.json"]
+    if train_result.status == "done" or (train_result.status == "finished" and not all(p.is_file() for p in outputs)):
+        _publish(cfg, model, tokenizer, comparisons, result)  # finished: a kill came before these were written
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -14,6 +14,7 @@ Shapes: B sequences, P prompt length (after left padding), S cache length, V voc
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,10 +89,31 @@ def _rows(input_ids: TokenIds, attention_mask: torch.Tensor | None) -> list[list
         return rows
     if attention_mask is not None:
         raise ValueError("attention_mask goes with a (B, T) tensor; a list of lists needs none (it is padded here)")
+    if isinstance(input_ids, (str, bytes)) or not isinstance(input_ids, Sequence):
+        raise TypeError(
+            f"input_ids must be token ids (a list of ints, a list of such lists, or a LongTensor), got "
+            f"{type(input_ids).__name__}; encode text first: tokenizer.encode(text)"
+        )
     seq = list(input_ids)
-    if seq and all(isinstance(t, int) for t in seq):
+    if seq and all(isinstance(t, int) and not isinstance(t, bool) for t in seq):
         return [seq]
-    return [[int(t) for t in row] for row in seq]
+    for row in seq:
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise TypeError(f"input_ids must hold ints or lists of ints, got an item of type {type(row).__name__}")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+            raise TypeError("input_ids rows must hold ints (token ids); encode text with tokenizer.encode(text)")
+    return [list(row) for row in seq]
+
+
+def check_token_ids(prompts: Prompts, vocab_size: int) -> None:
+    """Every prompt id must be a row of the embedding: [0, vocab_size)."""
+    for b, row in enumerate(prompts.rows):
+        bad = next((t for t in row if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise ValueError(
+                f"prompt {b} holds the token id {bad}, outside this model's vocabulary [0, {vocab_size}); "
+                "encode with the model's own tokenizer"
+            )
 
 
 def _eos_set(eos_token_id: int | Sequence[int] | None) -> frozenset[int]:
@@ -127,7 +149,14 @@ def token_budget(model, prompt_len: int, max_new_tokens: int) -> int:
         raise ValueError(
             f"the prompt has {prompt_len} tokens, more than the model's context of {limit}; shorten the prompt"
         )
-    return min(max_new_tokens, limit - prompt_len + 1)
+    room = limit - prompt_len + 1
+    if room < max_new_tokens:
+        logging.getLogger("modernlm").warning(
+            "the model's context (max_seq_len %d) leaves room for %d of the %d new tokens asked for after this "
+            "%d-token prompt: generation stops there",
+            limit, room, max_new_tokens, prompt_len,
+        )  # fmt: skip
+    return min(max_new_tokens, room)
 
 
 # ---- text ---------------------------------------------------------------------------------------------------------
@@ -299,6 +328,7 @@ def generate(
         raise ValueError("stop_strings are not supported with beam search; use eos_token_id")
     device = _device(model)
     prompts = prepare_prompts(input_ids, attention_mask, device)
+    check_token_ids(prompts, model.config.vocab_size)
     steps = token_budget(model, prompts.length, max_new_tokens)
     eos = _eos_set(eos_token_id)
     if num_beams > 1:
@@ -424,10 +454,11 @@ class Session:
                 raise ValueError("the prompt is empty: give some text")
             prompt = self._need_tokenizer().encode(prompt)
         device = _device(self.model)
-        prompts = prepare_prompts(list(prompt), None, device)
+        prompts = prepare_prompts(prompt, None, device)
         if len(prompts.rows) != 1:
             raise ValueError(f"a Session holds one conversation: give one prompt, not {len(prompts.rows)}")
         ids = prompts.rows[0]
+        check_token_ids(prompts, self.model.config.vocab_size)
         steps = token_budget(self.model, len(ids), max_new_tokens)
         return self._run(prompts, ids, steps, params, _eos_set(eos_token_id), stops, make_generator(seed, device))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fields import check_fields, check_mapping
+from ..text import read_strict
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that may change between a run and its resumption without changing a single loss value.
@@ -54,7 +55,7 @@ class JsonConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no {cls.WHAT} at {path}; write one with {cls.__name__}().to_json(path)")
         try:
-            data = json.loads(path.read_bytes().decode("utf-8", errors="replace"))
+            data = json.loads(read_strict(path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
         return cls.from_dict(data, str(path))

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import sysconfig
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..text import binary_offset, decode_lenient
 
 STDLIB = "stdlib"
 _SKIP_STDLIB_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -79,7 +82,7 @@ def _documents(source: str) -> list[Document]:
         return hf_documents(source[3:])
     path = Path(source).expanduser()
     if path.is_file():
-        return [_file_document(path, path.name)]
+        return [_file_document(path, path.name, alone=True)]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         return [_file_document(p, p.relative_to(path).as_posix()) for p in files]
@@ -108,16 +111,41 @@ def _stdlib_documents() -> list[Document]:
     return [_file_document(p, p.relative_to(root).as_posix()) for p in files]
 
 
-def _file_document(path: Path, name: str) -> Document:
+def _file_document(path: Path, name: str, alone: bool = False) -> Document:
+    """A text file as a document. `alone`: named by itself, so a binary file is an error rather than skipped."""
     stat = path.stat()
-    return Document(name, stat.st_size, lambda: _read_text(path), f"{stat.st_mtime_ns}")
+    if alone:
+        with open(path, "rb") as f:
+            at = binary_offset(f.read(1 << 16))
+        if at is not None:
+            raise ValueError(
+                f"{path} is not a text file (a NUL byte at offset {at}): training reads text; give text files, a "
+                "directory of them or a glob"
+            )
+    return Document(name, stat.st_size, lambda: _read_text(path, name), f"{stat.st_mtime_ns}")
 
 
-def _read_text(path: Path) -> str | None:
+_NOTICED: set[str] = set()  # notices about a file are given once per process
+
+
+def _read_text(path: Path, name: str) -> str | None:
+    """The file's text; None (with a notice) for a binary file in a directory of texts. Bytes that are not UTF-8
+    are replaced with U+FFFD, with a notice (text.py's rule for training text)."""
     data = path.read_bytes()
-    if b"\0" in data[:4096]:
-        return None  # a binary file in a directory of texts
-    return data.decode("utf-8", errors="replace")
+    at = binary_offset(data)
+    if at is not None:
+        _notice(name, f"skipped {name}: not a text file (a NUL byte at offset {at})")
+        return None
+    text, bad = decode_lenient(data)
+    if bad is not None:
+        _notice(name, f"{name} is not valid UTF-8 (first bad byte at offset {bad}): those bytes read as U+FFFD")
+    return text
+
+
+def _notice(key: str, message: str) -> None:
+    if key not in _NOTICED:
+        _NOTICED.add(key)
+        logging.getLogger("modernlm").info(message)
 
 
 def _hidden(relative: Path) -> bool:

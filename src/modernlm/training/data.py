@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,18 @@ class TokenData:
         return window[:, :-1], window[:, 1:]
 
 
+log = logging.getLogger("modernlm")
+
+
 def corpus_tokenizer(corpus: Corpus, vocab_size: int, sample_mb: float) -> Tokenizer:
     """A byte-level BPE trained on (a spread sample of) the training documents, cached by corpus and size."""
     key = _key("bpe", corpus.fingerprint, vocab_size, sample_mb)
     directory = cache_root() / "tokenizers" / key
     if not (directory / "tokenizer.json").is_file():
+        log.info(
+            "training a byte-level BPE tokenizer (%d ids) on up to %g MB of the %d training documents "
+            "(once: it is cached in %s)", vocab_size, sample_mb, len(corpus.train), directory.parent,
+        )  # fmt: skip
         tokenizer = train_bpe(corpus.sample(int(sample_mb * 2**20)), vocab_size)
         _atomic_dir(directory, tokenizer.save)
     return Tokenizer.from_directory(directory)
@@ -80,6 +88,10 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -
     vocab_json = tokenizer.backend.to_str()
     directory = cache_root() / "tokens" / _key("tokens", FORMAT, corpus.fingerprint, vocab_json, eot, val_fraction)
     if not (directory / "meta.json").is_file():
+        log.info(
+            "tokenizing %d documents into a token file (once: it is cached in %s)",
+            len(corpus.train) + len(corpus.val), directory.parent,
+        )  # fmt: skip
         _atomic_dir(directory, lambda d: _write_tokens(d, corpus, tokenizer, eot, val_fraction))
     meta = json.loads((directory / "meta.json").read_text())
     tokens = np.memmap(directory / "tokens.bin", dtype=meta["dtype"], mode="r")

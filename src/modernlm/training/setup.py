@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from ..config import ModelConfig, preset
+from ..files import clean_stale
 from ..loading import load_tokenizer
 from ..tokenizer import Tokenizer
 from .checkpoint import latest_step
@@ -154,6 +155,7 @@ def prepare(config: TrainConfig, resume: bool = False, extend: bool = False) -> 
     model_config = ModelConfig.from_dict({**model_config.to_dict(), "vocab_size": vocab}).validate()
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
     tokenizer.save(run_dir)
     config.to_json(run_dir / TRAIN_CONFIG_NAME)
     return RunInputs(config, model_config, tokenizer, data, run_dir)

@@ -76,6 +76,7 @@ class Trainer:
         # Token positions run through the model (padding of chat batches included; before, batch x seq_len was
         # counted, which overstated shorter padded batches).
         self.tokens = 0
+        self.window: list[float] = []  # losses of the steps since the last metrics record (kept in checkpoints)
         if resume:
             self._restore()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -99,6 +100,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng(state)
         self.step = int(state["step"])
+        self.window[:] = state.get("log_window", [])
         self.tokens = int(state.get("tokens", self.step * self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum))
 
     # ---- one step -----------------------------------------------------------------------------------------------
@@ -151,10 +153,12 @@ class Trainer:
         cfg = self.cfg
         stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
         if self.step >= cfg.max_steps:  # a finished run resumed: nothing to train, nothing to sample again
-            return TrainResult(self.run_dir, self.step, "finished")
+            result = TrainResult(self.run_dir, self.step, "finished")
+            self._write_outputs(result, only_missing=True)  # those a kill after the last checkpoint did not write
+            return result
         result = TrainResult(self.run_dir, self.step, "done")
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
-        window, t_last = [], time.perf_counter()
+        window, t_last = self.window, time.perf_counter()
         while self.step < stop and not interrupted.is_set():
             lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             set_lr(self.optimizer, lr)
@@ -182,7 +186,7 @@ class Trainer:
                         tok_per_s=round(tok_s, 1),
                     )
                 )
-                window = []
+                window.clear()
             self._maybe_eval(bar, result)
             if cfg.save_interval and self.step % cfg.save_interval == 0:
                 self.save()
@@ -202,6 +206,7 @@ class Trainer:
         state = dict(
             step=self.step, data_position=self.step * self.cfg.grad_accum, seed=self.cfg.seed, tokens=self.tokens
         )
+        state["log_window"] = list(self.window)  # so the next metrics record averages the same steps after a resume
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         weights = None
@@ -232,17 +237,26 @@ class Trainer:
     def _finish(self, result: TrainResult, interrupted: bool, stop: int) -> TrainResult:
         self.save()
         result.step = self.step
-        plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
         if interrupted or self.step < self.cfg.max_steps:
+            plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
             result.status = "interrupted" if interrupted else "paused"
             return result
-        self.model.eval()
-        if self.cfg.sample_prompts and self.cfg.sample_tokens:
-            result.samples = sample_texts(
-                self.model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
-            )
-            write_text(self.run_dir / "samples.txt", "\n\n----\n\n".join(result.samples) + "\n")
+        self._write_outputs(result)
         return result
+
+    def _write_outputs(self, result: TrainResult, only_missing: bool = False) -> None:
+        """The loss curve and, at the end of a run, the samples (`only_missing`: those not there yet)."""
+        if not (only_missing and (self.run_dir / "loss.png").is_file()):
+            plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
+        if not (self.cfg.sample_prompts and self.cfg.sample_tokens):
+            return
+        if only_missing and (self.run_dir / "samples.txt").is_file():
+            return
+        self.model.eval()
+        result.samples = sample_texts(
+            self.model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
+        )
+        write_text(self.run_dir / "samples.txt", "\n\n----\n\n".join(result.samples) + "\n")
 
 
 @contextmanager

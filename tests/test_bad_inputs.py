@@ -1,0 +1,275 @@
+"""Bad input at every entry point: the CLI verbs, the Python API, config files, checkpoints and data files.
+
+Each case asserts the outcome a user should get: the CLI exits with 2 and one line on stderr that names the offending
+value (or field, or file) and, where there is one, the fix, with no traceback; the API raises the project's error
+(a ValueError or TypeError subclass) with the same kind of message. Cases that are not errors (text that is not
+UTF-8 typed at a prompt, generation that reaches the context limit) assert the result and the notice instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import modernlm
+from modernlm.cli.__main__ import main
+from modernlm.config import ConfigError, ModelConfig, preset
+from modernlm.training.bpe import train_bpe
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny Llama-style model with a BPE tokenizer and a chat template, saved as a Hugging Face directory."""
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    tokenizer = train_bpe([TEXT], 300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    cfg = preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=48)
+    modernlm.save_model(modernlm.Transformer(cfg), out, tokenizer=tokenizer)
+    return out
+
+
+def copy_model(tiny: Path, dest: Path, edit=None, weights=None) -> Path:
+    """A copy of the tiny model directory with its config.json edited (`edit(dict) -> value`) or weights replaced."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny, dest)
+    if edit is not None:
+        config = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps(edit(config)))
+    if weights is not None:
+        save_file(weights(load_file(dest / "model.safetensors")), dest / "model.safetensors")
+    return dest
+
+
+def run(argv: list[str], capsys, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """The CLI in this process, as a user runs it: (exit code, stdout, stderr); a traceback fails the test."""
+    old = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def _with(config: dict, **changes) -> dict:
+    return {**config, **changes}
+
+
+def _set(name, value):
+    return lambda w: {k: (value if k == name else v) for k, v in w.items()}
+
+
+def _scale(name, factor):
+    return lambda w: {k: (v * factor if k == name else v) for k, v in w.items()}
+
+
+# ---- the CLI: (argv, what the one-line error must say) ------------------------------------------------------------
+CLI_ERRORS = [
+    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "0"], ["--num-beams", ">= 1"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "2", "-t", "0.7"], ["--temperature 0"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--device", "cuda"], ["cuda", "--device cpu"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--device", "tpu9"], ["tpu9", "'cpu'"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--top-k", "0"], ["top_k"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--min-p", "2"], ["min_p"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--repetition-penalty", "0"], ["repetition_penalty"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--system", "be brief"], ["--system", "--chat"]),
+    (["generate", "-m", "{tiny}", "-p", "x" * 400], ["more than the model's context of 48"]),
+    (["generate", "-m", "{tmp}/nothing-here", "-p", "hi"], ["nothing-here"]),
+    (["generate", "-m", "{tmp}/notes.txt", "-p", "hi"], ["not a .gguf"]),
+    (["generate", "-m", "{tmp}/broken.gguf", "-p", "hi"], ["broken.gguf"]),
+    (["generate", "-m", "{tmp}/list-config", "-p", "hi"], ["config.json", "JSON object", "list"]),
+    (["generate", "-m", "{tmp}/bad-json", "-p", "hi"], ["config.json", "not valid JSON"]),
+    (["generate", "-m", "{tmp}/latin1-config", "-p", "hi"], ["config.json", "not UTF-8", "byte"]),
+    (["generate", "-m", "{tmp}/zero-heads", "-p", "hi"], ["num_attention_heads", "positive integer"]),
+    (["generate", "-m", "{tmp}/str-width", "-p", "hi"], ["config.json", "d_model", "an integer"]),
+    (["generate", "-m", "{tmp}/wrong-vocab", "-p", "hi"], ["embed.weight", "does not fit", "vocabulary"]),
+    (["generate", "-m", "{tmp}/wrong-shape", "-p", "hi"], ["q_proj", "does not fit"]),
+    (["generate", "-m", "{tmp}/nan-weights", "-p", "hi"], ["NaN/Inf", "corrupt"]),
+    (["generate", "-m", "{tmp}/no-weights", "-p", "hi"], ["model.safetensors"]),
+    (["generate", "-m", "{tmp}/truncated-weights", "-p", "hi"], ["truncated or corrupt"]),
+    (["chat", "-m", "{tmp}/no-template"], ["no chat template"]),
+    (["info", "{tmp}/nothing-here"], ["nothing-here"]),
+    (["flops", "no-such-preset"], ["no-such-preset"]),
+    (["memory", "llama-tiny", "--batch-size", "0"], ["batch"]),
+    (["lab", "run", "no-such-experiment", "--quick"], ["no-such-experiment"]),
+    (["train", "--model-override", "tie_embeddings=maybe", "--print-config"], ["tie_embeddings", "true or false"]),
+    (["train", "--model-override", "norm_eps=abc", "--print-config"], ["norm_eps", "a number"]),
+    (["train", "--model-override", "extra=5", "--print-config"], ["extra", "object"]),
+    (["train", "--model-override", "n_layer=3", "--print-config"], ["n_layer", "did you mean 'n_layers'"]),
+    (["train", "--model-override", "n_heads", "--print-config"], ["KEY=VALUE"]),
+    (["train", "--model-override", "n_heads=0", "--out", "{tmp}/r0"], ["n_heads", "positive integer"]),
+    (["train", "--model", "gpt-9", "--out", "{tmp}/r1"], ["gpt-9", "presets"]),
+    (["train", "--config", "{tmp}/list.json"], ["list.json", "JSON object"]),
+    (["train", "--config", "{tmp}/bad-types.json"], ["bad-types.json", "max_steps", "an integer"]),
+    (["train", "--config", "{tmp}/latin1.json"], ["latin1.json", "not UTF-8", "byte"]),
+    (["train", "--data", "{tmp}/blob.bin", "--out", "{tmp}/r2"], ["blob.bin", "not a text file"]),
+    (["train", "--data", "{tmp}/missing.txt", "--out", "{tmp}/r3"], ["missing.txt"]),
+    (["train", "--device", "cuda", "--out", "{tmp}/r4"], ["cuda", "cpu"]),
+    (["train", "--max-steps", "0", "--out", "{tmp}/r5"], ["max_steps", "positive integer"]),
+    (["train", "--precision", "fp8", "--out", "{tmp}/r6"], ["fp8"]),
+    (["train", "--resume", "--out", "{tmp}/never-ran"], ["nothing to resume"]),
+    (["train", "--extend", "--max-steps", "9", "--out", "{tmp}/r7"], ["--resume"]),
+    (["finetune", "--train", "{tmp}/assistant-first.jsonl", "--model", "{tiny}", "--out", "{tmp}/f1"], ["user turn"]),
+    (["finetune", "--train", "{tmp}/bad-line.jsonl", "--model", "{tiny}", "--out", "{tmp}/f2"], [":2", "valid JSON"]),
+    (["finetune", "--train", "{tmp}/latin1.jsonl", "--model", "{tiny}", "--out", "{tmp}/f3"], ["line 2", "not UTF-8"]),
+    (["finetune", "--train", "{tmp}/no-reply.jsonl", "--model", "{tiny}", "--out", "{tmp}/f4"], ["no assistant"]),
+    (["finetune", "--train", "{tmp}/role.jsonl", "--model", "{tiny}", "--out", "{tmp}/f5"], ["message 1", "role"]),
+    (["finetune", "--train", "{tmp}/empty.jsonl", "--model", "{tiny}", "--out", "{tmp}/f6"], ["no examples"]),
+    (["finetune", "--train", "{tmp}/missing.jsonl", "--model", "{tiny}", "--out", "{tmp}/f7"], ["missing.jsonl"]),
+    (["tokenizer", "train", "--data", "{tmp}/notes.txt", "--vocab-size", "100", "--out", "{tmp}/t"], ["vocab"]),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tiny, tmp_path_factory) -> Path:
+    """The bad files the table names, written once."""
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "notes.txt").write_text("hello world, some notes\n" * 20)
+    (tmp / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 7)
+    (tmp / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp / "list.json").write_text("[1, 2, 3]")
+    (tmp / "bad-types.json").write_text(json.dumps({"max_steps": "many"}))
+    (tmp / "latin1.json").write_bytes('{"out_dir": "caf\xe9"}'.encode("latin-1"))
+    copy_model(tiny, tmp / "list-config", edit=lambda c: [c])
+    copy_model(tiny, tmp / "zero-heads", edit=lambda c: _with(c, num_attention_heads=0))
+    copy_model(tiny, tmp / "str-width", edit=lambda c: _with(c, hidden_size="wide"))
+    copy_model(tiny, tmp / "wrong-vocab", edit=lambda c: _with(c, vocab_size=c["vocab_size"] + 5))
+    copy_model(
+        tiny, tmp / "wrong-shape", weights=lambda w: {**w, "model.layers.0.self_attn.q_proj.weight": torch.zeros(4, 4)}
+    )
+    copy_model(tiny, tmp / "nan-weights", weights=_scale("model.layers.1.mlp.up_proj.weight", float("nan")))
+    copy_model(tiny, tmp / "no-template")
+    (tmp / "no-template" / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
+    )
+    copy_model(tiny, tmp / "bad-json")
+    (tmp / "bad-json" / "config.json").write_text("{'hidden_size': 32,")
+    copy_model(tiny, tmp / "latin1-config")
+    (tmp / "latin1-config" / "config.json").write_bytes(b'{"model_type": "llama", "name": "caf\xe9"}')
+    copy_model(tiny, tmp / "no-weights")
+    (tmp / "no-weights" / "model.safetensors").unlink()
+    copy_model(tiny, tmp / "truncated-weights")
+    data = (tmp / "truncated-weights" / "model.safetensors").read_bytes()
+    (tmp / "truncated-weights" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    user, reply = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+    lines = {
+        "assistant-first": [{"messages": [reply, user, reply]}] * 3,
+        "no-reply": [{"messages": [user]}] * 3,
+        "role": [{"messages": [user, {"role": "robot", "content": "beep"}]}] * 3,
+    }
+    for name, records in lines.items():
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp / "bad-line.jsonl").write_text(json.dumps({"messages": [user, reply]}) + "\n{not json\n")
+    (tmp / "latin1.jsonl").write_bytes(
+        json.dumps({"messages": [user, reply]}).encode() + b'\n{"prompt": "caf\xe9", "completion": "x"}\n'
+    )
+    (tmp / "empty.jsonl").write_text("\n\n")
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "argv, words", CLI_ERRORS, ids=[" ".join(a[:3]) + f" #{i}" for i, (a, _) in enumerate(CLI_ERRORS)]
+)
+def test_cli_bad_input_is_one_clear_line(argv, words, tiny, files, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MODERNLM_CACHE", str(tmp_path / "cache"))
+    argv = [a.replace("{tiny}", str(tiny)).replace("{tmp}", str(files)) for a in argv]
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) >= 1 and lines[-1].startswith("modernlm") or "usage:" in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+# ---- text that is not UTF-8 ---------------------------------------------------------------------------------------
+def test_prompt_bytes_that_are_not_utf8_are_replaced_with_a_notice(tiny, capsys):
+    code, out, err = run(["generate", "-m", str(tiny), "-p", "-", "-n", "3", "-q"], capsys, stdin=b"caf\xe9 au lait")
+    assert code == 0 and out.strip() != ""
+    assert "not valid UTF-8" in err and "offset 3" in err
+
+
+def test_argv_bytes_that_are_not_utf8_are_replaced_with_a_notice(tiny, capsys):
+    prompt = b"caf\xe9".decode("utf-8", errors="surrogateescape")  # how Python hands such argv bytes over
+    code, _, err = run(["generate", "-m", str(tiny), "-p", prompt, "-n", "3", "-q"], capsys)
+    assert code == 0 and "--prompt is not valid UTF-8" in err
+
+
+def test_chat_survives_a_bad_line_and_an_overlong_turn(tiny, capsys):
+    stdin = b"hello\ncaf\xe9\n" + b"fox " * 200 + b"\n/reset\nthe dog\n"
+    code, out, err = run(["chat", "-m", str(tiny), "-n", "2", "-t", "0", "-q"], capsys, stdin=stdin)
+    assert code == 0
+    assert "this line is not valid UTF-8" in err
+    assert "more than the model's context" in err and "/reset" in err  # the long turn is refused, the chat goes on
+    assert len([line for line in out.splitlines()]) >= 3  # replies to hello, the bad line and the dog
+
+
+def test_generation_that_reaches_the_context_limit_says_so(tiny, capsys, caplog):
+    with caplog.at_level(logging.WARNING, logger="modernlm"):
+        code, _, _ = run(["generate", "-m", str(tiny), "-p", "the fox " * 10, "-n", "200", "--ignore-eos"], capsys)
+    assert code == 0
+    assert any("leaves room for" in r.getMessage() and "200 new tokens" in r.getMessage() for r in caplog.records)
+
+
+# ---- the Python API -----------------------------------------------------------------------------------------------
+def test_python_api_type_mistakes_get_our_messages(tiny):
+    model = modernlm.load_model(tiny)
+    cases = [
+        (lambda: modernlm.load_model(123), TypeError, "source must be a model name, a path"),
+        (lambda: modernlm.load_tokenizer(["a"]), TypeError, "source must be"),
+        (lambda: modernlm.load_model(tiny, dtype="int8"), ValueError, "unknown dtype 'int8'"),
+        (lambda: modernlm.load_model(tiny, dtype=torch.int64), ValueError, "not a floating-point"),
+        (lambda: modernlm.load_model(tiny, device="cuda:3"), ValueError, "no CUDA GPU"),
+        (lambda: modernlm.generate(model, "text", 5), TypeError, "tokenizer.encode(text)"),
+        (lambda: modernlm.generate(model, [["a", "b"]], 5), TypeError, "encode text"),
+        (lambda: modernlm.generate(model, [1, 2], 0), ValueError, "max_new_tokens"),
+        (lambda: modernlm.generate(model, [1, 10**6], 2), ValueError, "outside this model's vocabulary"),
+        (lambda: modernlm.generate(model, [1, 2], 2, num_beams=0), ValueError, "num_beams"),
+        (lambda: model(torch.tensor([[1.0, 2.0]])), ValueError, "integer tensor"),
+        (lambda: model(torch.tensor([[1, 10**6]])), ValueError, "vocab"),
+        (lambda: modernlm.save_model("model", tiny.parent / "x"), TypeError, "save_model takes a modernlm model"),
+        (lambda: ModelConfig.from_dict([1, 2]), ConfigError, "must be a JSON object"),
+        (lambda: ModelConfig(n_heads="8"), ConfigError, "n_heads must be an integer"),
+        (lambda: preset("llama-tiny", tie_embeddings="maybe"), ConfigError, "true or false"),
+    ]
+    for call, error, words in cases:
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value), (words, str(info.value))
+
+
+def test_save_model_writes_the_tokenizer_of_the_source(tiny, tmp_path):
+    model = modernlm.load_model(tiny)
+    modernlm.save_model(model, tmp_path / "again")
+    assert (tmp_path / "again" / "tokenizer.json").is_file()
+    assert modernlm.load_tokenizer(tmp_path / "again").encode("the fox") == modernlm.load_tokenizer(tiny).encode(
+        "the fox"
+    )
+
+
+def test_the_readme_python_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, executed as a newcomer would paste it (on the tiny model, not the real one)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert "import torch" in block  # the snippet uses torch.tensor: it must import it
+    compile(block, "README.md", "exec")

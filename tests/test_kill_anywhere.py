@@ -1,0 +1,130 @@
+"""Kill anywhere: a training run and a fine-tuning run are SIGKILLed at each of their file writes in turn (just
+before a temporary file is renamed into place, just after, and in the middle of a log append), then continued the
+way a user would (`--resume` when a checkpoint exists, the same command again otherwise). Every continued run must
+finish with the losses of a straight run, the same weights, and its outputs present; no temporary file may be
+left behind.
+
+The kill is injected in a child process by wrapping os.replace and modernlm.files.append_line (every write of the
+project goes through files.py, so these are all its commit points). Children are forked from a server process that
+has imported torch and modernlm once (multiprocessing's forkserver), so each run starts in milliseconds. The default
+suite kills at a spread of points; `pytest -m slow` kills at every one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+TEXT = "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex.\n" * 30
+HOOK = """
+import os, signal, sys
+os.environ.update(ENV)
+import modernlm.files as files
+target, seen = KILL_AT, [0]
+def event():
+    seen[0] += 1
+    if seen[0] == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+real_replace, real_append = os.replace, files.append_line
+def replace(a, b):
+    event()  # before the rename: the temporary is complete, the target still the old one
+    real_replace(a, b)
+    event()  # after it
+def append_line(path, line):
+    event()
+    with open(path, "a", encoding="utf-8") as f:  # half a line, as a kill mid-write leaves it
+        f.write(line[: len(line) // 2])
+    event()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line[len(line) // 2 :] + "\\n")
+os.replace, files.append_line = replace, append_line
+from modernlm.cli.__main__ import main
+sys.exit(main(ARGS))
+"""
+_SERVER = multiprocessing.get_context("forkserver")
+_SERVER.set_forkserver_preload(["torch", "modernlm.cli.__main__", "modernlm.training"])
+
+
+def cli(args: list[str], env: dict, kill_at: int = 10**9) -> int:
+    """Run `modernlm ARGS` in a forked child that SIGKILLs itself at write event `kill_at`; its exit code."""
+    child = _SERVER.Process(target=exec, args=(HOOK, {"ARGS": args, "ENV": env, "KILL_AT": kill_at}))
+    child.start()
+    child.join(timeout=600)
+    return child.exitcode
+
+
+def train_args(out: Path, data: Path) -> list[str]:
+    args = ["train", "--out", str(out), "--data", str(data), "--vocab-size", "300", "--model", "llama-tiny"]
+    args += ["--max-steps", "6", "--seq-len", "32", "--batch-size", "4", "--save-interval", "2"]
+    args += ["--eval-interval", "3", "--sample-tokens", "4", "--no-progress", "--num-threads", "1"]
+    return args + ["--model-override", "d_model=32", "--model-override", "max_seq_len=64", "--val-fraction", "0.1"]
+
+
+def losses(run_dir: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in records]
+
+
+def leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def continue_run(args: list[str], run_dir: Path, env: dict) -> int:
+    """What a user does after a crash: resume if the run has a checkpoint, else start the same command again."""
+    has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*"))
+    return cli(args + (["--resume"] if has_checkpoint else []), env)
+
+
+def sweep(args_for, straight_dir: Path, tmp: Path, env: dict, points: list[int] | None, outputs: list[str]) -> int:
+    assert cli(args_for(straight_dir), env) == 0
+    expected, weights = losses(straight_dir), load_file(straight_dir / outputs[0])
+    k, tried = 0, 0
+    while True:
+        k += 1
+        if points is not None and k > max(points):
+            break
+        if points is not None and k not in points:
+            continue
+        run_dir = tmp / f"kill-{k}"
+        killed = cli(args_for(run_dir), env, kill_at=k)
+        if killed == 0:
+            assert points is None, f"the run made fewer than {k} writes: lower the kill points"
+            break  # past the last write: the run finished untouched
+        assert killed == -9, (k, killed)
+        assert continue_run(args_for(run_dir), run_dir, env) == 0, k
+        assert losses(run_dir) == expected, (k, losses(run_dir), expected)
+        for name, tensor in load_file(run_dir / outputs[0]).items():
+            assert tensor.equal(weights[name]), (k, name)
+        for name in outputs:
+            assert (run_dir / name).exists(), (k, name)
+        assert not leftovers(run_dir), (k, leftovers(run_dir))
+        tried += 1
+    return tried
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    data = tmp_path / "zen.txt"
+    data.write_text(TEXT)
+    return {"MODERNLM_CACHE": str(tmp_path / "cache")}
+
+
+def _training(tmp_path, env, points):
+    data = tmp_path / "zen.txt"
+    outputs = ["model.safetensors", "loss.png", "samples.txt", "tokenizer.json", "train_config.json"]
+    tried = sweep(lambda out: train_args(out, data), tmp_path / "straight", tmp_path, env, points, outputs)
+    assert not leftovers(tmp_path / "cache")
+    return tried
+
+
+def test_training_survives_a_kill_at_spread_write_points(tmp_path, env):
+    assert _training(tmp_path, env, points=[1, 2, 7, 12, 19, 26, 33, 40, 47]) == 9
+
+
+@pytest.mark.slow
+def test_training_survives_a_kill_at_every_write(tmp_path, env):
+    assert _training(tmp_path, env, points=None) >= 60
