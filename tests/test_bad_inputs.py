@@ -109,6 +109,7 @@ CLI_ERRORS = [
     (["generate", "-m", "{tmp}/no-weights", "-p", "hi"], ["model.safetensors"]),
     (["generate", "-m", "{tmp}/truncated-weights", "-p", "hi"], ["truncated or corrupt"]),
     (["chat", "-m", "{tmp}/no-template"], ["no chat template"]),
+    (["generate", "-m", "{tmp}/bad-tokenizer", "-p", "hi"], ["tokenizer.json", "restore"]),
     (["info", "{tmp}/nothing-here"], ["nothing-here"]),
     (["flops", "no-such-preset"], ["no-such-preset"]),
     (["memory", "llama-tiny", "--batch-size", "0"], ["batch"]),
@@ -126,6 +127,7 @@ CLI_ERRORS = [
     (["train", "--data", "{tmp}/blob.bin", "--out", "{tmp}/r2"], ["blob.bin", "not a text file"]),
     (["train", "--data", "{tmp}/missing.txt", "--out", "{tmp}/r3"], ["missing.txt"]),
     (["train", "--device", "cuda", "--out", "{tmp}/r4"], ["cuda", "cpu"]),
+    (["train", "--device", "tpu9", "--out", "{tmp}/r8"], ["tpu9", "'cpu'"]),
     (["train", "--max-steps", "0", "--out", "{tmp}/r5"], ["max_steps", "positive integer"]),
     (["train", "--precision", "fp8", "--out", "{tmp}/r6"], ["fp8"]),
     (["train", "--resume", "--out", "{tmp}/never-ran"], ["nothing to resume"]),
@@ -163,6 +165,8 @@ def files(tiny, tmp_path_factory) -> Path:
     (tmp / "no-template" / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
     )
+    copy_model(tiny, tmp / "bad-tokenizer")
+    (tmp / "bad-tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
     copy_model(tiny, tmp / "bad-json")
     (tmp / "bad-json" / "config.json").write_text("{'hidden_size': 32,")
     copy_model(tiny, tmp / "latin1-config")

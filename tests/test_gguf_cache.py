@@ -91,3 +91,24 @@ def test_tokenizer_from_the_cache_equals_the_gguf_tokenizer(smollm2_gguf, hf_smo
         hf_smollm2_tokenizer.bos_token_id,
         hf_smollm2_tokenizer.eos_token_id,
     )
+
+
+def test_a_killed_conversion_leaves_nothing_for_good(cache, tiny):
+    """A conversion killed mid-way leaves its staging directory; the next start removes it (and older versions'
+    `.tmp-XXXX` directories once they are an hour old), keeps a live conversion's, and converts again."""
+    import time
+
+    root = cache / "gguf"
+    root.mkdir(parents=True)
+    dead = root / f".{gguf_cache.entry_dir(tiny).name}.tmp-{2**22 + 7}-deadbeef"
+    (dead / "model.safetensors").parent.mkdir()
+    (dead / "model.safetensors").write_bytes(b"\0" * 1000)
+    legacy = root / ".tmp-k3j4h5g6"
+    legacy.mkdir()
+    old = time.time() - 7200
+    os.utime(legacy, (old, old))
+    live = root / f".other.tmp-{os.getpid()}-00000000"
+    live.mkdir()
+    modernlm.load_model(tiny)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [live.name]
+    assert len(entries(cache)) == 1

@@ -128,3 +128,44 @@ def test_training_survives_a_kill_at_spread_write_points(tmp_path, env):
 @pytest.mark.slow
 def test_training_survives_a_kill_at_every_write(tmp_path, env):
     assert _training(tmp_path, env, points=None) >= 60
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+
+
+def _finetuning(tmp_path, env, points):
+    import torch
+
+    import modernlm
+    from modernlm.training.bpe import train_bpe
+
+    tokenizer = train_bpe([TEXT], 300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    cfg = modernlm.preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1)
+    modernlm.save_model(modernlm.Transformer(cfg), tmp_path / "base", tokenizer=tokenizer)
+    pairs = [("Is simple better?", "Simple is better than complex."), ("And flat?", "Flat is better than nested.")]
+    lines = "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs * 4)
+    (tmp_path / "train.jsonl").write_text(lines)
+    (tmp_path / "val.jsonl").write_text(lines[: len(lines) // 4])
+
+    def args(out: Path) -> list[str]:
+        return ["finetune", "--model", str(tmp_path / "base"), "--train", str(tmp_path / "train.jsonl"), "--val",
+                str(tmp_path / "val.jsonl"), "--out", str(out), "--max-steps", "4", "--batch-size", "2", "--max-len",
+                "32", "--save-interval", "2", "--eval-interval", "2", "--compare-prompts", "1", "--no-progress",
+                "--num-threads", "1"]  # fmt: skip
+
+    outputs = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "merged/model.safetensors"]
+    return sweep(args, tmp_path / "straight", tmp_path, env, points, [*outputs, "before_after.md"])
+
+
+def test_finetuning_survives_a_kill_at_spread_write_points(tmp_path, env):
+    assert _finetuning(tmp_path, env, points=[1, 3, 8, 14, 21]) == 5
+
+
+@pytest.mark.slow
+def test_finetuning_survives_a_kill_at_every_write(tmp_path, env):
+    assert _finetuning(tmp_path, env, points=None) >= 20

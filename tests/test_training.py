@@ -328,3 +328,79 @@ def test_cli_flags_override_the_config_file(tmp_path, capsys):
     assert printed["model_overrides"] == {"norm": "layernorm"}
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
     assert "no training config" in capsys.readouterr().err
+
+
+# ---- hardening: paths, damaged checkpoints, finished runs, leftovers ---------------------------------------------
+def test_resume_accepts_the_same_run_by_another_path(tmp_path, corpus_file, monkeypatch):
+    train(tiny_config(tmp_path, corpus_file, max_steps=2))
+    monkeypatch.chdir(tmp_path)
+    relative = tiny_config(tmp_path, corpus_file, max_steps=4, out_dir="run")
+    with pytest.raises(ValueError, match="different max_steps.*--extend"):
+        train(relative, resume=True)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = tiny_config(tmp_path, corpus_file, max_steps=2, out_dir=str(tmp_path / "moved"))
+    assert train(moved, resume=True).status == "finished"
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, corpus_file, caplog):
+    config = tiny_config(tmp_path, corpus_file, max_steps=4)
+    straight = train(tiny_config(tmp_path, corpus_file, "straight", max_steps=4))
+    train(config)
+    newest = tmp_path / "run" / "checkpoints" / "step-0000004"
+    (newest / "optimizer.safetensors").write_bytes(b"\x00" * 12)  # a disk error
+    with caplog.at_level("WARNING", logger="modernlm"):
+        _, _, state = load_checkpoint(config.out_dir)
+    assert state["step"] == 2 and "resuming from the older complete one, step-0000002" in caplog.text
+    import shutil
+
+    shutil.rmtree(newest)
+    (tmp_path / "run" / "checkpoints" / "latest").unlink()  # and `latest` lost too
+    again = train(config, resume=True)  # resumes from step 2 and trains steps 3 and 4 again
+    assert again.step == 4 and again.losses == straight.losses[2:]
+
+
+def test_a_finished_run_is_not_sampled_again_and_extends_on_request(tmp_path, corpus_file, caplog):
+    from modernlm.training.optim import lr_at
+
+    config = tiny_config(tmp_path, corpus_file, max_steps=4, sample_tokens=4, sample_prompts=["Beautiful"])
+    train(config)
+    samples = (tmp_path / "run" / "samples.txt").stat().st_mtime_ns
+    again = train(config, resume=True)
+    assert again.status == "finished" and again.losses == [] and again.samples == []
+    assert (tmp_path / "run" / "samples.txt").stat().st_mtime_ns == samples
+    longer = tiny_config(tmp_path, corpus_file, max_steps=6, sample_tokens=4, sample_prompts=["Beautiful"])
+    with pytest.raises(ValueError, match="different max_steps"):
+        train(longer, resume=True)
+    with caplog.at_level("WARNING", logger="modernlm"):
+        extended = train(longer, resume=True, extend=True)
+    assert extended.status == "done" and extended.step == 6 and len(extended.losses) == 2
+    before, after = lr_at(4, 3e-3, 2e-4, 2, 4), lr_at(4, 3e-3, 2e-4, 2, 6)
+    assert f"from {before:.3g} to {after:.3g}" in caplog.text and "from 4 to 6 steps" in caplog.text
+    with pytest.raises(ValueError, match="--extend needs a new --max-steps above the saved 6"):
+        train(longer, resume=True, extend=True)
+
+
+def test_a_clean_run_leaves_no_temporary_files_and_stale_ones_are_removed(tmp_path, corpus_file):
+    import os
+
+    dead = 2**22 + 12345  # a process id that is not running
+    stale = tmp_path / "run" / "checkpoints" / f".step-0000002.tmp-{dead}-0123abcd"
+    stale.mkdir(parents=True)
+    (tmp_path / "run" / f".tokenizer.json.tmp-{dead}-89abcdef").write_text("half")
+    live = tmp_path / "run" / f".other.tmp-{os.getpid()}-00000000"  # a live writer's: kept
+    live.write_text("in progress")
+    train(tiny_config(tmp_path, corpus_file, max_steps=4))
+    left = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert left == [live.name]
+
+
+def test_tokenizer_cli_reports_the_vocabulary_it_built(tmp_path, corpus_file, capsys):
+    from modernlm.cli.__main__ import main
+
+    assert (
+        main(["tokenizer", "train", "--data", str(corpus_file), "--vocab-size", "5000", "--out", str(tmp_path / "t")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    built = modernlm.load_tokenizer(tmp_path / "t").vocab_size
+    assert f"({built} ids; 5000 were asked for" in out and built < 5000

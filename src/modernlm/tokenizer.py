@@ -22,7 +22,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 from tokenizers import Tokenizer as BackendTokenizer
 
 from .files import write_json, write_text
-from .text import read_json
+from .text import TextError, read_json, read_strict
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 # GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
@@ -105,7 +105,15 @@ class Tokenizer:
         config = _read_json(path / "tokenizer_config.json")
         special_map = _read_json(path / "special_tokens_map.json")
         special = {name: _token_content(config.get(name, special_map.get(name))) for name in SPECIAL_NAMES}
-        backend = BackendTokenizer.from_file(str(path / "tokenizer.json"))
+        try:
+            backend = BackendTokenizer.from_str(read_strict(path / "tokenizer.json"))
+        except TextError as e:
+            raise TokenizerError(str(e)) from None
+        except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise TokenizerError(
+                f"{path / 'tokenizer.json'} cannot be read by the tokenizers library ({e}); restore the file from the "
+                "model's source"
+            ) from None
         add_bos = config.get("add_bos_token")
         if not isinstance(add_bos, bool):  # no setting: what tokenizer.json's post-processor does with a text
             add_bos = _post_processor_adds(backend, special["bos_token"])

@@ -65,10 +65,20 @@ def save_checkpoint(
         _write_optimizer(tmp, optimizer)
         _write_json(tmp / STATE_NAME, {**state, "param_groups": _param_groups(optimizer), "rng": _python_rng()})
     _write_text_atomic(root / LATEST, final.name + "\n")
-    for name in (CONFIG_NAME, WEIGHTS_NAME) if publish else ():
-        copy_file(final / name, Path(run_dir) / name)
+    if publish:
+        publish_latest(run_dir)
     _prune(root, keep)
     return final
+
+
+def publish_latest(run_dir: str | os.PathLike) -> None:
+    """Copy the latest checkpoint's weights and config to the run directory's root, where `load_model` reads them
+    (each file atomically; a kill between the two is repaired by the next call, which a resumed run makes)."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = _latest_name(root)
+    if name is not None:
+        for file in (CONFIG_NAME, WEIGHTS_NAME):
+            copy_file(root / name / file, Path(run_dir) / file)
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:

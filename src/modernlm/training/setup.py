@@ -12,7 +12,7 @@ import torch
 
 from ..config import ModelConfig, preset
 from ..files import clean_stale
-from ..loading import load_tokenizer
+from ..loading import load_tokenizer, parse_device
 from ..tokenizer import Tokenizer
 from .checkpoint import latest_step
 from .config import JsonConfig, TrainConfig
@@ -61,10 +61,9 @@ def check_config(config: TrainConfig, resume: bool, extend: bool = False) -> Mod
             f"seq_len {config.seq_len} is longer than the model's max_seq_len {model_config.max_seq_len}; lower "
             f"seq_len or raise max_seq_len (model_overrides={{'max_seq_len': {config.seq_len}}})"
         )
-    if config.precision == "fp16" and not config.device.startswith("cuda"):
+    device = parse_device(config.device)
+    if config.precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device 'cpu'")
     check_run_dir(Path(config.out_dir), config, TRAIN_CONFIG_NAME, resume, extend)
     return model_config
 

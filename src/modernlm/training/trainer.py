@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..files import write_text
 from ..model import Transformer
-from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import load_checkpoint, publish_latest, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .report import MetricsLog, plot_losses, sample_texts
@@ -154,6 +154,8 @@ class Trainer:
         stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
         if self.step >= cfg.max_steps:  # a finished run resumed: nothing to train, nothing to sample again
             result = TrainResult(self.run_dir, self.step, "finished")
+            if self.inputs.publish_weights:  # a kill may have come between the last save and its publication
+                publish_latest(self.run_dir)
             self._write_outputs(result, only_missing=True)  # those a kill after the last checkpoint did not write
             return result
         result = TrainResult(self.run_dir, self.step, "done")
