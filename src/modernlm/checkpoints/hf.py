@@ -8,6 +8,7 @@ Weights are read with safetensors, never with pickle.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,15 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     positive_field(hf, "hidden_size", where)
     is_qwen2 = SUPPORTED[arch] == "qwen2"
     attention_bias = bool(hf.get("attention_bias", False))
+    context = hf.get("max_position_embeddings", 2048)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", not is_qwen2) else None
+    if isinstance(window, int) and isinstance(context, int) and 0 < window < context:
+        # Sliding-window attention is not implemented: within the window it equals full attention, past it not.
+        logging.getLogger("modernlm").warning(
+            "%s: sliding_window=%d is not implemented; the context is capped at %d tokens (where full attention "
+            "gives the same logits) instead of %d", where, window, window, context,
+        )  # fmt: skip
+        context = window
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -112,7 +122,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         out_bias=attention_bias and not is_qwen2,
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_seq_len=hf.get("max_position_embeddings", 2048),
+        max_seq_len=context,
         extra={"architecture": arch},
     ).validate()
 
