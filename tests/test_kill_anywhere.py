@@ -172,4 +172,4 @@ def test_finetuning_survives_a_kill_at_spread_write_points(tmp_path, env):
 def test_finetuning_survives_a_kill_at_every_write(tmp_path, env):
     tried = _finetuning(tmp_path, env, points=None)
     print(f"fine-tuning: {tried} kill points survived")
-    assert tried >= 20
+    assert tried >= 30  # 32 writes when this was written
