@@ -14,6 +14,7 @@ ACTIVATIONS = {
     "geglu": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "gelu_erf": F.gelu,  # the exact GELU, x * Phi(x) (BERT, ViT)
 }
 
 
