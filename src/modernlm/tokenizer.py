@@ -103,6 +103,10 @@ class Tokenizer:
         special_map = _read_json(path / "special_tokens_map.json")
         special = {name: _token_content(config.get(name, special_map.get(name))) for name in SPECIAL_NAMES}
         backend = BackendTokenizer.from_file(str(path / "tokenizer.json"))
+        # A tokenizer.json may carry padding/truncation settings (all-MiniLM-L6-v2's pads and cuts at 128): `encode`
+        # returns a text's own ids, so they are switched off; callers cut and pad (transformers does the same).
+        backend.no_padding()
+        backend.no_truncation()
         add_bos = config.get("add_bos_token")
         if not isinstance(add_bos, bool):  # no setting: what tokenizer.json's post-processor does with a text
             add_bos = _post_processor_adds(backend, special["bos_token"])
