@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from . import bert
+from . import bert, t5
 from .gpt2 import _fill, _pattern
 
-MODULES = {"encoder": bert}
+MODULES = {"encoder": bert, "seq2seq": t5}
 MEMBERS = {arch: module for module in MODULES.values() for arch in module.ARCHITECTURES}
-BY_MODEL_TYPE = {"bert": "BertModel"}  # a config.json without `architectures`
+BY_MODEL_TYPE = {"bert": "BertModel", "t5": "T5ForConditionalGeneration"}  # a config.json without `architectures`
 
 
 def config_from_hf(arch: str, hf: dict[str, Any], where: str) -> ModelConfig:
