@@ -13,12 +13,16 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from . import bert, t5
+from . import bert, t5, vit
 from .gpt2 import _fill, _pattern
 
-MODULES = {"encoder": bert, "seq2seq": t5}
+MODULES = {"encoder": bert, "seq2seq": t5, "vit": vit}
 MEMBERS = {arch: module for module in MODULES.values() for arch in module.ARCHITECTURES}
-BY_MODEL_TYPE = {"bert": "BertModel", "t5": "T5ForConditionalGeneration"}  # a config.json without `architectures`
+BY_MODEL_TYPE = {
+    "bert": "BertModel",
+    "t5": "T5ForConditionalGeneration",
+    "vit": "ViTForImageClassification",
+}  # a config.json without `architectures`
 
 
 def config_from_hf(arch: str, hf: dict[str, Any], where: str) -> ModelConfig:
