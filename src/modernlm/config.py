@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NORMS = ("rmsnorm", "layernorm")
-FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf")  # gelu: tanh approximation (GPT-2); gelu_erf: exact (BERT, ViT)
-GATED_FFNS = ("swiglu", "geglu")
+NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")  # layernorm_nobias: a gain only (ModernBERT)
+# gelu / geglu: GELU's tanh approximation (GPT-2, T5 v1.1); gelu_erf / geglu_erf: the exact GELU (BERT, ViT, ModernBERT)
+FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf")
+GATED_FFNS = ("swiglu", "geglu", "geglu_erf")
 POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none", "t5_relative")
 ABSOLUTE_POSITIONS = ("sinusoidal", "learned")  # added to the token embedding
-MEMBER_POSITIONS = ("learned", "t5_relative", "none")  # the kinds the encoder / seq2seq / vit stacks are built with
+MEMBER_POSITIONS = (
+    "learned",
+    "t5_relative",
+    "none",
+    "rope",
+)  # the kinds the encoder / seq2seq / vit stacks are built with
 NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (Vaswani et al. 2017)
 ROPE_SCALINGS = ("default", "linear", "llama3", "yarn")
 # Keys each RoPE scaling needs, besides "rope_type".
@@ -95,6 +101,10 @@ class ModelConfig:
     relative_buckets: int = 32  # t5_relative: buckets of the relative-position bias
     relative_max_distance: int = 128  # t5_relative: distances from which buckets stop growing
     decoder_start_token_id: int = 0  # seq2seq: the first decoder input (T5: the pad token)
+    local_window: int = 0  # encoder: >0 makes layers local, each token seeing keys within local_window // 2 of it
+    global_every: int = 1  # encoder with local_window: layer i attends globally when i % global_every == 0
+    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; None: rope_theta
+    skip_first_attn_norm: bool = False  # encoder: layer 0 reads the (already normalised) embedding (ModernBERT)
     image_size: int = 224  # vit: height = width of the input image, in pixels
     patch_size: int = 16  # vit: side of a square patch; must divide image_size
     n_channels: int = 3  # vit: colour channels of the input
@@ -167,6 +177,10 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("local_window", "global_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (name == "global_every"):
+                raise ConfigError(f"{name} must be an integer >= {int(name == 'global_every')}, got {value!r}")
         if self.head == "classify" and self.n_classes < 1:
             raise ConfigError("head='classify' needs n_classes >= 1 (the number of labels); set n_classes")
         if self.attn_scale is not None and not self.attn_scale > 0:
@@ -176,6 +190,10 @@ class ModelConfig:
             "embed_norm": (False, ("encoder",)),
             "pooler": (False, ("encoder",)),
             "output_scale": (1.0, ("seq2seq",)),
+            "local_window": (0, ("encoder",)),
+            "global_every": (1, ("encoder",)),
+            "local_rope_theta": (None, ("encoder",)),
+            "skip_first_attn_norm": (False, ("encoder",)),
         }
         for name, (default, families) in only.items():
             if getattr(self, name) != default and self.family not in families:

@@ -32,7 +32,7 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.act = ACTIVATIONS[cfg.ffn]
-        self.dense = Linear(cfg.d_model, cfg.d_model, bias=True)
+        self.dense = Linear(cfg.d_model, cfg.d_model, bias=cfg.mlp_bias)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.decoder = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -53,6 +53,8 @@ class Encoder(nn.Module):
         self.positions = make_positions(cfg, bidirectional=True)
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        if cfg.skip_first_attn_norm:  # the embedding norm already normalises layer 0's input
+            self.blocks[0].attn_norm = nn.Identity()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_placement == "pre" else nn.Identity()
         self.pooler = Linear(cfg.d_model, cfg.d_model, bias=True) if cfg.pooler else None
         self.mlm = MLMHead(cfg) if cfg.head == "mlm" else None
@@ -91,10 +93,19 @@ class Encoder(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
-        mask = self.positions.bias_mask(pos, pos, padding_mask(attention_mask, T, x.device), x.dtype)
-        for block in self.blocks:
-            x = block(x, None, mask)
+        visible = padding_mask(attention_mask, T, x.device)  # (B or 1, 1, T, T)
+        kinds = (False, True) if cfg.local_window else (False,)  # global, and local layers if any
+        ropes = {local: self.positions.rope(pos, x.dtype, local) for local in kinds}  # (T, Dh) x2 or None
+        masks = {local: self.positions.bias_mask(pos, pos, window(visible, pos, cfg.local_window if local else 0),
+                                                 x.dtype) for local in kinds}  # fmt: skip
+        for i, block in enumerate(self.blocks):
+            local = self.is_local(i)
+            x = block(x, ropes[local], masks[local])
         return self.norm(x)
+
+    def is_local(self, layer: int) -> bool:
+        """Whether a layer attends within the local window (ModernBERT: all but every `global_every`-th)."""
+        return bool(self.config.local_window) and layer % self.config.global_every != 0
 
     def pool(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:  # (B, T, D) -> (B, D)
         """The classify head's input: the [CLS] state through the pooler (if any), or the mean over real tokens."""
@@ -113,6 +124,14 @@ def mean_pool(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Ten
         return x.mean(1)
     weights = attention_mask.to(x.dtype)[:, :, None]  # (B, T, 1)
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def window(visible: torch.Tensor, pos: torch.Tensor, size: int) -> torch.Tensor:
+    """Keep only keys within size // 2 positions of each query (size 0: all of them)."""
+    if not size:
+        return visible
+    near = (pos[None, :] - pos[:, None]).abs() <= size // 2  # (T, T)
+    return visible & near  # (B or 1, 1, T, T)
 
 
 def padding_mask(attention_mask: torch.Tensor | None, T: int, device) -> torch.Tensor:

@@ -16,7 +16,14 @@ from .layers.block import Block
 from .layers.kv_cache import KVCache
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
-from .layers.positions import absolute_positions, alibi_bias, alibi_slopes, make_positions, sinusoidal_table
+from .layers.positions import (
+    PARAMETER_KINDS,
+    absolute_positions,
+    alibi_bias,
+    alibi_slopes,
+    make_positions,
+    sinusoidal_table,
+)
 from .layers.rope import inverse_frequencies, rope_cos_sin
 
 
@@ -25,7 +32,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_embed = make_positions(config, bidirectional=not config.causal)  # a table, a bias, or None
+        parametrised = config.positions in PARAMETER_KINDS  # a table or a bias; the rest is computed inline
+        self.pos_embed = make_positions(config, bidirectional=not config.causal) if parametrised else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         # Post-norm blocks end in a norm already; the final norm belongs to the pre-norm stack (GPT-2's ln_f).
         pre = config.norm_placement == "pre"

@@ -7,7 +7,7 @@ from ..config import GATED_FFNS, ModelConfig
 
 def norm_parameters(cfg: ModelConfig) -> int:
     """One norm's parameters: a gain, and a bias for LayerNorm."""
-    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)
+    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)  # a gain, and a bias for LayerNorm
 
 
 def attention_parameters(cfg: ModelConfig) -> int:

@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from . import bert, t5, vit
+from . import bert, modernbert, t5, vit
 from .gpt2 import _fill, _pattern
 
 MODULES = {"encoder": bert, "seq2seq": t5, "vit": vit}
-MEMBERS = {arch: module for module in MODULES.values() for arch in module.ARCHITECTURES}
+MEMBERS = {arch: module for module in (*MODULES.values(), modernbert) for arch in module.ARCHITECTURES}
 BY_MODEL_TYPE = {
     "bert": "BertModel",
+    "modernbert": "ModernBertModel",
     "t5": "T5ForConditionalGeneration",
     "vit": "ViTForImageClassification",
 }  # a config.json without `architectures`
@@ -36,6 +37,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 def _module(cfg: ModelConfig):
     from .hf import CheckpointError
 
+    if cfg.family == "encoder" and cfg.positions == "rope":  # the encoder with rotary positions is ModernBERT
+        return modernbert
     if cfg.family not in MODULES:
         raise CheckpointError(f"no Hugging Face format is written for family {cfg.family!r} yet")
     return MODULES[cfg.family]

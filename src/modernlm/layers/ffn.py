@@ -15,6 +15,7 @@ ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "gelu_erf": F.gelu,  # the exact GELU, x * Phi(x) (BERT, ViT)
+    "geglu_erf": F.gelu,  # GeGLU with the exact GELU (ModernBERT)
 }
 
 

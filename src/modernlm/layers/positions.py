@@ -71,7 +71,22 @@ def absolute_positions(input_pos: torch.Tensor, attention_mask: torch.Tensor | N
     return counted[:, input_pos].clamp(min=0)  # (B, T)
 
 
-class LearnedPositions(nn.Embedding):
+class PositionModule:
+    """What a stack asks of its position module; each kind overrides the step it acts in, the others pass through.
+    add: (B, T, D) embedding -> (B, T, D); bias_mask: bool visibility (B or 1, 1, T, S) -> the attention mask;
+    rope: (T,) positions -> cos, sin (T, Dh) for q and k, or None."""
+
+    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def bias_mask(self, query_pos, key_pos, visible, dtype):
+        return visible
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):
+        return None
+
+
+class LearnedPositions(nn.Embedding, PositionModule):
     """GPT-2's, BERT's and ViT's table of absolute position vectors, (max_seq_len, D)."""
 
     def __init__(self, max_seq_len: int, dim: int) -> None:
@@ -79,9 +94,6 @@ class LearnedPositions(nn.Embedding):
 
     def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B, T, D), (T,) or (B, T)
         return x + self(positions)  # (B, T, D)
-
-    def bias_mask(self, query_pos, key_pos, visible, dtype):  # an absolute table leaves the scores alone
-        return visible
 
 
 def relative_bucket(offset: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
@@ -99,15 +111,12 @@ def relative_bucket(offset: torch.Tensor, bidirectional: bool, n_buckets: int, m
     return bucket + torch.where(distance < exact, distance, far)
 
 
-class RelativePositionBias(nn.Embedding):
+class RelativePositionBias(nn.Embedding, PositionModule):
     """T5's learned bias, a (buckets, H) table shared by every layer of a stack (its first layer owns it in HF)."""
 
     def __init__(self, n_buckets: int, max_distance: int, n_heads: int, bidirectional: bool) -> None:
         super().__init__(n_buckets, n_heads)
         self.max_distance, self.bidirectional = max_distance, bidirectional
-
-    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # a bias leaves the embedding alone
-        return x
 
     def bias_mask(
         self,
@@ -124,14 +133,24 @@ class RelativePositionBias(nn.Embedding):
         return torch.where(visible, bias.float(), float("-inf")).to(dtype)
 
 
-class NoPositions(nn.Module):
+class NoPositions(nn.Module, PositionModule):
     """positions='none' in the encoder-family stacks: order comes from nothing (a bag of tokens), or the mask."""
 
-    def add(self, x, positions):
-        return x
 
-    def bias_mask(self, query_pos, key_pos, visible, dtype):
-        return visible
+class RotaryPositions(nn.Module, PositionModule):
+    """RoPE for the encoder stacks (the decoder computes it inline, beside its cache). No parameters and no buffers:
+    the frequencies are recomputed from the config per call, Dh/2 numbers. Local layers may use their own base."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.head_dim, self.scaling = cfg.head_dim, cfg.rope_scaling
+        self.theta = {False: cfg.rope_theta, True: cfg.local_rope_theta or cfg.rope_theta}
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):  # (T,) -> (T, Dh) x2
+        from .rope import inverse_frequencies, rope_cos_sin
+
+        inv_freq, factor = inverse_frequencies(self.head_dim, self.theta[local], self.scaling)
+        return rope_cos_sin(positions, inv_freq.to(positions.device), factor, dtype)
 
 
 def make_positions(cfg, bidirectional: bool) -> nn.Module | None:
@@ -140,11 +159,12 @@ def make_positions(cfg, bidirectional: bool) -> nn.Module | None:
     return build(cfg, bidirectional) if build is not None else None
 
 
-# The kinds built as modules (the decoder computes RoPE, ALiBi and the sinusoidal table inline). Each module has
-# `add(x, positions)`, applied to the embedding, and `bias_mask(query_pos, key_pos, visible, dtype)`, applied to the
-# attention mask; the one a kind does not use returns its input. A new kind is one class and one entry here.
+# The kinds built as modules, each a PositionModule (add / bias_mask / rope); a new kind is one class and one entry
+# here. The decoder builds only the kinds with parameters (PARAMETER_KINDS) and computes RoPE, ALiBi and the
+# sinusoidal table inline, beside its KV cache and compiled step.
 POSITION_MODULES = {
     "none": lambda cfg, bidirectional: NoPositions(),
+    "rope": lambda cfg, bidirectional: RotaryPositions(cfg),
     "learned": lambda cfg, bidirectional: LearnedPositions(cfg.max_seq_len, cfg.d_model),
     "t5_relative": lambda cfg, bidirectional: RelativePositionBias(
         cfg.relative_buckets, cfg.relative_max_distance, cfg.n_heads, bidirectional
@@ -161,3 +181,4 @@ POSITION_KINDS: dict[str, str] = {
     "none": "nothing: only the causal mask orders the tokens",
     "t5_relative": "a learned per-head bias on the scores for each bucket of key-query offsets (T5)",
 }
+PARAMETER_KINDS = ("learned", "t5_relative")
