@@ -93,7 +93,7 @@ def test_fill_mask_agrees_with_transformers(tmp_path, capsys):
     assert capsys.readouterr().out.count("[MASK]") == 2
 
 
-def test_wrong_models_and_texts_are_refused(tmp_path):
+def test_wrong_models_and_texts_are_refused(tmp_path, capsys):
     decoder = modernlm.Transformer(modernlm.preset("llama-tiny"))
     _, tok = wordpiece_dir(tmp_path)
     tokenizer = modernlm.load_tokenizer(tmp_path)
@@ -103,3 +103,6 @@ def test_wrong_models_and_texts_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no \[MASK\]"):
         fill_mask(model, tokenizer, "paris is big")
     assert main(["embed", "--model", str(tmp_path), "paris"]) == 0  # an MLM model still gives hidden states
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "paris"]) == 2  # refused: no decoder
+    assert "no decoder to write tokens with" in capsys.readouterr().err
+    assert main(["memory", str(tmp_path)]) == 2

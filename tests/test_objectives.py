@@ -119,6 +119,7 @@ def test_seq2seq_small_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "run"), "--task", "dates"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"exact_match", "chrf", "bleu"}
+    assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "may 1, 2000", "--max-new-tokens", "3"]) == 0
 
 
 def test_mlm_small_run(tmp_path):
