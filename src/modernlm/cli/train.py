@@ -123,7 +123,7 @@ OBJECTIVE_DEFAULTS = {
     "mlm": dict(out_dir="runs/stdlib-mlm", max_steps=300, batch_size=16, seq_len=128, lr=1e-3, warmup_steps=30),
     "seq2seq": dict(out_dir="runs/dates-t5", max_steps=1500, batch_size=64, lr=2e-3, warmup_steps=100),
     "image-classification": dict(
-        out_dir="runs/digits-vit", max_steps=1000, batch_size=64, lr=1e-3, warmup_steps=60, weight_decay=0.05
+        out_dir="runs/digits-vit", max_steps=1200, batch_size=64, lr=1e-3, warmup_steps=60, weight_decay=0.05
     ),
 }
 

@@ -78,12 +78,12 @@ def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 # ---- the loop ----------------------------------------------------------------------------------------------------
 def fit(model, loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float, warmup: int, weight_decay: float,
         log: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
-    """AdamW with linear warmup and cosine decay to lr/10; `loss_fn(step)` draws its own batch. Returns the losses."""
+    """AdamW with linear warmup and cosine decay to 0; `loss_fn(step)` draws its own batch. Returns the losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     losses = []
     model.train()
     for step in range(steps):
-        scale = (step + 1) / max(warmup, 1) if step < warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * step / steps))
+        scale = (step + 1) / max(warmup, 1) if step < warmup else 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * min(scale, 1.0)
         loss = loss_fn(step)
