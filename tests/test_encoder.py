@@ -156,3 +156,24 @@ def test_bad_input_is_refused_with_the_fix():
         tiny_config(causal=True).validate()
     with pytest.raises(ConfigError, match="type_vocab_size=2 is implemented only for family encoder"):
         ModelConfig(type_vocab_size=2).validate()
+
+
+def test_registries_match_the_config_and_unbuilt_fields_are_refused():
+    from modernlm.config import FFNS, MEMBER_POSITIONS, NORMS
+    from modernlm.layers.ffn import ACTIVATIONS
+    from modernlm.layers.norm import NORM_CLASSES
+    from modernlm.layers.positions import POSITION_MODULES
+
+    assert tuple(NORM_CLASSES) == NORMS and tuple(ACTIVATIONS) == FFNS
+    assert set(MEMBER_POSITIONS) <= set(POSITION_MODULES)  # every kind a member may use is a module
+    refused = {
+        "patch_size=8 is implemented only for family vit": dict(patch_size=8),
+        "scale_embeddings=True is implemented only for family decoder": dict(scale_embeddings=True),
+        "activation_checkpointing=True is implemented only": dict(activation_checkpointing=True),
+        "n_classes=3 needs head='classify'": dict(n_classes=3),
+        "positions is not 't5_relative'": dict(relative_buckets=16),
+        "positions='alibi' is not built for family 'encoder'": dict(positions="alibi"),
+    }
+    for message, fields in refused.items():
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            tiny_config(**fields).validate()

@@ -194,6 +194,14 @@ class ModelConfig:
             "global_every": (1, ("encoder",)),
             "local_rope_theta": (None, ("encoder",)),
             "skip_first_attn_norm": (False, ("encoder",)),
+            "decoder_start_token_id": (0, ("seq2seq",)),
+            "image_size": (224, ("vit",)),
+            "patch_size": (16, ("vit",)),
+            "n_channels": (3, ("vit",)),
+            "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
+            # the members' assemblies do not scale embeddings or recompute blocks
+            "scale_embeddings": (False, ("decoder",)),
+            "activation_checkpointing": (False, ("decoder",)),
         }
         for name, (default, families) in only.items():
             if getattr(self, name) != default and self.family not in families:
@@ -201,6 +209,12 @@ class ModelConfig:
                     f"{name}={getattr(self, name)!r} is implemented only for family {' / '.join(families)}, not "
                     f"{self.family!r}; leave it at {default!r}"
                 )
+        if self.n_classes and self.head != "classify":
+            raise ConfigError(f"n_classes={self.n_classes} needs head='classify' (this config's head is {self.head!r})")
+        if self.positions != "t5_relative" and (self.relative_buckets, self.relative_max_distance) != (32, 128):
+            raise ConfigError("relative_buckets / relative_max_distance set, but positions is not 't5_relative'")
+        if self.family == "vit" and self.norm_placement != "pre":
+            raise ConfigError("family 'vit' is built pre-norm with a final norm; set norm_placement='pre'")
         if self.family in ("encoder", "vit") and self.causal:
             raise ConfigError(f"family {self.family!r} attends both ways: set causal=False")
         if self.family == "seq2seq":
