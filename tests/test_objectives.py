@@ -131,6 +131,10 @@ def test_mlm_small_run(tmp_path):
     assert 0 <= result["val_masked_token_accuracy"] <= 1
     model = modernlm.load_model(tmp_path / "run")
     assert model.config.family == "encoder" and model.config.head == "mlm"
+    from modernlm.embedding import fill_mask
+
+    (candidates,) = fill_mask(model, modernlm.load_tokenizer(tmp_path / "run"), "the quick [MASK] fox", top_k=3)
+    assert len(candidates) == 3 and all(0 <= p <= 1 for _, p in candidates)
 
 
 @pytest.mark.slow

@@ -35,15 +35,17 @@ def require_encoder(model, task: str, head: str | None = None) -> None:
 
 
 def batch_encode(tokenizer, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask), both (B, T) long, right-padded with [PAD] (or 0): `[CLS] text [SEP]` per text."""
+    """(ids, attention_mask), both (B, T) long, right-padded with [PAD] (or 0): `[CLS] text [SEP]` per text, or the
+    bare text for a tokenizer without them (`modernlm train --objective mlm` trains on bare windows)."""
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    if cls is None or sep is None:
-        raise ValueError(
-            f"the tokenizer {tokenizer.source or ''} has no [CLS]/[SEP] tokens: it is not a BERT tokenizer"
-        )
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty list of strings")
-    rows = [[cls, *tokenizer.encode(text)[: max_len - 2], sep] for text in texts]
+    if cls is None or sep is None:
+        rows = [tokenizer.encode(text)[:max_len] for text in texts]
+    else:
+        rows = [[cls, *tokenizer.encode(text)[: max_len - 2], sep] for text in texts]
+    if any(not row for row in rows):
+        raise ValueError("a text is empty: give every text at least one token")
     T = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id or 0
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
