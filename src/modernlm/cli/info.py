@@ -84,7 +84,10 @@ def run(args) -> int:
     for part, n in counts.items():
         share = "" if part == "non_embedding" else f"  {100 * n / max(counts['total'], 1):5.1f}%"
         print(f"  {part:<16} {n:>14,}{share}")
-    print("KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items()))
+    if info["kv_cache_bytes_per_token"]:  # an encoder or a ViT keeps none
+        print(
+            "KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items())
+        )
     print("forward FLOPs per token, by context length:")
     for t, f in info["forward_flops_per_token"].items():
         print(f"  T={t:<8} {f / 1e6:12,.1f} MFLOP")
