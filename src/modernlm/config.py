@@ -16,11 +16,18 @@ from typing import Any
 from .fields import FieldError, check_fields, check_mapping
 from .text import read_strict
 
-NORMS = ("rmsnorm", "layernorm")
-FFNS = ("swiglu", "geglu", "gelu", "relu")
-GATED_FFNS = ("swiglu", "geglu")
-POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none")
+NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")  # layernorm_nobias: a gain only (ModernBERT)
+# gelu / geglu: GELU's tanh approximation (GPT-2, T5 v1.1); gelu_erf / geglu_erf: the exact GELU (BERT, ViT, ModernBERT)
+FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf")
+GATED_FFNS = ("swiglu", "geglu", "geglu_erf")
+POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none", "t5_relative")
 ABSOLUTE_POSITIONS = ("sinusoidal", "learned")  # added to the token embedding
+MEMBER_POSITIONS = (
+    "learned",
+    "t5_relative",
+    "none",
+    "rope",
+)  # the kinds the encoder / seq2seq / vit stacks are built with
 NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (Vaswani et al. 2017)
 ROPE_SCALINGS = ("default", "linear", "llama3", "yarn")
 # Keys each RoPE scaling needs, besides "rope_type".
@@ -33,6 +40,17 @@ ROPE_SCALING_KEYS = {
 
 
 DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
+
+# The members of the family (issue 11) and the heads each may carry. "lm": next-token (decoder) or decoder-side
+# (seq2seq) logits; "mlm": masked-LM logits; "none": the final hidden states; "classify": one label per sequence/image.
+FAMILIES = ("decoder", "encoder", "seq2seq", "vit")
+FAMILY_HEADS = {
+    "decoder": ("lm",),
+    "encoder": ("mlm", "none", "classify"),
+    "seq2seq": ("lm",),
+    "vit": ("classify", "none"),
+}
+POOLINGS = ("cls", "mean")  # what the classify head reads: the first token's state, or the mean over real tokens
 
 
 class ConfigError(FieldError):
@@ -72,6 +90,27 @@ class ModelConfig:
     embed_dropout: float | None = None  # on the embedding (plus absolute positions); None: dropout
     activation_checkpointing: bool = False  # recompute each block in the backward pass (training mode only)
     init_std: float = 0.02
+    # ---- the other members (issue 11); the defaults are the decoder's and change nothing for it ----
+    family: str = "decoder"  # decoder | encoder (BERT) | seq2seq (T5) | vit
+    head: str | None = None  # None: the family's first head (lm, mlm, lm, classify); see FAMILY_HEADS
+    n_classes: int = 0  # classify head: the number of labels
+    pooling: str = "cls"  # classify head: cls | mean
+    pooler: bool = False  # BERT's pooler: dense + tanh over the [CLS] state (feeds the classify head with cls pooling)
+    type_vocab_size: int = 0  # token-type (segment) embeddings added to the tokens (BERT: 2); 0: none
+    embed_norm: bool = False  # a norm over the summed embeddings (BERT)
+    attn_scale: float | None = None  # the score scale; None: 1/sqrt(head_dim); T5: 1.0 (folded into its init)
+    output_scale: float = 1.0  # the final hidden state is multiplied by this before the LM head (T5 tied: D^-0.5)
+    n_decoder_layers: int | None = None  # seq2seq: the decoder stack's depth; None: n_layers
+    relative_buckets: int = 32  # t5_relative: buckets of the relative-position bias
+    relative_max_distance: int = 128  # t5_relative: distances from which buckets stop growing
+    decoder_start_token_id: int = 0  # seq2seq: the first decoder input (T5: the pad token)
+    local_window: int = 0  # encoder: >0 makes layers local, each token seeing keys within local_window // 2 of it
+    global_every: int = 1  # encoder with local_window: layer i attends globally when i % global_every == 0
+    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; None: rope_theta
+    skip_first_attn_norm: bool = False  # encoder: layer 0 reads the (already normalised) embedding (ModernBERT)
+    image_size: int = 224  # vit: height = width of the input image, in pixels
+    patch_size: int = 16  # vit: side of a square patch; must divide image_size
+    n_channels: int = 3  # vit: colour channels of the input
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
 
     def __post_init__(self) -> None:
@@ -87,6 +126,10 @@ class ModelConfig:
         for name in DROPOUTS:
             if getattr(self, name) is None:
                 setattr(self, name, self.dropout)
+        if self.head is None and self.family in FAMILY_HEADS:
+            self.head = FAMILY_HEADS[self.family][0]
+        if self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
 
     # ---- checks -------------------------------------------------------------------------------------------------
     def validate(self) -> ModelConfig:
@@ -127,7 +170,97 @@ class ModelConfig:
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
         self._check_combinations()
+        self._check_family()
         return self
+
+    def _check_family(self) -> None:
+        """The member and its head; fields a member does not implement must keep their defaults (never ignored)."""
+        _check_choice("family", self.family, FAMILIES)
+        _check_choice(f"head (family {self.family!r})", self.head, FAMILY_HEADS[self.family])
+        _check_choice("pooling", self.pooling, POOLINGS)
+        for name in ("type_vocab_size", "n_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("local_window", "global_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (name == "global_every"):
+                raise ConfigError(f"{name} must be an integer >= {int(name == 'global_every')}, got {value!r}")
+        if self.head == "classify" and self.n_classes < 1:
+            raise ConfigError("head='classify' needs n_classes >= 1 (the number of labels); set n_classes")
+        if self.attn_scale is not None and not self.attn_scale > 0:
+            raise ConfigError(f"attn_scale must be > 0 or None (1/sqrt(head_dim)), got {self.attn_scale!r}")
+        only = {  # field -> (its default, the families that implement it)
+            "type_vocab_size": (0, ("encoder",)),
+            "embed_norm": (False, ("encoder",)),
+            "pooler": (False, ("encoder",)),
+            "output_scale": (1.0, ("seq2seq",)),
+            "local_window": (0, ("encoder",)),
+            "global_every": (1, ("encoder",)),
+            "local_rope_theta": (None, ("encoder",)),
+            "skip_first_attn_norm": (False, ("encoder",)),
+            "decoder_start_token_id": (0, ("seq2seq",)),
+            "image_size": (224, ("vit",)),
+            "patch_size": (16, ("vit",)),
+            "n_channels": (3, ("vit",)),
+            "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
+            # the members' assemblies do not scale embeddings or recompute blocks
+            "scale_embeddings": (False, ("decoder",)),
+            "activation_checkpointing": (False, ("decoder",)),
+        }
+        for name, (default, families) in only.items():
+            if getattr(self, name) != default and self.family not in families:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is implemented only for family {' / '.join(families)}, not "
+                    f"{self.family!r}; leave it at {default!r}"
+                )
+        if self.n_classes and self.head != "classify":
+            raise ConfigError(f"n_classes={self.n_classes} needs head='classify' (this config's head is {self.head!r})")
+        if self.positions != "t5_relative" and (self.relative_buckets, self.relative_max_distance) != (32, 128):
+            raise ConfigError("relative_buckets / relative_max_distance set, but positions is not 't5_relative'")
+        if self.family == "vit" and self.norm_placement != "pre":
+            raise ConfigError("family 'vit' is built pre-norm with a final norm; set norm_placement='pre'")
+        if self.family in ("encoder", "vit") and self.causal:
+            raise ConfigError(f"family {self.family!r} attends both ways: set causal=False")
+        if self.family == "seq2seq":
+            if not isinstance(self.n_decoder_layers, int) or self.n_decoder_layers < 1:
+                raise ConfigError(f"n_decoder_layers must be a positive integer, got {self.n_decoder_layers!r}")
+            if self.norm_placement != "pre":
+                raise ConfigError("family 'seq2seq' is built pre-norm (T5); set norm_placement='pre'")
+        elif self.n_decoder_layers != self.n_layers:
+            raise ConfigError(f"n_decoder_layers is for family 'seq2seq' only; {self.family!r} has n_layers")
+        if self.family != "decoder" and self.positions not in MEMBER_POSITIONS:
+            raise ConfigError(
+                f"positions={self.positions!r} is not built for family {self.family!r}; use one of "
+                + ", ".join(MEMBER_POSITIONS)
+            )
+        if self.positions == "t5_relative":
+            for name in ("relative_buckets", "relative_max_distance"):
+                if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                    raise ConfigError(f"{name} must be an integer >= 2, got {getattr(self, name)!r}")
+        if self.family == "vit":
+            self._check_vit()
+
+    def _check_vit(self) -> None:
+        for name in ("image_size", "patch_size", "n_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"patch_size={self.patch_size} does not divide image_size={self.image_size}: the image must split "
+                f"into whole patches; pick a patch_size among the divisors of {self.image_size}"
+            )
+        if self.positions != "learned":
+            raise ConfigError(
+                f"family 'vit' uses learned positions (one per patch + class token), got {self.positions!r}"
+            )
+        if self.max_seq_len != self.n_patches + 1:
+            raise ConfigError(
+                f"a ViT's position table has one row per patch plus the class token: max_seq_len must be "
+                f"{self.n_patches + 1} for image_size={self.image_size}, patch_size={self.patch_size}, "
+                f"got {self.max_seq_len}"
+            )
 
     def _check_combinations(self) -> None:
         """Choices that are valid alone but cannot work together."""
@@ -137,6 +270,7 @@ class ModelConfig:
                 "learned": "a learned table has no frequencies to rescale; it ends at max_seq_len",
                 "sinusoidal": "the sinusoidal table is added to the embedding, not rotated into q and k",
                 "none": "there are no positions to scale",
+                "t5_relative": "T5's bucketed bias has no frequencies to rescale",
             }[self.positions]
             raise ConfigError(
                 f"rope_scaling is set but positions={self.positions!r}: {why}; "
@@ -168,6 +302,10 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def n_patches(self) -> int:  # vit: patches per image
+        return (self.image_size // self.patch_size) ** 2
 
     # ---- JSON ---------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

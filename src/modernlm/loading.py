@@ -112,9 +112,25 @@ def load_model(
     state_dict = {
         k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()
     }
-    model = Transformer.from_state_dict(config, state_dict)
+    model = model_class(config).from_state_dict(config, state_dict)
     model.source = path  # where it came from: save_model copies the tokenizer from there
     return model.to(device) if device is not None else model
+
+
+def model_class(config) -> type[torch.nn.Module]:
+    """The module of the config's member: the decoder, the encoder (BERT), the encoder-decoder (T5) or ViT."""
+    from importlib import import_module
+
+    module, name = MEMBERS[config.family]
+    return Transformer if name == "Transformer" else getattr(import_module(module, __package__), name)
+
+
+MEMBERS = {
+    "decoder": (".model", "Transformer"),
+    "encoder": (".encoder", "Encoder"),
+    "seq2seq": (".seq2seq", "Seq2Seq"),
+    "vit": (".vit", "ViT"),
+}
 
 
 def load_tokenizer(source: str | os.PathLike | None = None):

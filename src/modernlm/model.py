@@ -16,7 +16,14 @@ from .layers.block import Block
 from .layers.kv_cache import KVCache
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
-from .layers.positions import LearnedPositions, absolute_positions, alibi_bias, alibi_slopes, sinusoidal_table
+from .layers.positions import (
+    PARAMETER_KINDS,
+    absolute_positions,
+    alibi_bias,
+    alibi_slopes,
+    make_positions,
+    sinusoidal_table,
+)
 from .layers.rope import inverse_frequencies, rope_cos_sin
 
 
@@ -26,8 +33,8 @@ class Transformer(nn.Module):
         self.config = config.validate()
         self.source = None  # the path load_model read it from (save_model copies its tokenizer)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        if config.positions == "learned":
-            self.pos_embed = LearnedPositions(config.max_seq_len, config.d_model)
+        parametrised = config.positions in PARAMETER_KINDS  # a table or a bias; the rest is computed inline
+        self.pos_embed = make_positions(config, bidirectional=not config.causal) if parametrised else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         # Post-norm blocks end in a norm already; the final norm belongs to the pre-norm stack (GPT-2's ln_f).
         pre = config.norm_placement == "pre"
@@ -111,9 +118,12 @@ class Transformer(nn.Module):
         # position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
         S = cache.max_len if cache is not None else T
         mask = self._mask(input_pos, cache is not None, attention_mask, S)
-        if self.config.positions == "alibi":  # slot distances: left padding is masked, so they equal token distances
+        if self.config.positions in ("alibi", "t5_relative"):  # slot distances equal token distances (padding masked)
             key_pos = torch.arange(S, device=input_pos.device) if cache is not None else input_pos
-            mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
+            if self.config.positions == "alibi":
+                mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
+            else:
+                mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
         recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if recompute:  # keep only each block's input; recompute its insides in the backward pass

@@ -114,6 +114,10 @@ class Tokenizer:
                 f"{path / 'tokenizer.json'} cannot be read by the tokenizers library ({e}); restore the file from the "
                 "model's source"
             ) from None
+        # A tokenizer.json may carry padding/truncation settings (all-MiniLM-L6-v2's pads and cuts at 128): `encode`
+        # returns a text's own ids, so they are switched off; callers cut and pad (transformers does the same).
+        backend.no_padding()
+        backend.no_truncation()
         add_bos = config.get("add_bos_token")
         if not isinstance(add_bos, bool):  # no setting: what tokenizer.json's post-processor does with a text
             add_bos = _post_processor_adds(backend, special["bos_token"])

@@ -7,7 +7,7 @@ from ..config import GATED_FFNS, ModelConfig
 
 def norm_parameters(cfg: ModelConfig) -> int:
     """One norm's parameters: a gain, and a bias for LayerNorm."""
-    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)
+    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)  # a gain, and a bias for LayerNorm
 
 
 def attention_parameters(cfg: ModelConfig) -> int:
@@ -23,13 +23,20 @@ def ffn_parameters(cfg: ModelConfig) -> int:
     return (n_in + 1) * cfg.d_model * cfg.ffn_hidden + (n_in * cfg.ffn_hidden + cfg.d_model) * cfg.mlp_bias
 
 
+def position_parameters(cfg: ModelConfig) -> int:
+    """A learned table (max_seq_len, D) or T5's relative bias (buckets, H); the other kinds have none."""
+    return {"learned": cfg.max_seq_len * cfg.d_model, "t5_relative": cfg.relative_buckets * cfg.n_heads}.get(
+        cfg.positions, 0
+    )
+
+
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     """Parameters of each part of the model and the total. Norms: two per block, plus the final norm of a pre-norm
     stack (a post-norm stack ends in its last block's norm)."""
     n_norms = 2 * cfg.n_layers + (1 if cfg.norm_placement == "pre" else 0)
     counts = {
         "embedding": cfg.vocab_size * cfg.d_model,
-        "positions": cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0,
+        "positions": position_parameters(cfg),
         "attention": cfg.n_layers * attention_parameters(cfg),
         "ffn": cfg.n_layers * ffn_parameters(cfg),
         "norms": n_norms * norm_parameters(cfg),

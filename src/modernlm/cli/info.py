@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
 
 def describe(model: torch.nn.Module) -> dict:
     cfg = model.config
+    if cfg.family != "decoder":
+        return describe_member(model)
     counts = parameter_counts(cfg)
     if counts["total"] != sum(p.numel() for p in model.parameters()):
         raise RuntimeError("parameter formula disagrees with the model; please report this")
@@ -33,6 +35,22 @@ def describe(model: torch.nn.Module) -> dict:
     }
 
 
+def describe_member(model: torch.nn.Module) -> dict:
+    """An encoder, encoder-decoder or ViT: parameters by part, FLOPs per token, what generation keeps."""
+    from ..analysis.family import generation_cache_bytes, member_forward_flops, parameters_by_part
+
+    cfg = model.config
+    T = cfg.max_seq_len if cfg.family != "vit" else cfg.n_patches + 1
+    flops = {str(T): member_forward_flops(cfg, T, target_len=T)["total"] // T}
+    kv = generation_cache_bytes(cfg, 1, 1) if cfg.family == "seq2seq" else {}
+    return {
+        "config": cfg.to_dict(),
+        "parameters": parameters_by_part(model),
+        "kv_cache_bytes_per_token": kv,
+        "forward_flops_per_token": flops,
+    }
+
+
 def run(args) -> int:
     from .. import load_model
 
@@ -41,7 +59,7 @@ def run(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     cfg, counts = info["config"], info["parameters"]
-    print(f"model: {args.model}  ({cfg['extra'].get('architecture', 'modernlm')})")
+    print(f"model: {args.model}  ({cfg['extra'].get('architecture', 'modernlm')}, {cfg['family']})")
     keys = (
         "vocab_size",
         "d_model",
@@ -64,9 +82,12 @@ def run(args) -> int:
         print(f"  {key:<16} {cfg[key]}")
     print("parameters:")
     for part, n in counts.items():
-        share = "" if part == "non_embedding" else f"  {100 * n / counts['total']:5.1f}%"
+        share = "" if part == "non_embedding" else f"  {100 * n / max(counts['total'], 1):5.1f}%"
         print(f"  {part:<16} {n:>14,}{share}")
-    print("KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items()))
+    if info["kv_cache_bytes_per_token"]:  # an encoder or a ViT keeps none
+        print(
+            "KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items())
+        )
     print("forward FLOPs per token, by context length:")
     for t, f in info["forward_flops_per_token"].items():
         print(f"  T={t:<8} {f / 1e6:12,.1f} MFLOP")

@@ -60,6 +60,11 @@ def memory_report(
 
 def run(args) -> int:
     cfg = resolve_config(args.model)
+    if cfg.family != "decoder":
+        raise ValueError(
+            f"the training-memory model covers the decoder; {args.model} is of family {cfg.family!r}. "
+            "`modernlm info` gives its parameters, FLOPs and (encoder-decoder) generation cache"
+        )
     seq_len = args.seq_len or cfg.max_seq_len
     adapters = None
     if args.lora:

@@ -27,6 +27,9 @@ HELP = {
 _NONE_DEFAULT_TYPES = {"tokenizer": str, "num_threads": int}
 
 
+OBJECTIVES = ("lm", "mlm", "seq2seq", "image-classification")  # see training/objectives.py
+
+
 def add_parser(sub) -> None:
     from ..training.config import TrainConfig
 
@@ -38,6 +41,7 @@ def add_parser(sub) -> None:
         "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    p.add_argument("--objective", default="lm", choices=OBJECTIVES, help="lm (default), or another member's task")
     g = p.add_argument_group("settings (TrainConfig fields)")
     for f in dataclasses.fields(TrainConfig):
         _add_field(g, f)
@@ -103,6 +107,8 @@ def stopped_early(result, verb: str) -> int:
 def run(args) -> int:
     from ..training import train
 
+    if args.objective != "lm":
+        return run_objective(args)
     config = build_config(args)
     if args.print_config:
         print(config.to_json())
@@ -118,4 +124,39 @@ def run(args) -> int:
     val = f"validation loss {result.val_loss:.4f}; " if result.val_loss is not None else ""
     print(f"done: {result.step} steps; {val}weights, tokenizer, metrics.jsonl and loss.png in {out}")
     print(f'try: modernlm generate --model {out} --prompt "def" -t 0.8 --top-k 40')
+    return 0
+
+
+# Settings of the family's objectives where no flag is given (the TrainConfig defaults are the decoder recipe's).
+OBJECTIVE_DEFAULTS = {
+    "mlm": dict(out_dir="runs/stdlib-mlm", max_steps=300, batch_size=16, seq_len=128, lr=1e-3, warmup_steps=30),
+    "seq2seq": dict(out_dir="runs/dates-t5", max_steps=1500, batch_size=64, lr=2e-3, warmup_steps=100),
+    "image-classification": dict(
+        out_dir="runs/digits-vit", max_steps=1200, batch_size=64, lr=1e-3, warmup_steps=60, weight_decay=0.05
+    ),
+}
+
+
+def run_objective(args) -> int:
+    """`modernlm train --objective mlm | seq2seq | image-classification`: training/objectives.py, then the figures."""
+    from ..training.config import TrainConfig
+    from ..training.objectives import run_objective as train_objective
+
+    if args.resume or args.stop_at_step is not None:
+        raise ValueError(f"--objective {args.objective} runs are short and not resumable; drop --resume/--stop-at-step")
+    values = build_config(args).to_dict()
+    for name, value in OBJECTIVE_DEFAULTS[args.objective].items():
+        if getattr(args, name, None) is None:
+            values[name] = value
+    config = TrainConfig.from_dict(values).validate()
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    metrics = train_objective(args.objective, config, progress=config.progress)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    print("done: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+    print(
+        f"model, metrics.json{' and confusion.png' if args.objective == 'image-classification' else ''} in "
+        f"{config.out_dir}"
+    )
     return 0

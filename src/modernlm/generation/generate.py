@@ -326,6 +326,10 @@ def generate(
         raise ValueError("beam search is deterministic here: use temperature=0 with num_beams > 1 (no beam sampling)")
     if num_beams > 1 and stops:
         raise ValueError("stop_strings are not supported with beam search; use eos_token_id")
+    if model.config.family != "decoder":  # the other members: an encoder-decoder generates, the rest cannot
+        return _generate_member(
+            model, input_ids, max_new_tokens, params, num_beams, stops, eos_token_id, attention_mask, seed
+        )
     device = _device(model)
     prompts = prepare_prompts(input_ids, attention_mask, device)
     check_token_ids(prompts, model.config.vocab_size)
@@ -358,6 +362,23 @@ def generate(
         if rows.all_done:
             break
     return out
+
+
+def _generate_member(model, input_ids, max_new_tokens, params, num_beams, stops, eos_token_id, attention_mask, seed):
+    cfg = model.config
+    if cfg.family != "seq2seq":
+        use = {"encoder": "`modernlm embed` / `fill-mask` / `classify`", "vit": "`modernlm classify`"}[cfg.family]
+        raise ValueError(
+            f"generate needs a decoder or an encoder-decoder, but this model is an {cfg.family} "
+            f"({cfg.extra.get('architecture', cfg.family)}): it has no decoder to write tokens with; use {use}, or "
+            "give a decoder (the default smollm2-135m-instruct) or a T5 directory"
+        )
+    if num_beams > 1 or stops:
+        raise ValueError("encoder-decoder generation supports greedy and sampling; drop num_beams / stop_strings")
+    from .seq2seq import generate_seq2seq
+
+    generator = make_generator(seed, model.embed.weight.device)
+    return generate_seq2seq(model, input_ids, max_new_tokens, params, _eos_set(eos_token_id), attention_mask, generator)
 
 
 def stream_generate(model, tokenizer, prompt: str | Sequence[int], max_new_tokens: int, **options) -> Iterator[str]:

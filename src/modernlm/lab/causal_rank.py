@@ -51,6 +51,29 @@ def _trained(T: int, steps: int) -> torch.Tensor:
     return (q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim))[0]
 
 
+def _encoder(T: int) -> torch.Tensor | None:
+    """Scores (H, T, T) of layer 0 of the real all-MiniLM-L6-v2 encoder (a trained bidirectional BERT) on T tokens
+    of the json module's source; None when its package is not installed."""
+    import inspect
+    import json
+
+    from ..checkpoints.sources import SourceError
+    from ..loading import load_model, load_tokenizer
+
+    try:
+        model, tokenizer = load_model("all-minilm-l6-v2", dtype=torch.float64), load_tokenizer("all-minilm-l6-v2")
+    except SourceError:
+        return None
+    ids = torch.tensor(tokenizer.encode(inspect.getsource(json))[:T])[None]  # (1, T)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        x = model.embed(ids) + model.type_embed(torch.zeros_like(ids))  # (1, T, D)
+        x = model.embed_norm(model.positions.add(x, torch.arange(T)))  # post-norm: layer 0 reads the embedding
+        q = attn.q_proj(x).view(1, T, attn.n_heads, attn.head_dim).transpose(1, 2)  # (1, H, T, Dh)
+        k = attn.k_proj(x).view(1, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2)  # (1, H, T, Dh)
+    return (q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim))[0]
+
+
 @experiment(
     "causal-rank",
     "A causal attention matrix always has full rank (lower triangular, positive diagonal), while bidirectional "
@@ -63,13 +86,17 @@ def causal_rank(quick: bool) -> Finding:
     scales = [0.1, 0.3, 1.0, 3.0]
     res = {f"random, scale {s}": _ranks(_random(T, dh, s, g)) for s in scales}
     res["trained layer 0"] = _ranks(_trained(T, 20 if quick else 300))
+    encoder = _encoder(T)
+    if encoder is not None:  # the real encoder, as trained (bidirectionally), and with a causal mask put on it
+        res["all-MiniLM-L6-v2 layer 0"] = _ranks(encoder)
     exact = all(math.isfinite(r["causal_log_det"]) for r in res.values())  # det = prod(diagonal) > 0
     numeric = all(r["causal_rank_eps"] == T for r in res.values())
     low = {k: r["bidirectional_rank"] for k, r in res.items() if r["bidirectional_rank"] < T}
     verdict = "refuted" if not exact or not low else "confirmed" if numeric else "depends"
     summary = (
         f"T = {T} tokens, head dim {dh} (random q, k ~ N(0, 1), scores multiplied by a scale after 1/sqrt(Dh)) and "
-        f"the heads of layer 0 of a small model trained on the stdlib corpus; numerical rank = singular values above "
+        f"the heads of layer 0 of a small model trained on the stdlib corpus (and of the real all-MiniLM-L6-v2 "
+        f"encoder, when installed, on the json module's source); numerical rank = singular values above "
         f"{RTOL:g} x the largest, in float64. "
         + "; ".join(
             f"{k}: causal rank {r['causal_rank']:.1f} (at machine precision {r['causal_rank_eps']:.1f}, log det "

@@ -1,8 +1,10 @@
 """Causal self-attention with grouped KV heads, RoPE on q and k (or an additive ALiBi mask), an optional shared Q/K
-projection, and an optional static KV cache.
+projection, and an optional static KV cache. Given `memory` (keys and values projected from another sequence with
+`project_memory`), the same module is cross-attention: queries from x, keys and values from the encoder's output.
 
 Dimension names used in the shape comments:
-  B batch, T new tokens, S keys attended (T without a cache, the cache length with one),
+  B batch, T new tokens, S keys attended (T without a cache, the cache length with one, the encoder's length for
+  cross-attention),
   D model width, H query heads, K kv heads (H % K == 0; K == H is MHA, K == 1 is MQA), Dh head dim.
 """
 
@@ -24,6 +26,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.dropout = cfg.attn_dropout
+        self.scale = cfg.attn_scale  # None: SDPA's 1/sqrt(Dh)
+        self.causal = cfg.causal  # what no mask means: causal over T, or every token sees every other (an encoder)
         self.q_proj = Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
         # shared_qk: keys are the queries (one projection), so the raw scores q_i . q_j are symmetric.
         self.k_proj = None if cfg.shared_qk else Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
@@ -38,9 +42,14 @@ class Attention(nn.Module):
         # added to the scores (ALiBi, -inf where hidden); None = plain causal over T
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cache buffers (B, K, S, Dh)
         input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache
+        memory: tuple[torch.Tensor, torch.Tensor]
+        | None = None,  # cross-attention: (B, K, S, Dh) x2 from project_memory
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, Dh)
+        if memory is not None:  # cross-attention: no positions, no cache to write, every memory slot in the mask
+            y = self._attend(q.transpose(1, 2), *memory, mask, causal=False)  # (B, H, T, Dh)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)
         k = q  # shared_qk: H == K
         if self.k_proj is not None:
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
@@ -55,8 +64,17 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
             k, v = k_cache, v_cache  # (B, K, S, Dh)
-        y = self._attend(q, k, v, mask, causal=mask is None and T > 1)  # (B, H, T, Dh)
+        y = self._attend(q, k, v, mask, causal=mask is None and T > 1 and self.causal)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)
+
+    def project_memory(
+        self, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (B, S, D) -> (B, K, S, Dh) x2
+        """Keys and values of another sequence (the encoder's output), computed once, reused by every decoder step."""
+        B, S, _ = context.shape
+        k = self.k_proj(context).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, S, Dh)
+        v = self.v_proj(context).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, S, Dh)
+        return k, v
 
     def _attend(self, q, k, v, mask, causal: bool) -> torch.Tensor:  # (B, H, T, Dh), (B, K, S, Dh) x2 -> (B, H, T, Dh)
         dtype, out_dtype = attention_dtype(q), q.dtype
@@ -72,5 +90,6 @@ class Attention(nn.Module):
                 is_causal=causal,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
+                scale=self.scale,
             )
         return y.to(out_dtype)

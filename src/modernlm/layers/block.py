@@ -1,7 +1,11 @@
-"""One decoder block, with the norm before each sub-layer (pre) or after its residual sum (post):
+"""One block, with the norm before each sub-layer (pre) or after its residual sum (post):
 
-pre  (GPT-2, Llama):          x = x + Drop(Attn(Norm(x)));   x = x + Drop(FFN(Norm(x)))
-post (Vaswani et al. 2017):   x = Norm(x + Drop(Attn(x)));   x = Norm(x + Drop(FFN(x)))
+pre  (GPT-2, Llama, ViT, T5): x = x + Drop(Attn(Norm(x)));   x = x + Drop(FFN(Norm(x)))
+post (Vaswani et al. 2017, BERT): x = Norm(x + Drop(Attn(x)));   x = Norm(x + Drop(FFN(x)))
+
+Attention is bidirectional or causal by the mask it is given, so the same block serves encoders and decoders.
+`CrossBlock`, the decoder block of an encoder-decoder, adds cross-attention between the two (pre-norm, T5):
+x = x + Drop(SelfAttn(Norm(x)));   x = x + Drop(CrossAttn(Norm(x), memory));   x = x + Drop(FFN(Norm(x)))
 """
 
 from __future__ import annotations
@@ -35,3 +39,16 @@ class Block(nn.Module):
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout, self.training) if self.dropout else x
+
+
+class CrossBlock(Block):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.cross_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.cross_attn = Attention(cfg)
+
+    def forward(self, x, rope, mask, kv=None, input_pos=None, memory=None, memory_mask=None) -> torch.Tensor:
+        """memory: the encoder's keys and values for this block, (B, K, S, Dh) x2; memory_mask: bool (B, 1, 1, S)."""
+        x = x + self._drop(self.attn(self.attn_norm(x), rope, mask, kv, input_pos))
+        x = x + self._drop(self.cross_attn(self.cross_norm(x), None, memory_mask, memory=memory))
+        return x + self._drop(self.ffn(self.ffn_norm(x)))

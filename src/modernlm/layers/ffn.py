@@ -14,6 +14,8 @@ ACTIVATIONS = {
     "geglu": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "gelu_erf": F.gelu,  # the exact GELU, x * Phi(x) (BERT, ViT)
+    "geglu_erf": F.gelu,  # GeGLU with the exact GELU (ModernBERT)
 }
 
 

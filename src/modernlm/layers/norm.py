@@ -63,7 +63,18 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-NORM_CLASSES: dict[str, type[nn.Module]] = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+class LayerNormNoBias(LayerNorm):
+    """(x - mean) / std * g: LayerNorm with a gain and no bias (ModernBERT)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        nn.LayerNorm.__init__(self, dim, eps=eps, bias=False)
+
+
+NORM_CLASSES: dict[str, type[nn.Module]] = {
+    "rmsnorm": RMSNorm,
+    "layernorm": LayerNorm,
+    "layernorm_nobias": LayerNormNoBias,
+}
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:

@@ -3,6 +3,10 @@
 - sinusoidal (Vaswani et al. 2017, section 3.5): PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(p / 10000^(2i/D)).
   Computed on the fly from the positions, so there is no buffer to restore after a meta-device load.
 - learned (GPT-2): an (max_seq_len, D) embedding table, a parameter like any other.
+- t5_relative (Raffel et al. 2020, T5): no embedding; each head adds a learned scalar per bucket of the key's offset
+  from the query to its scores. Offsets below half the buckets get one bucket each, larger ones share logarithmically
+  wider buckets up to `max_distance`; a bidirectional (encoder) bias gives keys before and after the query separate
+  halves of the buckets, a causal one only looks back.
 - ALiBi (Press et al. 2022): no embedding; head h adds -m_h * (query position - key position) to its scores, with
   slopes m_h = 2^(-8(h+1)/n) for n heads, n a power of two; otherwise the slopes of the nearest smaller power of two
   followed by every other slope of the next power of two (the rule of the paper's code, as HF BLOOM uses it).
@@ -67,11 +71,105 @@ def absolute_positions(input_pos: torch.Tensor, attention_mask: torch.Tensor | N
     return counted[:, input_pos].clamp(min=0)  # (B, T)
 
 
-class LearnedPositions(nn.Embedding):
-    """GPT-2's table of absolute position vectors, (max_seq_len, D)."""
+class PositionModule:
+    """What a stack asks of its position module; each kind overrides the step it acts in, the others pass through.
+    add: (B, T, D) embedding -> (B, T, D); bias_mask: bool visibility (B or 1, 1, T, S) -> the attention mask;
+    rope: (T,) positions -> cos, sin (T, Dh) for q and k, or None."""
+
+    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def bias_mask(self, query_pos, key_pos, visible, dtype):
+        return visible
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):
+        return None
+
+
+class LearnedPositions(nn.Embedding, PositionModule):
+    """GPT-2's, BERT's and ViT's table of absolute position vectors, (max_seq_len, D)."""
 
     def __init__(self, max_seq_len: int, dim: int) -> None:
         super().__init__(max_seq_len, dim)
+
+    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B, T, D), (T,) or (B, T)
+        return x + self(positions)  # (B, T, D)
+
+
+def relative_bucket(offset: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's bucket of each (key position - query position) offset, as long integers in [0, n_buckets)."""
+    bucket = torch.zeros_like(offset)
+    if bidirectional:  # keys after the query take the upper half of the buckets
+        n_buckets //= 2
+        bucket = (offset > 0).long() * n_buckets
+        distance = offset.abs()
+    else:  # a causal query sees only keys at or before it
+        distance = (-offset).clamp(min=0)
+    exact = n_buckets // 2
+    scaled = torch.log(distance.float() / exact) / math.log(max_distance / exact) * (n_buckets - exact)
+    far = (exact + scaled.to(torch.long)).clamp(max=n_buckets - 1)  # only read where distance >= exact (finite)
+    return bucket + torch.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Embedding, PositionModule):
+    """T5's learned bias, a (buckets, H) table shared by every layer of a stack (its first layer owns it in HF)."""
+
+    def __init__(self, n_buckets: int, max_distance: int, n_heads: int, bidirectional: bool) -> None:
+        super().__init__(n_buckets, n_heads)
+        self.max_distance, self.bidirectional = max_distance, bidirectional
+
+    def bias_mask(
+        self,
+        query_pos: torch.Tensor,  # (T,)
+        key_pos: torch.Tensor,  # (S,)
+        visible: torch.Tensor | None,  # bool (B or 1, 1, T, S); None: causal over query_pos/key_pos
+        dtype: torch.dtype,
+    ) -> torch.Tensor:  # (B or 1, H, T, S) float mask: the bias where visible, -inf elsewhere
+        offset = key_pos[None, :] - query_pos[:, None]  # (T, S)
+        buckets = relative_bucket(offset, self.bidirectional, self.num_embeddings, self.max_distance)  # (T, S)
+        bias = self(buckets).permute(2, 0, 1)[None]  # (T, S, H) -> (1, H, T, S)
+        if visible is None:
+            visible = (key_pos[None, :] <= query_pos[:, None])[None, None]  # (1, 1, T, S)
+        return torch.where(visible, bias.float(), float("-inf")).to(dtype)
+
+
+class NoPositions(nn.Module, PositionModule):
+    """positions='none' in the encoder-family stacks: order comes from nothing (a bag of tokens), or the mask."""
+
+
+class RotaryPositions(nn.Module, PositionModule):
+    """RoPE for the encoder stacks (the decoder computes it inline, beside its cache). No parameters and no buffers:
+    the frequencies are recomputed from the config per call, Dh/2 numbers. Local layers may use their own base."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.head_dim, self.scaling = cfg.head_dim, cfg.rope_scaling
+        self.theta = {False: cfg.rope_theta, True: cfg.local_rope_theta or cfg.rope_theta}
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):  # (T,) -> (T, Dh) x2
+        from .rope import inverse_frequencies, rope_cos_sin
+
+        inv_freq, factor = inverse_frequencies(self.head_dim, self.theta[local], self.scaling)
+        return rope_cos_sin(positions, inv_freq.to(positions.device), factor, dtype)
+
+
+def make_positions(cfg, bidirectional: bool) -> nn.Module | None:
+    """The module of a position kind that has parameters (a table or a bias), None for the others."""
+    build = POSITION_MODULES.get(cfg.positions)
+    return build(cfg, bidirectional) if build is not None else None
+
+
+# The kinds built as modules, each a PositionModule (add / bias_mask / rope); a new kind is one class and one entry
+# here. The decoder builds only the kinds with parameters (PARAMETER_KINDS) and computes RoPE, ALiBi and the
+# sinusoidal table inline, beside its KV cache and compiled step.
+POSITION_MODULES = {
+    "none": lambda cfg, bidirectional: NoPositions(),
+    "rope": lambda cfg, bidirectional: RotaryPositions(cfg),
+    "learned": lambda cfg, bidirectional: LearnedPositions(cfg.max_seq_len, cfg.d_model),
+    "t5_relative": lambda cfg, bidirectional: RelativePositionBias(
+        cfg.relative_buckets, cfg.relative_max_distance, cfg.n_heads, bidirectional
+    ),
+}
 
 
 # Where each kind of position acts (a test checks these names equal config.POSITIONS).
@@ -81,4 +179,6 @@ POSITION_KINDS: dict[str, str] = {
     "sinusoidal": "a fixed table added to the token embedding",
     "learned": "a trained table added to the token embedding",
     "none": "nothing: only the causal mask orders the tokens",
+    "t5_relative": "a learned per-head bias on the scores for each bucket of key-query offsets (T5)",
 }
+PARAMETER_KINDS = ("learned", "t5_relative")

@@ -1,0 +1,1 @@
+"""Evaluation: task metrics (eval/metrics.py)."""
