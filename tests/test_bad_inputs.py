@@ -102,7 +102,7 @@ CLI_ERRORS = [
     (["generate", "-m", "{tmp}/bad-json", "-p", "hi"], ["config.json", "not valid JSON"]),
     (["generate", "-m", "{tmp}/latin1-config", "-p", "hi"], ["config.json", "not UTF-8", "byte"]),
     (["generate", "-m", "{tmp}/zero-heads", "-p", "hi"], ["num_attention_heads", "positive integer"]),
-    (["generate", "-m", "{tmp}/str-width", "-p", "hi"], ["config.json", "d_model", "an integer"]),
+    (["generate", "-m", "{tmp}/str-width", "-p", "hi"], ["config.json", "hidden_size", "positive integer"]),
     (["generate", "-m", "{tmp}/wrong-vocab", "-p", "hi"], ["embed.weight", "does not fit", "vocabulary"]),
     (["generate", "-m", "{tmp}/wrong-shape", "-p", "hi"], ["q_proj", "does not fit"]),
     (["generate", "-m", "{tmp}/nan-weights", "-p", "hi"], ["NaN/Inf", "corrupt"]),
