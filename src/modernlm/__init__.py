@@ -5,8 +5,9 @@ from __future__ import annotations
 from .config import ModelConfig, preset
 from .loading import load_model, load_tokenizer, save_model
 from .model import Transformer
+from .quant import quantize
 
-__all__ = ["ModelConfig", "Transformer", "generate", "load_model", "load_tokenizer", "preset", "save_model"]
+__all__ = ["ModelConfig", "Transformer", "generate", "load_model", "load_tokenizer", "preset", "quantize", "save_model"]
 __version__ = "0.1.0"
 
 

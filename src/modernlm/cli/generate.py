@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -13,6 +14,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        metavar="Q",
+        help="int8, int4 (or int4-g64, int4-g128): quantize the linears on load; gguf: keep a GGUF file's own "
+        "quantized blocks (default: float weights in --dtype)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
@@ -53,7 +61,11 @@ def load(args):
     from ..loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
+    if getattr(args, "quantize", None):
+        from ..quant import describe
+
+        logging.getLogger("modernlm").info("weights: %s", describe(model))
     return model, tokenizer
 
 

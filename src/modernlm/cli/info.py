@@ -14,14 +14,24 @@ def add_parser(sub) -> None:
     p = sub.add_parser("info", help="describe a model: architecture, parameters, KV cache, FLOPs")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quantize", default=None, metavar="Q", help="int8, int4[-gN] or gguf: describe it quantized")
     p.set_defaults(func=run)
 
 
 def describe(model: torch.nn.Module) -> dict:
     cfg = model.config
     counts = parameter_counts(cfg)
+    from ..quant import describe as quantized
+    from ..quant import is_quantized
+
+    if is_quantized(model):  # the formula counts the float model; say what is kept instead
+        return {**describe_config(cfg, counts), "weights": quantized(model)}
     if counts["total"] != sum(p.numel() for p in model.parameters()):
         raise RuntimeError("parameter formula disagrees with the model; please report this")
+    return describe_config(cfg, counts)
+
+
+def describe_config(cfg, counts: dict) -> dict:
     contexts = sorted({1, min(2048, cfg.max_seq_len), cfg.max_seq_len})
     return {
         "config": cfg.to_dict(),
@@ -36,7 +46,7 @@ def describe(model: torch.nn.Module) -> dict:
 def run(args) -> int:
     from .. import load_model
 
-    info = describe(load_model(args.model))
+    info = describe(load_model(args.model, quantize=args.quantize))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -66,6 +76,8 @@ def run(args) -> int:
     for part, n in counts.items():
         share = "" if part == "non_embedding" else f"  {100 * n / counts['total']:5.1f}%"
         print(f"  {part:<16} {n:>14,}{share}")
+    if "weights" in info:
+        print(f"weights kept as:     {info['weights']}")
     print("KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items()))
     print("forward FLOPs per token, by context length:")
     for t, f in info["forward_flops_per_token"].items():
