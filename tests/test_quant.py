@@ -200,3 +200,17 @@ def test_bad_input_is_refused_before_any_change():
         quantize(model, "int4")
     with pytest.raises(QuantError, match="LoRA adapters"):
         quantize(apply_lora(tiny(), LoraConfig(r=2)), "int8")
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------------------
+def test_cli_info_and_generate_say_what_is_kept(tmp_path, capsys, caplog):
+    from modernlm.cli.__main__ import main
+
+    modernlm.save_model(tiny(), tmp_path)
+    assert main(["info", str(tmp_path), "--quantize", "int4-g64"]) == 0
+    assert "weights kept as:     int8 x1, int4 g64 x14; float32 norms" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="modernlm"):
+        assert main(["generate", "--quantize", "gguf", "-p", "Hi", "-n", "3", "-q"]) == 0
+    assert any("weights: int8 g32 x1, int4 g32 x210" in r.message for r in caplog.records)
+    assert main(["generate", "--quantize", "int5", "-p", "Hi", "-n", "3"]) == 2
+    assert "unknown quantization 'int5'" in capsys.readouterr().err

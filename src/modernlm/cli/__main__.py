@@ -19,11 +19,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a notice comes (a handler bound to the stream of the first call would
+    write to a closed one after a test, or a caller, swaps sys.stderr)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _show_notices() -> None:
     """The library's notices (a one-time conversion, ...) as plain lines on stderr."""
     log = logging.getLogger("modernlm")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[%(message)s]"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

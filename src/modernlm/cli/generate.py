@@ -21,6 +21,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="int8, int4 (or int4-g64, int4-g128): quantize the linears on load; gguf: keep a GGUF file's own "
         "quantized blocks (default: float weights in --dtype)",
     )
+    p.add_argument("--compile", action="store_true", help="compile the one-token decode step (torch.compile)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
@@ -62,10 +63,21 @@ def load(args):
 
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
+    log = logging.getLogger("modernlm")
     if getattr(args, "quantize", None):
         from ..quant import describe
 
-        logging.getLogger("modernlm").info("weights: %s", describe(model))
+        log.info("weights: %s", describe(model))
+    if getattr(args, "compile", False):
+        from ..generation.compiled import compile_decode
+
+        compile_decode(model)
+    if args.device in (None, "cpu"):
+        from ..threads import apply_threads, torch_threads
+
+        default, n = torch_threads(), apply_threads()
+        if n < default:
+            log.info("threads: %d of %d, other processes keep the rest busy (MODERNLM_THREADS=N to choose)", n, default)
     return model, tokenizer
 
 
