@@ -7,6 +7,10 @@ byte per weight instead of 4:
 - `torch._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros (G, N, 2))` on codes packed by
   `torch._convert_weight_to_int4pack_for_cpu` (a layout of its own that depends on the CPU's vector width, so it is
   built on this machine at first use and never saved). It needs N % 16 == 0.
+These kernels are matrix-vector loops: their time grows with the rows of x, while dequantizing once and calling the
+BLAS GEMM costs about the same for 1 row or 500. So the fused kernels take small batches (decode: at most
+`FAST_MAX_ROWS` rows, `MODERNLM_QUANT_FAST_ROWS` to tune it) and larger ones (prefill, perplexity, speculative
+verification of many drafts) dequantize then multiply.
 Where a kernel is missing (an older torch, another device) or a shape does not fit it, the plain twin runs and a
 notice says so once. `plain()` forces the twin (the tests compare the two).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger("modernlm")
 _enabled = True
+FAST_MAX_ROWS = 4  # rows of x up to which the fused kernels beat dequantize + GEMM (to be measured: benchmarks/)
 _noticed: set[str] = set()
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -47,8 +53,12 @@ def has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
 
 
+def fast_max_rows() -> int:
+    return int(os.environ.get("MODERNLM_QUANT_FAST_ROWS", FAST_MAX_ROWS))
+
+
 def _fast(x: torch.Tensor, op: str) -> bool:
-    if not _enabled or x.device.type != "cpu" or x.dtype not in FLOAT_DTYPES:
+    if not _enabled or x.device.type != "cpu" or x.dtype not in FLOAT_DTYPES or x.shape[0] > fast_max_rows():
         return False
     if not has_op(op):
         notice_once(op, f"torch {torch.__version__} has no {op}; quantized products run dequantize-then-matmul")

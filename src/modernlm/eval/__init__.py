@@ -1,0 +1,5 @@
+"""Evaluation: perplexity on held-out text (perplexity.py)."""
+
+from .perplexity import heldout_text, perplexity
+
+__all__ = ["heldout_text", "perplexity"]
