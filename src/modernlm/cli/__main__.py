@@ -9,7 +9,7 @@ import sys
 
 # module names under modernlm.cli
 VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", "memory", "lab"]
-VERBS += ["eval"]  # issue 12
+VERBS += ["eval", "export"]  # issue 12
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,79 @@
+"""GGUF export against transformers' GGUF loader: the exported file's logits equal ours within the type's rounding,
+the tokenizer and chat template survive, and models GGUF cannot describe are refused before writing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import modernlm
+from modernlm.checkpoints.gguf import GGUFError
+from modernlm.checkpoints.gguf_export import export_gguf
+
+# max |logit error| of the exported file against our float model, as a fraction of the logits' max |value|
+# (random Gaussian weights through two blocks: the worst case for rounding)
+TOLERANCE = {"f16": 2e-3, "q8_0": 5e-2, "q4_0": 0.3}
+
+
+def hf_llama(path, vocab_size: int):
+    """A random transformers Llama, saved, loaded as ours."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.05,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return modernlm.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    return hf_llama(tmp_path_factory.mktemp("hf"), 320)
+
+
+@pytest.mark.parametrize("kind", list(TOLERANCE))
+def test_transformers_loads_the_export(ours, tmp_path, kind):
+    out = export_gguf(ours, None, tmp_path / f"m.{kind}.gguf", kind=kind)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = ours(ids), hf(ids).logits
+        again = modernlm.load_model(out)(ids)  # our own loader reads what we wrote
+    assert (got - want).abs().max() <= TOLERANCE[kind] * want.abs().max()
+    torch.testing.assert_close(again, got, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow  # ~30 s: three parses of a 49k-token vocabulary
+def test_tokenizer_and_chat_template_survive(smollm2_gguf, hf_smollm2_tokenizer, tmp_path):
+    ours = hf_llama(tmp_path / "hf", 49152)  # SmolLM2's vocabulary size, so its tokenizer fits
+    source = modernlm.load_tokenizer(smollm2_gguf)
+    out = export_gguf(ours, source, tmp_path / "t.gguf", kind="q8_0", tokenizer_pre="smollm")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    mine = modernlm.load_tokenizer(out)
+    text = "Héllo wörld! The café's 3 ferries left at 10:45, didn't they?  <|im_start|>user"
+    assert theirs.encode(text, add_special_tokens=False) == hf_smollm2_tokenizer.encode(text, add_special_tokens=False)
+    assert mine.encode(text) == source.encode(text)
+    assert mine.chat_template == source.chat_template and mine.eos_token_id == source.eos_token_id
+    messages = [{"role": "user", "content": "Hi"}]
+    assert mine.apply_chat_template(messages) == source.apply_chat_template(messages)
+
+
+def test_unmappable_models_are_refused(tmp_path):
+    model = modernlm.Transformer(modernlm.preset("gpt-2017", vocab_size=64, d_model=32, n_layers=1, n_heads=2))
+    with pytest.raises(GGUFError, match="no GGUF mapping: positions='sinusoidal'.*norm='layernorm'"):
+        export_gguf(model, None, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(GGUFError, match="unknown GGUF export type 'q5_k'"):
+        export_gguf(modernlm.Transformer(modernlm.preset("llama-tiny")), None, tmp_path / "y.gguf", kind="q5_k")
+
+
+def test_cli_export_of_a_quantized_model(tmp_path, capsys):
+    from modernlm.cli.__main__ import main
+
+    torch.manual_seed(0)
+    modernlm.save_model(modernlm.Transformer(modernlm.preset("llama-tiny", ffn_hidden=192)), tmp_path / "m")
+    assert main(["export", "--type", "q4_0", str(tmp_path / "m"), str(tmp_path / "m.gguf")]) == 0
+    assert "q4_0" in capsys.readouterr().out
+    model = modernlm.load_model(tmp_path / "m.gguf", quantize="gguf")
+    assert model.quantization["kept"] == {"Q8_0": 1, "Q4_0": 15}  # the embedding in q8_0; 14 linears, the head
