@@ -115,3 +115,27 @@ def test_finetune_over_int4_smollm2(tmp_path):
     merged = modernlm.load_model(result.run_dir / "merged")
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), fresh(ids), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("spec", ["int8", "int8-g32", "int4", "int4-g64"])
+@pytest.mark.parametrize("tie,bias", [(True, False), (False, True)])
+def test_memory_predicts_the_quantized_base(spec, tie, bias):
+    """analysis/memory.py's bytes of a quantized base equal the bytes the quantized model holds, and its kernel
+    copies the packed layouts a batch-1 forward builds."""
+    from modernlm.analysis.memory import quantized_weight_bytes, training_memory
+    from modernlm.quant import model_bytes, quantized_modules
+    from modernlm.quant.load import parse
+
+    cfg = modernlm.preset("llama-tiny", d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, tie_embeddings=tie,
+                          qkv_bias=bias)  # fmt: skip
+    kind, group = parse(spec)
+    model = quantize(modernlm.Transformer(cfg).eval(), kind, group_size=group)
+    predicted = quantized_weight_bytes(cfg, spec)
+    assert predicted["stored"] == model_bytes(model)
+    with torch.no_grad():
+        model(IDS[:1, :1])  # one row: the fused kernels, which build their layouts
+    caches = [m.qweight.kernel_cache for m in quantized_modules(model).values()]
+    built = sum(t.numel() * t.element_size() for cache in caches for t in cache.values())
+    assert predicted["kernels"] == built
+    parts = training_memory(cfg, 2, 16, adapters={"q_proj": 4}, trainable_parameters=4 * 6 * 128, quantize=spec)
+    assert parts["parameters"] == predicted["stored"] + 4 * 4 * 6 * 128

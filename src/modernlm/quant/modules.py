@@ -119,9 +119,10 @@ def describe(model: nn.Module) -> str:
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of the weights as stored: float parameters and buffers plus quantized codes, scales and zeros."""
+    """Bytes of the weights as stored (the state dict: float parameters plus quantized codes, scales and zeros; no
+    RoPE tables, no kernels' copies), each tensor once."""
     seen, total = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in model.state_dict().values():
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
