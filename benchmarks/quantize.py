@@ -1,6 +1,7 @@
 """Accuracy beside speed for each way of keeping SmolLM2-135M-Instruct's weights, one run, side by side.
 
-Variants: fp32 and bf16 (the GGUF dequantized), int8 (per channel), int4 g32 and int4 g128 (quantized from fp32;
+Variants: fp32 and bf16 (the GGUF dequantized: the only weights SmolLM2 ships here, so fp32 has the Q4_1 file's
+rounding already, and int8/int4 re-round it), int8 (per channel), int4 g32 and int4 g128 (quantized from fp32;
 where 128 does not divide a width, as SmolLM2's 576, the largest group that does, and the table says so), and the
 GGUF as shipped (Q4_1 blocks and a Q8_0 head kept as they are). For each:
   perplexity on the held-out English text (modernlm/eval/heldout.txt); greedy agreement with fp32 over 64 new
@@ -14,6 +15,9 @@ figure's median over rounds. Optional sections:
   --compile       decode with the one-token step compiled (generation/compiled.py)
   --speculative   plain greedy against prompt-lookup and self-speculative int4 drafts on chat prompts (fp32 target):
                   tokens/s and whether the output is identical
+  --kernels       one SmolLM2 FFN matrix (1536 x 576) and the head (49152 x 576) at 1..32 rows: the fused kernels with
+                  bf16 and with float32 activations against dequantize + GEMM and the float32 GEMM (quant/kernels.py
+                  chose bf16 activations from such a measurement; on another CPU it may differ)
 
     python benchmarks/quantize.py                            # the table (about 15 minutes on 2 idle cores)
     python benchmarks/quantize.py --busy --compile --speculative --json quant.json
@@ -157,6 +161,38 @@ def worker_busy(name: str, s: dict, policy: str) -> dict:
     return {"decode1_tok_s": _decode_rate(model, short, 1, s["decode_tokens"]), "threads": torch.get_num_threads()}
 
 
+def worker_kernels(s: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from modernlm.quant import Int4Weight, Int8Weight, plain
+
+    g = torch.Generator().manual_seed(0)
+    floats = {
+        "ffn 1536x576": torch.randn(1536, 576, generator=g),
+        "head 49152x576": torch.randn(49152, 576, generator=g),
+    }
+    out = {}
+    for shape, w in floats.items():
+        weights = {"int4 g32": Int4Weight.quantize(w, 32), "int8": Int8Weight.quantize(w), "int8 g32": None}
+        if shape.startswith("head"):
+            weights["int8 g32"] = Int8Weight.quantize(w, 32)  # GGUF's Q8_0 head
+        for rows in (1, 2, 4, 8, 16, 32) if not s["ppl_tokens"] else (1, 8):
+            x = torch.randn(rows, 576, generator=g)
+            row = {"fp32 GEMM": _median_time(lambda: F.linear(x, w), 5)}  # noqa: B023
+            for name, q in weights.items():
+                if q is None:
+                    continue
+                for act in ("bfloat16", "float32"):
+                    os.environ["MODERNLM_QUANT_ACT"] = act
+                    row[f"{name} fused {act}"] = _median_time(lambda: q.matmul(x), 5)  # noqa: B023
+                os.environ.pop("MODERNLM_QUANT_ACT")
+                with plain():
+                    row[f"{name} dequantize+GEMM"] = _median_time(lambda: q.matmul(x), 5)  # noqa: B023
+            out[f"{shape} rows={rows}"] = {k: v * 1e3 for k, v in row.items()}
+    return out
+
+
 def worker_speculative(s: dict) -> dict:
     import modernlm
     from modernlm.generation import generate
@@ -169,6 +205,8 @@ def worker_speculative(s: dict) -> dict:
         for q in QUESTIONS[: max(2, s["prompts"] // 4)]
     ]
     n = s["new_tokens"]
+    generate(model, chats[0], 2)  # warm-up, so the first timed draft does not pay for it
+    speculative_generate(model, chats[0], 2, draft="int4")
     out = {}
     for draft in (None, "ngram", "int4"):
         t, tokens, stats = time.perf_counter(), [], SpecStats()
@@ -225,6 +263,7 @@ def main() -> None:
     p.add_argument("--busy", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--speculative", action="store_true")
+    p.add_argument("--kernels", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -237,6 +276,8 @@ def main() -> None:
             out = worker_speed(rest[0], s, compiled=rest[1:] == ["compiled"])
         elif job == "busy":
             out = worker_busy(rest[0], s, rest[1])
+        elif job == "kernels":
+            out = worker_kernels(s)
         else:
             out = worker_speculative(s)
         out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
@@ -272,6 +313,10 @@ def main() -> None:
             job.kill()
     if args.speculative:
         extra["speculative"] = run_worker(["speculative", *quick])
+        extra["speculative"].pop("peak_rss_gb", None)
+    if args.kernels:
+        extra["kernels"] = run_worker(["kernels", *quick])
+        extra["kernels"].pop("peak_rss_gb", None)
     report(results, statistics.median(bandwidth), extra, s)
     if args.json:
         from modernlm.files import write_json
@@ -304,6 +349,8 @@ def report(results: dict, bandwidth: float, extra: dict, s: dict) -> None:
               f"(compiled: {c['compiled_ok']})")  # fmt: skip
     for policy, b in extra.get("busy", {}).items():
         print(f"beside a CPU-bound job, gguf b=1, {policy}: {b['decode1_tok_s']:.1f} tok/s with {b['threads']} threads")
+    for name, k in extra.get("kernels", {}).items():
+        print(f"kernels, {name} (ms): " + ", ".join(f"{way} {ms:.3f}" for way, ms in k.items()))
     spec = extra.get("speculative")
     if spec:
         for draft, r in spec.items():

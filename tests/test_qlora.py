@@ -19,7 +19,7 @@ from modernlm.finetune.lora import (
     save_adapter,
 )
 from modernlm.finetune.qlora import QuantLoraLinear
-from modernlm.quant import QuantLinear, dequantize_model, is_quantized, quantize
+from modernlm.quant import QuantLinear, dequantize_model, is_quantized, plain, quantize
 
 IDS = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
 
@@ -72,6 +72,8 @@ def test_adapters_round_trip_and_merge(tmp_path):
         torch.testing.assert_close(fresh(IDS), want, rtol=0, atol=1e-5)
     with pytest.raises(LoraError, match="quantized and cannot take B A in place"):
         merge(model)
+    with torch.no_grad(), plain():
+        want = model(IDS)  # the dequantize-then-matmul twin: float32 activations, as the merged float model has
     merged = dequantize_model(merge_and_unload(model))
     assert not is_quantized(merged)
     with torch.no_grad():
@@ -113,7 +115,7 @@ def test_finetune_over_int4_smollm2(tmp_path):
     fresh = load_adapter(base, result.run_dir / "adapter")
     ids = torch.tensor([[1, 4093, 198, 2683, 314, 216, 34, 35]])
     merged = modernlm.load_model(result.run_dir / "merged")
-    with torch.no_grad():
+    with torch.no_grad(), plain():  # float32 activations on both sides
         torch.testing.assert_close(merged(ids), fresh(ids), rtol=0, atol=2e-3)
 
 

@@ -262,12 +262,13 @@ def quantized_weight_bytes(cfg: ModelConfig, quantize: str) -> dict[str, int]:
         raise ValueError(f"quantize must be int8 or int4 (with -gN), got {quantize!r}")
 
     def matrix(n_in: int, n_out: int) -> tuple[int, int]:  # (stored, kernel copy) bytes of one quantized matrix
+        # stored scales (and zeros) in float32; the kernels' copies of them in bf16 (quant/kernels.py)
         if kind == "int8":
-            per_channel = group is None
-            scales = 4 * n_out * (1 if per_channel else n_in // group)
-            return n_in * n_out + scales, 0 if per_channel else n_in * n_out + scales
-        scales_zeros = 8 * n_out * (n_in // group)
-        return n_in * n_out // 2 + scales_zeros, n_in * n_out // 2 + scales_zeros
+            groups = 1 if group is None else n_in // group
+            codes_copy = 0 if group is None else n_in * n_out  # the grouped path's (G, N, gs) codes
+            return n_in * n_out + 4 * n_out * groups, codes_copy + 2 * n_out * groups
+        groups = n_in // group
+        return n_in * n_out // 2 + 8 * n_out * groups, n_in * n_out // 2 + 4 * n_out * groups
 
     counts = parameter_counts(cfg)
     shapes = projection_shapes(cfg)
@@ -276,6 +277,7 @@ def quantized_weight_bytes(cfg: ModelConfig, quantize: str) -> dict[str, int]:
         s, k = matrix(n_in, n_out)
         stored, kernels = stored + cfg.n_layers * s, kernels + cfg.n_layers * k
     head = cfg.vocab_size * cfg.d_model + 4 * cfg.vocab_size  # int8 per channel (quant/modules.py: HEAD_KIND)
+    kernels += 2 * cfg.vocab_size  # its bf16 scales
     float_params = counts["total"] - cfg.n_layers * sum(i * o for i, o in shapes.values()) - counts["lm_head"]
     float_params -= counts["embedding"] if cfg.tie_embeddings else 0  # the tied embedding is the int8 head
     stored += head + 4 * float_params

@@ -59,8 +59,8 @@ class QuantWeight(nn.Module):
         """Bytes of the stored codes, scales and zeros (the kernels' packed copies not counted)."""
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if not n.startswith("_"))
 
-    def _expand(self, per_group: torch.Tensor) -> torch.Tensor:  # (N, G) -> (N, K)
-        return per_group.repeat_interleave(self.in_features // per_group.shape[1], dim=1)
+    def _grouped(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (N, K) -> (N, G, K / G)
+        return values.to(dtype).reshape(self.out_features, self.n_groups, -1)
 
     @classmethod
     def check(cls, out_features: int, in_features: int, group_size: int | None, where: str = "") -> None:
@@ -100,7 +100,8 @@ class Int8Weight(QuantWeight):
         return cls(q.reshape(N, K), scales, group_size)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # (N, K)
-        return (self.qweight.to(dtype) * self._expand(self.scales).to(dtype)).to(dtype)
+        w = self._grouped(self.qweight, torch.float32) * self.scales[..., None]  # (N, G, gs)
+        return w.reshape(self.out_features, self.in_features).to(dtype)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # ids (...) -> (..., K)
         q, s = self.qweight[ids], self.scales[ids]  # (..., K), (..., G)
@@ -144,8 +145,9 @@ class Int4Weight(QuantWeight):
         return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).reshape(self.out_features, self.in_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # (N, K)
-        q = self.codes().to(dtype) - 8
-        return (q * self._expand(self.scales).to(dtype) + self._expand(self.zeros).to(dtype)).to(dtype)
+        q = self._grouped(self.codes(), torch.float32) - 8  # (N, G, gs)
+        w = torch.addcmul(self.zeros[..., None].float(), q, self.scales[..., None].float())  # q * scale + zero
+        return w.reshape(self.out_features, self.in_features).to(dtype)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # ids (...) -> (..., K)
         p = self.packed[ids]  # (..., K/2)
