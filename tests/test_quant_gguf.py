@@ -126,3 +126,30 @@ def test_smollm2_greedy_kept_in_q4_1_equals_the_same_weights_dequantized(smollm2
     fast = generate(kept, prompt, 32)[0]
     twin = generate(dequantize_model(kept), prompt, 32)[0]
     assert fast == twin and len(fast) == 32
+
+
+def test_q4_k_file_kept_equals_the_float_loader(tmp_path):
+    """A Q4_K file (gguf cannot write K-quants, so its blocks are random with sane scales): kept, its logits equal
+    the float loader's (gguf's dequantize), Q and K rows unpermuted with their scales."""
+    d, f, heads, kv, vocab = 256, 512, 4, 2, 64
+    shapes = {"token_embd.weight": (vocab, d), "blk.0.attn_q.weight": (d, d), "blk.0.attn_k.weight": (d // 2, d),
+              "blk.0.attn_v.weight": (d // 2, d), "blk.0.attn_output.weight": (d, d), "blk.0.ffn_gate.weight": (f, d),
+              "blk.0.ffn_up.weight": (f, d), "blk.0.ffn_down.weight": (d, f)}  # fmt: skip
+    writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+    for key, value in {"block_count": 1, "context_length": 64, "embedding_length": d, "feed_forward_length": f,
+                       "attention.head_count": heads, "attention.head_count_kv": kv}.items():  # fmt: skip
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    for i, (name, (rows, cols)) in enumerate(shapes.items()):
+        writer.add_tensor(name, q4_k_blocks(rows, cols, seed=i), raw_dtype=Q.Q4_K)
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        writer.add_tensor(name, np.ones(d, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    kept = modernlm.load_model(tmp_path / "k.gguf", quantize="gguf")
+    assert kept.quantization["kept"] == {"Q4_K": 8}
+    ids = torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), plain():
+        torch.testing.assert_close(kept(ids), modernlm.load_model(tmp_path / "k.gguf")(ids), rtol=1e-5, atol=1e-4)
