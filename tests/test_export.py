@@ -64,6 +64,8 @@ def test_unmappable_models_are_refused(tmp_path):
     with pytest.raises(GGUFError, match="no GGUF mapping: positions='sinusoidal'.*norm='layernorm'"):
         export_gguf(model, None, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(GGUFError, match="a Linear has no GGUF mapping"):
+        export_gguf(torch.nn.Linear(2, 2), None, tmp_path / "z.gguf")
     with pytest.raises(GGUFError, match="unknown GGUF export type 'q5_k'"):
         export_gguf(modernlm.Transformer(modernlm.preset("llama-tiny")), None, tmp_path / "y.gguf", kind="q5_k")
 

@@ -132,3 +132,18 @@ def test_cli_speculative(capsys):
     captured = capsys.readouterr()
     assert "target forwards" in captured.err and captured.out.strip()
     assert main(["generate", "-p", "x", "--speculative", "ngram", "--num-beams", "2"]) == 2
+
+
+def test_compiled_target_gets_a_compiled_draft(monkeypatch):
+    """The int4 draft of a target whose decode step is compiled is compiled too (here with a stand-in compiler that
+    records its calls and runs eagerly); the output stays plain greedy's."""
+    from modernlm.generation.compiled import compile_decode, decode_step
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    model = tiny()
+    want = generate(model, REPEATS, 12)[0]
+    compile_decode(model)
+    assert speculative_generate(model, REPEATS, 12, draft="int4") == want
+    assert decode_step(model).model is model  # the target's own step survived the copy
+    assert len(compiled) == 1  # the draft's one-token steps (the target verifies several tokens, eagerly)

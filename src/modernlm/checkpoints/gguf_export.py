@@ -150,6 +150,13 @@ def export_gguf(
 
     if kind not in TYPES:
         raise GGUFError(f"unknown GGUF export type {kind!r}; choose one of {', '.join(TYPES)}")
+    from ..model import Transformer
+
+    if not isinstance(model, Transformer):
+        raise GGUFError(
+            f"a {type(model).__name__} has no GGUF mapping; GGUF export writes decoder-only Transformer models (an "
+            "encoder, an encoder-decoder or a ViT: save it with save_model instead)"
+        )
     cfg = model.config
     arch = _check_mappable(cfg)
     names = _ours_to_gguf(cfg.n_layers)

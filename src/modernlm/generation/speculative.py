@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layers.kv_cache import KVCache
+from .compiled import compile_decode, decode_step
 from .generate import _check_max_new_tokens, _device, _eos_set, make_generator, prepare_prompts, token_budget
 from .sampling import SamplingParams, process_logits
 
@@ -77,7 +78,8 @@ class ModelDraft:
         device = _device(self.model)
         x = torch.tensor([ids], device=device)
         pos = torch.arange(start, start + len(ids), device=device)
-        return self.model(x, input_pos=pos, cache=self.cache, last_only=True)[0, -1]
+        step = decode_step(self.model) if len(ids) == 1 else self.model  # compiled, if compile_decode(draft) ran
+        return step(x, input_pos=pos, cache=self.cache, last_only=True)[0, -1]
 
     def propose(self, context: list[int], k: int, params, generator) -> tuple[list[int], torch.Tensor | None]:
         logits = self._forward(context[self.fed :], self.fed)  # catch up on what the target accepted
@@ -111,7 +113,15 @@ def make_draft(target, draft, max_len: int):
                     "the int4 draft is the target quantized, and this target is quantized already (no faster "
                     "draft of it); use --speculative ngram, or load the target in float"
                 )
-            return ModelDraft(quantize(copy.deepcopy(target), "int4"), max_len)
+            compiled = target.__dict__.pop("_decode_step", None)  # a compiled step is not copied, it is remade
+            try:
+                draft_model = quantize(copy.deepcopy(target), "int4")
+            finally:
+                if compiled is not None:
+                    target.__dict__["_decode_step"] = compiled
+            if compiled is not None:
+                compile_decode(draft_model)
+            return ModelDraft(draft_model, max_len)
         raise ValueError(f"unknown draft {draft!r}; choose one of {', '.join(DRAFTS)}, or pass a draft model")
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(
