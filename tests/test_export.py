@@ -79,3 +79,33 @@ def test_cli_export_of_a_quantized_model(tmp_path, capsys):
     assert "q4_0" in capsys.readouterr().out
     model = modernlm.load_model(tmp_path / "m.gguf", quantize="gguf")
     assert model.quantization["kept"] == {"Q8_0": 1, "Q4_0": 15}  # the embedding in q8_0; 14 linears, the head
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_export_and_agrees_until_a_near_tie(smollm2_gguf, tmp_path):
+    """llama.cpp (llama-cpp-python, which builds it: `pip install llama-cpp-python`, minutes) loads SmolLM2 exported
+    as q8_0, tokenizes the chat prompt as we do, and greedy-decodes our tokens until the first place where our own
+    top two logits are within 1 of each other (llama.cpp rounds activations to 8 bits for its dot products)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python (it builds llama.cpp)")
+    from modernlm.generation import generate
+
+    tokenizer = modernlm.load_tokenizer(smollm2_gguf)
+    out = export_gguf(
+        modernlm.load_model(smollm2_gguf), tokenizer, tmp_path / "s.gguf", kind="q8_0", tokenizer_pre="smollm"
+    )
+    ours = modernlm.load_model(out)  # the q8_0 weights as written, dequantized
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is gravity?"}])
+    prompt = tokenizer.encode(text)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == 32:
+            break
+    mine = generate(ours, prompt, 32)[0]
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), None)
+    if first is not None:
+        with torch.no_grad():
+            logits = ours(torch.tensor([prompt + mine[:first]]))[0, -1]
+        assert float(logits[mine[first]] - logits[theirs[first]]) < 1.0, (first, mine, theirs)
