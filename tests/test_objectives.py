@@ -95,7 +95,7 @@ def test_image_classification_small_run_classify_and_eval(tmp_path, capsys):
     assert (run / "confusion.png").is_file() and (run / "config.json").is_file()
     assert sum(map(sum, result["confusion_matrix"])) == 360
     capsys.readouterr()
-    assert main(["eval", "--model", str(run), "--task", "digits"]) == 0
+    assert main(["eval", "task", "--model", str(run), "--task", "digits"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(result["test_accuracy"])
     from sklearn.datasets import load_digits
 
@@ -117,7 +117,7 @@ def test_seq2seq_small_run(tmp_path, capsys):
     model = modernlm.load_model(tmp_path / "run")
     assert model.config.family == "seq2seq"
     capsys.readouterr()
-    assert main(["eval", "--model", str(tmp_path / "run"), "--task", "dates"]) == 0
+    assert main(["eval", "task", "--model", str(tmp_path / "run"), "--task", "dates"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"exact_match", "chrf", "bleu"}
     assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "may 1, 2000", "--max-new-tokens", "3"]) == 0
 

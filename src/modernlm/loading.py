@@ -100,12 +100,22 @@ def _read_checkpoint(path: Path):
 
 
 def load_model(
-    source: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None, device=None
+    source: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = None,
+    device=None,
+    quantize: str | None = None,
 ) -> Transformer:
     """Load a model. `source`: an embedded name (default `smollm2-135m-instruct`), a Hugging Face directory, a .gguf
-    file, or a hub repo id. Weights are kept in `dtype` (default float32) on `device` (default CPU)."""
+    file, or a hub repo id. Weights are kept in `dtype` (default float32) on `device` (default CPU).
+
+    `quantize`: None (float), "int8" or "int4" (quantize the linears on load, see modernlm.quant), or "gguf" (keep a
+    GGUF file's own quantized blocks, Q8_0/Q4_0/Q4_1/Q4_K, without a round trip through float)."""
     _check_source(source)
     dtype, device = parse_dtype(dtype), parse_device(device)
+    if quantize is not None:
+        from .quant.load import load_quantized
+
+        return load_quantized(source, quantize, dtype, device)
     path = resolve(source)
     config, state_dict = _read_checkpoint(path)
     check_finite(state_dict, path)

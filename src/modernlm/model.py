@@ -133,8 +133,10 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return linear(x, weight).float()  # (B, T, V)
+        if self.lm_head is not None:
+            return self.lm_head(x).float()  # (B, T, V)
+        tied = getattr(self.embed, "project", None)  # a quantized embedding is also the tied head (quant/)
+        return (tied(x) if tied is not None else linear(x, self.embed.weight)).float()  # (B, T, V)
 
     def _embed(self, input_ids, input_pos, attention_mask) -> torch.Tensor:
         """Token embeddings (scaled by sqrt(D) if asked), plus absolute positions, then embedding dropout."""

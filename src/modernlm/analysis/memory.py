@@ -192,6 +192,7 @@ def training_memory(
     device: str = "cuda",
     trainable_parameters: int | None = None,
     adapters: dict[str, int] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, int]:
     """Bytes of one training step: parameters, gradients, optimizer states, (autocast weight copies,) activations.
 
@@ -200,7 +201,12 @@ def training_memory(
     counts LoRA's activations instead of full training's.
 
     `total` is the sum of the parts; `step_peak` the high-water mark of one step (see below), which measurement
-    matches on SmolLM2 for full and LoRA fine-tuning (benchmarks/finetune_memory.py)."""
+    matches on SmolLM2 for full and LoRA fine-tuning (benchmarks/finetune_memory.py).
+
+    `quantize` ("int8", "int4", "int4-g64"...: QLoRA) counts the frozen base as `modernlm.quantize` stores it
+    (`quantized_weight_bytes`), the kernels' packed copies built by the batch-1 answers before training, and the one
+    float32 matrix a quantized product dequantizes at a time (the largest: the head, in the loss's forward and
+    backward) instead of the float parameters and autocast's copies."""
     from .params import parameter_counts
 
     _check("precision", precision, PRECISIONS)
@@ -219,11 +225,13 @@ def training_memory(
         adapters=adapters,
     )
     logits = batch_size * seq_len * cfg.vocab_size
+    stored = None if quantize is None else quantized_weight_bytes(cfg, quantize)
     parts = {
-        "parameters": 4 * (n + extra),
+        "parameters": 4 * (n + extra) if stored is None else stored["stored"] + 4 * extra,
         "gradients": 4 * trained,
         "optimizer_states": 4 * trained * OPTIMIZER_STATES[optimizer],
-        "weight_copies": 0 if precision == "fp32" else 2 * n,  # autocast's 16-bit casts of the weights
+        # autocast's 16-bit casts of the weights; a quantized base: its kernels' copies and one dequantized matrix
+        "weight_copies": (0 if precision == "fp32" else 2 * n) if stored is None else stored["transient"],
         "activations": acts["total"],
         "activations_recompute_peak": acts["recompute_peak"],
         # the first gradients of the backward pass: of the log-softmax and of the float32 logits (and, under
@@ -248,3 +256,41 @@ def training_memory(
 def korthikanti_layer_bytes(cfg: ModelConfig, batch_size: int, seq_len: int) -> int:
     """The paper's formula as printed, per layer at 16 bits: 34·B·S·H + 5·B·N·S² (for comparison in reports)."""
     return 34 * batch_size * seq_len * cfg.d_model + 5 * batch_size * cfg.n_heads * seq_len**2
+
+
+def quantized_weight_bytes(cfg: ModelConfig, quantize: str) -> dict[str, int]:
+    """Bytes of a model after `modernlm.quantize(model, kind, group)` (quantize: "int8", "int4", "int4-g64"...):
+    `stored` (codes, scales, zeros, the int8 head/tied embedding, float norms and biases, a float untied embedding),
+    `kernels` (the packed copies torch's int4 kernel and the grouped int8 path build at first use), `transient`
+    (kernels + the largest matrix dequantized to float32, one at a time)."""
+    from ..quant.load import parse
+    from ..quant.weights import DEFAULT_GROUP
+    from .params import parameter_counts, projection_shapes
+
+    kind, group = parse(quantize)
+    group = DEFAULT_GROUP.get(kind) if group == "default" else group
+    if kind not in ("int8", "int4"):
+        raise ValueError(f"quantize must be int8 or int4 (with -gN), got {quantize!r}")
+
+    def matrix(n_in: int, n_out: int) -> tuple[int, int]:  # (stored, kernel copy) bytes of one quantized matrix
+        # stored scales (and zeros) in float32; the kernels' copies of them in bf16 (quant/kernels.py)
+        if kind == "int8":
+            groups = 1 if group is None else n_in // group
+            codes_copy = 0 if group is None else n_in * n_out  # the grouped path's (G, N, gs) codes
+            return n_in * n_out + 4 * n_out * groups, codes_copy + 2 * n_out * groups
+        groups = n_in // group
+        return n_in * n_out // 2 + 8 * n_out * groups, n_in * n_out // 2 + 4 * n_out * groups
+
+    counts = parameter_counts(cfg)
+    shapes = projection_shapes(cfg)
+    stored = kernels = 0
+    for n_in, n_out in shapes.values():
+        s, k = matrix(n_in, n_out)
+        stored, kernels = stored + cfg.n_layers * s, kernels + cfg.n_layers * k
+    head = cfg.vocab_size * cfg.d_model + 4 * cfg.vocab_size  # int8 per channel (quant/modules.py: HEAD_KIND)
+    kernels += 2 * cfg.vocab_size  # its bf16 scales
+    float_params = counts["total"] - cfg.n_layers * sum(i * o for i, o in shapes.values()) - counts["lm_head"]
+    float_params -= counts["embedding"] if cfg.tie_embeddings else 0  # the tied embedding is the int8 head
+    stored += head + 4 * float_params
+    largest = max([cfg.vocab_size * cfg.d_model, *(i * o for i, o in shapes.values())])
+    return {"stored": stored, "kernels": kernels, "transient": kernels + 4 * largest}

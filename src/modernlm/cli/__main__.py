@@ -10,6 +10,7 @@ import sys
 # module names under modernlm.cli
 VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", "memory", "lab"]
 VERBS += ["embed", "fill_mask", "classify", "eval"]  # the other members' verbs (issue 11)
+VERBS += ["export"]  # issue 12 (eval is shared with it)
 
 
 def build_parser() -> argparse.ArgumentParser:

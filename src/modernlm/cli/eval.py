@@ -1,70 +1,113 @@
-"""`modernlm eval`: score predictions against references, or a model on its task.
+"""`modernlm eval`: perplexity of a decoder on held-out text, a trained member on its task, or predictions scored
+against references.
 
-modernlm eval --predictions out.txt --references ref.txt --metrics exact_match,chrf,bleu,rouge
-modernlm eval --model runs/digits-vit --task digits        (accuracy, macro F1)
-modernlm eval --model runs/dates-t5 --task dates           (exact match, chrF, BLEU)
-modernlm eval --model smollm2-135m-instruct --perplexity notes.txt
+modernlm eval perplexity --model M [--quantize Q] [--text FILE]    (held-out English shipped in modernlm/eval/)
+modernlm eval task --model runs/digits-vit --task digits            (accuracy, macro F1)
+modernlm eval task --model runs/dates-t5 --task dates               (exact match, chrF, BLEU)
+modernlm eval scores --predictions out.txt --references ref.txt --metrics exact_match,chrf,bleu,rouge
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
+
+from . import positive_int
+from .generate import add_model_args
 
 TASKS = ("digits", "dates")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="metrics: accuracy/F1, exact match, chrF/BLEU, ROUGE, perplexity")
-    p.add_argument("--predictions", type=Path, help="a text file, one prediction per line")
-    p.add_argument("--references", type=Path, help="a text file, one reference per line")
-    p.add_argument(
+    p = sub.add_parser("eval", help="perplexity, a member on its task, or predictions against references")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    ppl = kinds.add_parser("perplexity", help="perplexity on held-out English text (shipped) or --text FILE")
+    add_model_args(ppl)
+    ppl.add_argument("--text", default=None, help="a UTF-8 text file (default: the held-out text shipped in eval/)")
+    ppl.add_argument("--window", type=positive_int, default=512, help="tokens per window (default: 512)")
+    ppl.add_argument("--stride", type=positive_int, default=256, help="window step; the overlap is context (256)")
+    ppl.add_argument("--json", action="store_true", help="print JSON")
+    ppl.set_defaults(func=run_perplexity)
+    task = kinds.add_parser("task", help="a trained member on its task: digits (a ViT), dates (a seq2seq run)")
+    task.add_argument("--model", "-m", required=True, help="a model source (a run directory)")
+    task.add_argument("--task", required=True, choices=TASKS)
+    task.set_defaults(func=run_task)
+    scores = kinds.add_parser("scores", help="predictions scored against references, one per line each")
+    scores.add_argument("--predictions", type=Path, required=True, help="a text file, one prediction per line")
+    scores.add_argument("--references", type=Path, required=True, help="a text file, one reference per line")
+    scores.add_argument(
         "--metrics",
         default="exact_match,chrf,bleu,rouge",
         help="comma-separated: accuracy, f1, exact_match, chrf, bleu, rouge (default: the generation ones)",
     )
-    p.add_argument("--model", help="a model source to evaluate on --task or --perplexity")
-    p.add_argument("--task", choices=TASKS, help="digits (a ViT run) or dates (a seq2seq run)")
-    p.add_argument("--perplexity", type=Path, help="a text file: the decoder's perplexity over it")
-    p.set_defaults(func=run)
+    scores.set_defaults(func=run_scores)
 
 
-def run(args) -> int:
-    if args.predictions or args.references:
-        result = score_files(args.predictions, args.references, args.metrics)
-    elif args.model and (args.task or args.perplexity):
-        result = score_model(args.model, args.task, args.perplexity)
+def run_perplexity(args) -> int:
+    from ..eval.perplexity import heldout_text, perplexity
+    from ..loading import load_model, load_tokenizer
+    from ..text import read_strict
+
+    if args.text is not None and not Path(args.text).is_file():
+        raise FileNotFoundError(f"--text {args.text}: no such file; give a UTF-8 text file")
+    if args.stride > args.window:
+        raise ValueError(f"--stride {args.stride} is larger than --window {args.window}: some tokens would be skipped")
+    text = read_strict(args.text) if args.text else heldout_text()
+    tokenizer = load_tokenizer(args.model)
+    ids = tokenizer.encode(text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]  # the first word is scored given BOS, as a model sees a document start
+    t0 = time.perf_counter()
+    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    result = perplexity(model, ids, window=args.window, stride=args.stride)
+    out = {
+        "model": args.model,
+        "quantize": args.quantize,
+        "dtype": args.dtype,
+        "text": args.text or "held-out English (modernlm/eval/heldout.txt)",
+        "tokens": result.tokens,
+        "perplexity": result.perplexity,
+        "nll": result.nll,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
     else:
-        raise ValueError("give --predictions and --references, or --model with --task or --perplexity")
+        what = args.quantize or args.dtype
+        print(f"perplexity {result.perplexity:.3f} ({what}) over {result.tokens} tokens of {out['text']}")
+        print(f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def run_task(args) -> int:
+    from .. import load_model, load_tokenizer
+
+    model = load_model(args.model)
+    result = evaluate_digits(model) if args.task == "digits" else evaluate_dates(model, load_tokenizer(args.model))
     print(json.dumps(result, indent=2))
     return 0
 
 
-def score_files(predictions: Path | None, references: Path | None, metrics: str) -> dict:
-    from ..eval.metrics import METRICS
+def run_scores(args) -> int:
+    print(json.dumps(score_files(args.predictions, args.references, args.metrics), indent=2))
+    return 0
 
-    if predictions is None or references is None:
-        raise ValueError("--predictions and --references go together: one line per example in each")
+
+def score_files(predictions: Path, references: Path, metrics: str) -> dict:
+    from ..eval.metrics import METRICS
+    from ..text import read_strict
+
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    preds = predictions.read_text(encoding="utf-8").splitlines()
-    refs = references.read_text(encoding="utf-8").splitlines()
+    for path in (predictions, references):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; give a text file with one example per line")
+    preds, refs = read_strict(predictions).splitlines(), read_strict(references).splitlines()
     return {name: METRICS[name](preds, refs) for name in names}
-
-
-def score_model(source: str, task: str | None, text: Path | None) -> dict:
-    from .. import load_model, load_tokenizer
-
-    model = load_model(source)
-    if text is not None:
-        from ..eval.metrics import perplexity
-
-        return {"perplexity": perplexity(model, load_tokenizer(source).encode(text.read_text(encoding="utf-8")))}
-    if task == "digits":
-        return evaluate_digits(model)
-    return evaluate_dates(model, load_tokenizer(source))
 
 
 def evaluate_digits(model) -> dict:

@@ -22,6 +22,7 @@ FLAGS = {
     "--train": ("train_file", str, "training JSONL (default: the example dataset, written into the run directory)"),
     "--val": ("val_file", str, "held-out JSONL (default: the last tenth of --train)"),
     "--out": ("train.out_dir", str, "run directory (default: runs/finetune, runs/finetune-full with --full)"),
+    "--quantize": ("quantize", str, "QLoRA: the frozen base in int8 or int4 (int4-g64...) (default: float)"),
     "--r": ("r", int, "LoRA rank (default 8)"),
     "--alpha": ("alpha", float, "LoRA alpha; the update is scaled by alpha / r (default 16)"),
     "--dropout": ("dropout", float, "dropout on the LoRA input (default 0)"),

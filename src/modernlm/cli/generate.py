@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -16,6 +17,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        metavar="Q",
+        help="int8, int4 (or int4-g64, int4-g128): quantize the linears on load; gguf: keep a GGUF file's own "
+        "quantized blocks (default: float weights in --dtype)",
+    )
+    p.add_argument("--compile", action="store_true", help="compile the one-token decode step (torch.compile)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
@@ -60,7 +69,22 @@ def load(args):
     from ..loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
+    log = logging.getLogger("modernlm")
+    if getattr(args, "quantize", None):
+        from ..quant import describe
+
+        log.info("weights: %s", describe(model))
+    if getattr(args, "compile", False):
+        from ..generation.compiled import compile_decode
+
+        compile_decode(model)
+    if args.device in (None, "cpu"):
+        from ..threads import apply_threads, torch_threads
+
+        default, n = torch_threads(), apply_threads()
+        if n < default:
+            log.info("threads: %d of %d, other processes keep the rest busy (MODERNLM_THREADS=N to choose)", n, default)
     return model, tokenizer
 
 
@@ -89,8 +113,38 @@ def add_parser(sub) -> None:
     b = p.add_argument_group("beam search")
     b.add_argument("--num-beams", type=int, default=1, help="beams (> 1: beam search, greedy only)")
     b.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob sum / length ** this")
+    s = p.add_argument_group("speculative decoding")
+    s.add_argument(
+        "--speculative",
+        choices=["ngram", "int4"],
+        default=None,
+        help="draft tokens by prompt lookup "
+        "(ngram) or with the model quantized to int4, verified in one forward (same output distribution)",
+    )
+    s.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default: 4)")
     p.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
     p.set_defaults(func=run)
+
+
+def _speculative(args, model, tokenizer, ids, options, loaded) -> str:
+    from ..generation.speculative import SpecStats, speculative_generate
+
+    if args.num_beams > 1 or args.stream or args.stop or args.repetition_penalty:
+        raise ValueError(
+            "--speculative decodes greedy or sampled text without --num-beams, --stream, --stop or --repetition-penalty"
+        )
+    for key in ("stop_strings", "repetition_penalty"):
+        del options[key]
+    s = SpecStats()
+    out = speculative_generate(
+        model, ids, args.max_new_tokens, draft=args.speculative, num_draft_tokens=args.draft_tokens, stats=s, **options
+    )
+    elapsed = time.perf_counter() - loaded
+    print(tokenizer.decode(out[:-1] if out and out[-1] == options["eos_token_id"] else out))
+    return (
+        f"{len(out)} tokens in {elapsed:.2f} s ({len(out) / elapsed:.1f} tokens/s) with {s.rounds} target forwards; "
+        f"{s.acceptance:.0%} of {s.proposed} drafted tokens accepted"
+    )
 
 
 def run(args) -> int:
@@ -118,7 +172,9 @@ def run(args) -> int:
     ids = encode_prompt(tokenizer, prompt, chat=args.chat)
     options = sampling_options(args, tokenizer)
     loaded = time.perf_counter()
-    if args.num_beams > 1:
+    if args.speculative:
+        stats = _speculative(args, model, tokenizer, ids, options, loaded)
+    elif args.num_beams > 1:
         del options["stop_strings"], options["seed"]
         out = generate(
             model, ids, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty, **options

@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("info", help="describe a model: architecture, parameters, KV cache, FLOPs")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quantize", default=None, metavar="Q", help="int8, int4[-gN] or gguf: describe it quantized")
     p.set_defaults(func=run)
 
 
@@ -22,8 +23,17 @@ def describe(model: torch.nn.Module) -> dict:
     if cfg.family != "decoder":
         return describe_member(model)
     counts = parameter_counts(cfg)
+    from ..quant import describe as quantized
+    from ..quant import is_quantized
+
+    if is_quantized(model):  # the formula counts the float model; say what is kept instead
+        return {**describe_config(cfg, counts), "weights": quantized(model)}
     if counts["total"] != sum(p.numel() for p in model.parameters()):
         raise RuntimeError("parameter formula disagrees with the model; please report this")
+    return describe_config(cfg, counts)
+
+
+def describe_config(cfg, counts: dict) -> dict:
     contexts = sorted({1, min(2048, cfg.max_seq_len), cfg.max_seq_len})
     return {
         "config": cfg.to_dict(),
@@ -54,7 +64,7 @@ def describe_member(model: torch.nn.Module) -> dict:
 def run(args) -> int:
     from .. import load_model
 
-    info = describe(load_model(args.model))
+    info = describe(load_model(args.model, quantize=args.quantize))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -84,6 +94,8 @@ def run(args) -> int:
     for part, n in counts.items():
         share = "" if part == "non_embedding" else f"  {100 * n / max(counts['total'], 1):5.1f}%"
         print(f"  {part:<16} {n:>14,}{share}")
+    if "weights" in info:
+        print(f"weights kept as:     {info['weights']}")
     if info["kv_cache_bytes_per_token"]:  # an encoder or a ViT keeps none
         print(
             "KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items())

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-dtype", default="bfloat16", help="dtype of the KV cache (default bfloat16)")
     p.add_argument("--lora", metavar="TARGETS", help="LoRA fine-tuning: the adapted projections, e.g. q_proj,v_proj")
     p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--quantize", default=None, metavar="Q", help="QLoRA: the frozen base in int8 or int4 (with --lora)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -39,8 +40,9 @@ def memory_report(
     device: str,
     kv_dtype: str,
     adapters: dict[str, int] | None = None,
+    quantize: str | None = None,
 ) -> dict:
-    kw = dict(precision=precision, optimizer=optimizer, device=device, adapters=adapters)
+    kw = dict(precision=precision, optimizer=optimizer, device=device, adapters=adapters, quantize=quantize)
     if adapters is not None:
         kw["trainable_parameters"] = adapter_parameters(cfg, adapters)
     dtype = getattr(torch, kv_dtype, None)
@@ -71,13 +73,24 @@ def run(args) -> int:
         if args.lora_r < 1:
             raise ValueError(f"--lora-r must be >= 1, got {args.lora_r}")
         adapters = dict.fromkeys((t.strip() for t in args.lora.split(",") if t.strip()), args.lora_r)
+    if args.quantize and not adapters:
+        raise ValueError("--quantize counts a QLoRA run: give the adapted projections with --lora as well")
     report = memory_report(
-        cfg, args.batch_size, seq_len, args.precision, args.optimizer, args.device, args.kv_dtype, adapters
+        cfg,
+        args.batch_size,
+        seq_len,
+        args.precision,
+        args.optimizer,
+        args.device,
+        args.kv_dtype,
+        adapters,
+        args.quantize,
     )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     lora = f", LoRA r={args.lora_r} on {','.join(adapters)}" if adapters else ""
+    lora += f" over a {args.quantize} base" if args.quantize else ""
     print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}{lora}")
     print(f"  {'training memory':<28} {'plain':>12} {'checkpointed':>14}")
     plain, ckpt = report["training"], report["training_checkpointed"]

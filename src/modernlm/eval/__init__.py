@@ -1,1 +1,5 @@
-"""Evaluation: task metrics (eval/metrics.py)."""
+"""Evaluation: perplexity on held-out text (perplexity.py) and task metrics (metrics.py)."""
+
+from .perplexity import heldout_text, perplexity
+
+__all__ = ["heldout_text", "perplexity"]

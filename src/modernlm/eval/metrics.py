@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def _check(predictions: Sequence, references: Sequence) -> None:
@@ -86,25 +84,17 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 @torch.no_grad()
 def perplexity(model, ids: Sequence[int], window: int | None = None) -> float:
-    """exp(mean next-token cross-entropy) of a decoder over `ids`, in non-overlapping windows of the model's context."""
+    """exp(mean next-token cross-entropy) of a decoder over `ids`, in non-overlapping windows of the model's context
+    (eval/perplexity.py computes it; this is its one-number form for the metrics table)."""
+    from .perplexity import perplexity as sliding
+
     if getattr(model.config, "family", "decoder") != "decoder":
         raise ValueError(
             f"perplexity needs a decoder; this model is a {model.config.family} (use masked-token accuracy for an "
             "encoder)"
         )
-    if len(ids) < 2:
-        raise ValueError("perplexity needs a text of at least 2 tokens")
     window = window or model.config.max_seq_len
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        chunk = torch.tensor(ids[start : start + window + 1], device=device)[None]  # (1, <= window + 1)
-        if chunk.shape[1] < 2:
-            break
-        logits = model(chunk[:, :-1])  # (1, T, V)
-        total += float(F.cross_entropy(logits[0], chunk[0, 1:], reduction="sum"))
-        count += chunk.shape[1] - 1
-    return math.exp(total / count)
+    return sliding(model, list(ids), window=window, stride=window).perplexity
 
 
 METRICS = {"accuracy": accuracy, "f1": f1, "exact_match": exact_match, "chrf": chrf, "bleu": bleu, "rouge": rouge}

@@ -58,6 +58,7 @@ class FinetuneConfig(JsonConfig):
     train_file: str | None = None
     val_file: str | None = None
     lora: bool = True
+    quantize: str | None = None  # QLoRA: the frozen base in "int8" or "int4" (see modernlm.quant)
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -85,6 +86,14 @@ class FinetuneConfig(JsonConfig):
         self.train.validate()
         if self.lora:
             self.lora_config().validate()
+        if self.quantize is not None:
+            from ..quant.load import parse
+
+            if parse(self.quantize)[0] == "gguf" or not self.lora:
+                raise ValueError(
+                    f"quantize={self.quantize!r}: QLoRA trains LoRA adapters over an int8 or int4 base; use "
+                    "--quantize int8 or int4 with LoRA (full fine-tuning cannot train integer weights)"
+                )
         if self.val_file is not None and self.train_file is None:
             raise ValueError("val_file given without train_file; give both, or neither for the example dataset")
         for name in ("compare_prompts", "answer_tokens"):

@@ -103,7 +103,19 @@ class LoraLinear(nn.Linear):
 
 
 def _linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name}
+    from ..quant import QuantLinear  # a quantized base (QLoRA, qlora.py)
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear)) and name}
+
+
+def _adapter_class(module: nn.Module) -> type[LoraLinear]:
+    from ..quant import QuantLinear
+
+    if isinstance(module, QuantLinear):
+        from .qlora import QuantLoraLinear
+
+        return QuantLoraLinear
+    return LoraLinear
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
@@ -122,7 +134,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     for name, module in linears.items():
         if name.rsplit(".", 1)[-1] in config.targets:
             parent_name, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), leaf, LoraLinear(module, config.r, config.alpha, config.dropout))
+            adapter = _adapter_class(module)(module, config.r, config.alpha, config.dropout)
+            setattr(model.get_submodule(parent_name), leaf, adapter)
     for name, p in model.named_parameters():
         is_norm = "norm" in name.rsplit(".", 2)[-2] if "." in name else False
         if (config.train_norms and is_norm) or (config.train_embeddings and name.startswith("embed")):
@@ -148,9 +161,12 @@ def unmerge(model: nn.Module) -> None:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold the adapters into the weights and put plain nn.Linear modules back: a normal model to save."""
     for name, m in lora_modules(model).items():
-        m.merge()
-        plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-        plain.weight, plain.bias = m.weight, m.bias
+        if hasattr(m, "unloaded"):  # over a quantized base (qlora.py): float layers of the dequantized base + B A
+            plain = m.unloaded()
+        else:
+            m.merge()
+            plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+            plain.weight, plain.bias = m.weight, m.bias
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, plain)
     for p in model.parameters():

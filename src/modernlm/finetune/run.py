@@ -68,7 +68,7 @@ def finetune(
     cfg.to_json(run_dir / CONFIG_NAME)
     tokenizer = load_tokenizer(cfg.base)
     data, prompts = _data(cfg, tokenizer)  # bad data fails here, before the model loads
-    model = load_model(cfg.base)
+    model = load_model(cfg.base, quantize=cfg.quantize)  # QLoRA: a quantized frozen base (qlora.py)
     if cfg.train.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len {cfg.train.seq_len} exceeds the model's context {model.config.max_seq_len}")
     comparisons = _prepare_model(cfg, model, tokenizer, prompts)
@@ -173,6 +173,10 @@ def _publish(cfg: FinetuneConfig, model, tokenizer, comparisons: list[Comparison
     if cfg.lora:
         result.adapter_dir = save_adapter(model, run_dir / "adapter")
         model = merge_and_unload(model)
+        if cfg.quantize:  # the layers without adapters are still quantized: publish float weights
+            from ..quant import dequantize_model
+
+            model = dequantize_model(model)
     after = _answers(model, tokenizer, [c.messages for c in comparisons], cfg.answer_tokens)
     for c, a in zip(comparisons, after, strict=True):
         c.after = a

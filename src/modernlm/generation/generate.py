@@ -23,6 +23,7 @@ import torch
 
 from ..layers.kv_cache import KVCache
 from .beam import beam_search
+from .compiled import decode_step
 from .sampling import SamplingParams, next_token
 
 TokenIds = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
@@ -260,6 +261,7 @@ def _token_steps(
     """Prefill once (logits of the last position only), then yield the chosen token of each row, one step at a time.
     The consumer stops the loop by closing the iterator; no forward pass runs after the last token."""
     T = ids.shape[1]
+    step = decode_step(model)  # the model, or its compiled one-token step (compiled.py)
     pos = torch.arange(start, start + T + steps, device=ids.device)  # (T + steps,)
     logits = model(ids, input_pos=pos[:T], cache=cache, attention_mask=mask, last_only=True)[:, -1]  # (B, V)
     for i in range(steps):
@@ -269,7 +271,7 @@ def _token_steps(
         yield tok.tolist()  # the one host sync of the step
         if i + 1 < steps:
             p = T + i
-            logits = model(tok[:, None], input_pos=pos[p : p + 1], cache=cache, attention_mask=mask, last_only=True)
+            logits = step(tok[:, None], input_pos=pos[p : p + 1], cache=cache, attention_mask=mask, last_only=True)
             logits = logits[:, -1]
 
 

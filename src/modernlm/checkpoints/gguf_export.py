@@ -1,0 +1,215 @@
+"""GGUF files out: a model and its tokenizer -> one file llama.cpp and transformers load, with the `gguf` package's
+writer.
+
+What is written, as llama.cpp's own converter writes it:
+- metadata: `general.*` (name, file type), the `llama.*` (or `qwen2.*`, with q/k/v biases) hyper-parameters, RoPE
+  scaling (linear, yarn), and the tokenizer: `tokenizer.ggml.*` (a byte-level BPE's tokens, token types, merges,
+  pre-tokenizer name, special ids, add_bos) and `tokenizer.chat_template`;
+- tensors under GGUF names (the inverse of checkpoints/gguf.py's NAME_TABLE), Q and K rows permuted back into
+  llama.cpp's RoPE order for `llama`; vectors in F32; matrices in the chosen type: f16, q8_0, or q4_0 (with the
+  embedding in q8_0, as llama.cpp keeps it at 6-8 bits). A matrix whose width is not a whole number of 32-value
+  blocks is written in f16. Quantizing follows ggml's reference rounding (quant/gguf_blocks.py).
+A quantized model is written from its dequantized weights. A model GGUF cannot describe (no RoPE, no RMSNorm, a
+non-gated FFN, post-norm, non-causal, biases beyond q/k/v, an encoder) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .gguf import NAME_TABLE, GGUFError
+
+TYPES = ("f16", "q8_0", "q4_0")
+log = logging.getLogger("modernlm")
+
+
+def _check_mappable(cfg) -> str:
+    """The GGUF architecture for this config, or GGUFError naming what has no GGUF mapping."""
+    wrong = {
+        "positions": (cfg.positions, "rope"),
+        "norm": (cfg.norm, "rmsnorm"),
+        "ffn": (cfg.ffn, "swiglu"),
+        "norm_placement": (cfg.norm_placement, "pre"),
+        "causal": (cfg.causal, True),
+        "shared_qk": (cfg.shared_qk, False),
+        "out_bias": (cfg.out_bias, False),
+        "mlp_bias": (cfg.mlp_bias, False),
+        "scale_embeddings": (cfg.scale_embeddings, False),
+    }
+    bad = {k: v for k, (v, want) in wrong.items() if v != want}
+    if bad:
+        raise GGUFError(
+            f"this model has no GGUF mapping: {', '.join(f'{k}={v!r}' for k, v in bad.items())}; GGUF export writes "
+            "Llama-style decoders (causal, RoPE, RMSNorm, SwiGLU, pre-norm, biases on q/k/v at most). Save it with "
+            "save_model (a Hugging Face directory) instead"
+        )
+    return "qwen2" if cfg.qkv_bias else "llama"
+
+
+def _ours_to_gguf(n_layers: int) -> dict[str, str]:
+    table = {}
+    for gguf_name, ours in NAME_TABLE:
+        if "{i}" in ours:
+            for i in range(n_layers):
+                table[ours.replace("{i}", str(i))] = gguf_name.replace("{i}", str(i))
+        else:
+            table[ours] = gguf_name
+    return table
+
+
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Our (Hugging Face) Q/K rows -> llama.cpp's pairs-adjacent RoPE order; the inverse of gguf.unpermute_qk."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _float_state(model) -> dict[str, torch.Tensor]:
+    from ..quant import QuantEmbedding, QuantLinear
+
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            state[f"{name}.weight"] = module.qweight.dequantize()
+            if module.bias is not None:
+                state[f"{name}.bias"] = module.bias.detach()
+        elif isinstance(module, QuantEmbedding):
+            state[f"{name}.weight"] = module.qweight.dequantize()
+    for name, t in model.state_dict().items():
+        if not any(part in name for part in ("qweight.", "inv_freq", "alibi_slopes")):
+            state.setdefault(name, t)
+    return {k: v.detach().float().cpu() for k, v in state.items()}
+
+
+def _tensor(name: str, w: torch.Tensor, kind: str):
+    """(array, GGML type) for one tensor in the chosen type."""
+    from gguf import GGMLQuantizationType as Q
+
+    from ..quant.gguf_blocks import quantize_q4_0, quantize_q8_0
+
+    a = w.numpy().astype(np.float32)
+    if a.ndim == 1:
+        return a, Q.F32
+    if name == "token_embd.weight" and kind == "q4_0":
+        kind = "q8_0"
+    if kind != "f16" and a.shape[-1] % 32:
+        log.info("%s: %d inputs is not a whole number of 32-value blocks; written in f16", name, a.shape[-1])
+        kind = "f16"
+    if kind == "q8_0":
+        return quantize_q8_0(a), Q.Q8_0
+    if kind == "q4_0":
+        return quantize_q4_0(a), Q.Q4_0
+    return a.astype(np.float16), Q.F16
+
+
+def _tokenizer_metadata(writer, tokenizer, pre: str) -> None:
+    backend = json.loads(tokenizer.backend.to_str())
+    model = backend.get("model", {})
+    if model.get("type") != "BPE":
+        raise GGUFError(
+            f"the tokenizer is a {model.get('type')!r} model; GGUF export writes byte-level BPE tokenizers only"
+        )
+    vocab = model["vocab"]
+    tokens = [""] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        tokens[i] = token
+    special = {t["content"] for t in backend.get("added_tokens", []) if t.get("special")}
+    for t in backend.get("added_tokens", []):
+        if t["id"] >= len(tokens):
+            tokens += [""] * (t["id"] + 1 - len(tokens))
+        tokens[t["id"]] = t["content"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    for name, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id)):
+        if getattr(tokenizer, name) is not None:
+            add(getattr(tokenizer, name))
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def export_gguf(
+    model, tokenizer, out: str | os.PathLike, kind: str = "f16", name: str = "modernlm", tokenizer_pre: str = "default"
+) -> Path:
+    """Write `model` (and `tokenizer`, if given) as a GGUF file of type `kind` (f16, q8_0, q4_0) at `out`.
+    `tokenizer_pre`: llama.cpp's name of the pre-tokenizer (a GGUF source's own `tokenizer.ggml.pre`)."""
+    import gguf
+
+    from ..files import atomic_path
+
+    if kind not in TYPES:
+        raise GGUFError(f"unknown GGUF export type {kind!r}; choose one of {', '.join(TYPES)}")
+    from ..model import Transformer
+
+    if not isinstance(model, Transformer):
+        raise GGUFError(
+            f"a {type(model).__name__} has no GGUF mapping; GGUF export writes decoder-only Transformer models (an "
+            "encoder, an encoder-decoder or a ViT: save it with save_model instead)"
+        )
+    cfg = model.config
+    arch = _check_mappable(cfg)
+    names = _ours_to_gguf(cfg.n_layers)
+    state = _float_state(model)
+    unknown = [k for k in state if k not in names]
+    if unknown:
+        raise GGUFError(f"tensors {unknown[:4]} have no GGUF name; this model has no GGUF mapping")
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer.add_name(name)
+        writer.add_file_type({"f16": 1, "q8_0": 7, "q4_0": 2}[kind])  # llama.cpp's LLAMA_FTYPE values
+        writer.add_context_length(cfg.max_seq_len)
+        writer.add_embedding_length(cfg.d_model)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_feed_forward_length(cfg.ffn_hidden)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.n_kv_heads)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+        writer.add_rope_freq_base(float(cfg.rope_theta))
+        writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
+        writer.add_vocab_size(cfg.vocab_size)
+        _rope_scaling(writer, cfg.rope_scaling)
+        if tokenizer is not None:
+            _tokenizer_metadata(writer, tokenizer, tokenizer_pre)
+        for ours, w in state.items():
+            g = names[ours]
+            if arch == "llama" and ".attn_q." in g:
+                w = permute_qk(w, cfg.n_heads)
+            elif arch == "llama" and ".attn_k." in g:
+                w = permute_qk(w, cfg.n_kv_heads)
+            array, qtype = _tensor(g, w, kind)
+            writer.add_tensor(g, array, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(out)
+
+
+def _rope_scaling(writer, scaling: dict | None) -> None:
+    import gguf
+
+    if not scaling:
+        return
+    kind = scaling.get("rope_type")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    else:
+        raise GGUFError(f"RoPE scaling {kind!r} has no GGUF metadata here; export supports linear and yarn")

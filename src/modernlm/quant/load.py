@@ -1,0 +1,122 @@
+"""`load_model(source, quantize=...)`: a float load then `quantize` ("int8", "int4", "int4-g64"...), or "gguf": a
+GGUF file's own quantized blocks kept as they are (gguf_blocks.py), the rest read as float.
+
+"gguf" reads the GGUF file itself, not the float conversion cache (checkpoints/gguf_cache.py), since that cache holds
+dequantized weights. Tensors of a type without a kernel here (Q5_*, Q6_K, the IQ types...) are dequantized to float
+and the loader says so once; F32/F16/BF16 tensors (norms, small models) are float already.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .modules import QuantEmbedding, QuantLinear, _swap, quantize
+from .weights import DEFAULT_GROUP, KINDS, QuantError, kind_class
+
+log = logging.getLogger("modernlm")
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+def parse(spec: str) -> tuple[str, int | None | str]:
+    """'int4' -> ('int4', 'default'); 'int4-g64' -> ('int4', 64); 'gguf' -> ('gguf', None). Raises QuantError."""
+    if spec == "gguf":
+        return "gguf", None
+    kind, _, group = str(spec).partition("-g")
+    kind_class(kind)
+    if not group:
+        return kind, "default"
+    if not group.isdigit():
+        raise QuantError(f"cannot read the group size of {spec!r}; write it as {kind}-g32 (or 64, 128)")
+    return kind, int(group)
+
+
+def load_quantized(source, spec: str, dtype: torch.dtype, device=None) -> nn.Module:
+    from ..checkpoints.sources import resolve
+    from ..loading import load_model
+
+    kind, group = parse(spec)  # a bad name fails before anything is read
+    if kind != "gguf":
+        model = quantize(load_model(source, dtype=dtype), kind, group_size=group)
+    else:
+        path = resolve(source)
+        if not (path.is_file() and path.suffix == ".gguf"):
+            raise QuantError(
+                f"quantize='gguf' keeps a GGUF file's own blocks, and {path} is not a .gguf file; "
+                f"use {' or '.join(repr(k) for k in KINDS)} to quantize it"
+            )
+        model = load_gguf_kept(path, dtype)
+    return model.to(device) if device is not None else model
+
+
+def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A model whose Q8_0/Q4_0/Q4_1/Q4_K matrices stay in their blocks (int8 g32 / int4 g32); the rest in `dtype`."""
+    from ..checkpoints.gguf import ARCHITECTURES, _dequantize, _read, config_from_gguf, gguf_to_ours, unpermute_qk
+    from ..model import Transformer
+    from .gguf_blocks import KEPT, unpack
+
+    path = Path(path)
+    reader, meta = _read(path)
+    arch = meta.get("general.architecture")
+    tensors = {t.name: t for t in reader.tensors}
+    shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in tensors.items()}
+    rope_freqs = _dequantize(tensors["rope_freqs.weight"], path) if "rope_freqs.weight" in tensors else None
+    config = config_from_gguf(meta, shapes, rope_freqs, path)
+    permuted = ARCHITECTURES[arch].permuted_qk
+    floats, kept, counts = {}, {}, {"kept": {}, "dequantized": {}}
+    for name, tensor in tensors.items():
+        ours = gguf_to_ours(name)
+        if ours is None:
+            continue
+        heads = config.n_heads if ".attn_q." in name else config.n_kv_heads if ".attn_k." in name else None
+        kind = tensor.tensor_type.name
+        if kind in KEPT and len(shapes[name]) == 2:
+            w = unpack(kind, tensor.data.reshape(shapes[name][0], -1), shapes[name][1])
+            if permuted and heads:  # llama.cpp's Q/K row order: rows move whole, with their scales
+                for buf in w._buffers:
+                    w._buffers[buf] = unpermute_qk(w._buffers[buf], heads).contiguous()
+            kept[ours] = w
+            counts["kept"][kind] = counts["kept"].get(kind, 0) + 1
+            continue
+        weight = _dequantize(tensor, path)
+        if permuted and heads:
+            weight = unpermute_qk(weight, heads)
+        floats[ours] = weight.to(dtype)
+        if kind not in FLOAT_TYPES:
+            counts["dequantized"][kind] = counts["dequantized"].get(kind, 0) + 1
+    if counts["dequantized"]:
+        log.info(
+            "%s: kept quantized %s; dequantized to %s (no kernel here for these types): %s",
+            path.name,
+            counts["kept"],
+            str(dtype).removeprefix("torch."),
+            counts["dequantized"],
+        )
+    return _assemble(Transformer, config, floats, kept, dtype, counts)
+
+
+def _assemble(cls, config, floats: dict, kept: dict, dtype: torch.dtype, counts: dict) -> nn.Module:
+    """Build on the meta device, put the quantized modules in, then the float tensors (assign=True, no copies)."""
+    with torch.device("meta"):
+        model = cls(config)
+    for name, w in kept.items():
+        module = name.removesuffix(".weight")
+        if module == "embed":
+            model.embed = QuantEmbedding(w, dtype)
+        else:
+            bias = floats.pop(f"{module}.bias", None)
+            _swap(model, module, QuantLinear(w, None if bias is None else nn.Parameter(bias, requires_grad=False)))
+    model.load_state_dict(floats, strict=False, assign=True)
+    model.reset_rope()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise QuantError(f"the GGUF file has no tensors for {left[:6]}; the file is incomplete, re-convert it")
+    model.quantization = {"kind": "gguf", "group_size": 32, **counts}
+    return model.eval()
+
+
+__all__ = ["DEFAULT_GROUP", "load_gguf_kept", "load_quantized", "parse"]

@@ -1,0 +1,81 @@
+"""How many threads a CPU decode uses, and how its idle threads wait: so that decoding degrades gracefully beside
+another CPU-bound job instead of collapsing.
+
+Two mechanisms, both defaults a user's own settings override:
+- The wait policy. torch's CPU kernels run on OpenMP (GNU libgomp in the pip wheels). Between parallel regions its
+  idle threads spin for GOMP_SPINCOUNT iterations (300,000 by default, about a millisecond) before they sleep. A
+  decode step runs hundreds of short regions, so the threads spin nearly all the time; beside another busy process
+  a spinning thread steals the core the work needed, and every region waits for the slowest thread (measured 24x
+  slower than one thread in issue 12). `prepare_env()` sets a short spin (SPIN_COUNT, tens of microseconds: enough
+  to bridge the gap between two regions of one step, not to hold a core through a stall). libgomp reads it once,
+  when it loads, so this runs before torch is imported (modernlm/__init__.py calls it first thing); with
+  OMP_WAIT_POLICY or GOMP_SPINCOUNT already set, nothing is changed.
+- The thread count. `choose_threads()` takes the cores this process may use (its affinity mask, at most torch's
+  default of one per physical core) less the cores other processes keep busy (the 1-minute load average, rounded),
+  at least one; `MODERNLM_THREADS=N` (or `all`) overrides it. The CLI's decoding verbs call it once at start and
+  say when they chose fewer than torch would.
+
+This module sits on the lowest floor: it imports no torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+
+SPIN_COUNT = "20000"
+_torch_default: int | None = None
+
+
+def prepare_env(environ: dict | None = None) -> None:
+    """Set a short OpenMP spin before the runtime loads, unless the user chose a wait policy."""
+    env = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def busy_cores() -> float:
+    """Cores other processes keep busy: the 1-minute load average (0 where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(requested: str | int | None = None, cores: int | None = None, busy: float | None = None) -> int:
+    """Threads for decoding: `requested` (an int, "all", or None for MODERNLM_THREADS, else automatic) -> a count."""
+    cores = available_cores() if cores is None else cores
+    requested = os.environ.get("MODERNLM_THREADS") if requested is None else requested
+    if requested not in (None, "", "auto"):
+        if str(requested) == "all":
+            return cores
+        if not str(requested).isdigit() or int(requested) < 1:
+            raise ValueError(f"MODERNLM_THREADS must be a positive integer, 'all' or 'auto', got {requested!r}")
+        return int(requested)
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(cores, cores - round(busy)))
+
+
+def torch_threads() -> int:
+    """torch's own thread count before apply_threads changed it (one per physical core)."""
+    import torch
+
+    global _torch_default
+    if _torch_default is None:
+        _torch_default = torch.get_num_threads()
+    return _torch_default
+
+
+def apply_threads(requested: str | int | None = None) -> int:
+    """Choose the thread count (at most torch's own) and hand it to torch; returns it."""
+    import torch
+
+    n = choose_threads(requested, cores=min(available_cores(), torch_threads()))
+    torch.set_num_threads(n)
+    return n

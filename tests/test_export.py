@@ -1,0 +1,111 @@
+"""GGUF export against transformers' GGUF loader: the exported file's logits equal ours within the type's rounding,
+the tokenizer and chat template survive, and models GGUF cannot describe are refused before writing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import modernlm
+from modernlm.checkpoints.gguf import GGUFError
+from modernlm.checkpoints.gguf_export import export_gguf
+
+# max |logit error| of the exported file against our float model, as a fraction of the logits' max |value|
+# (random Gaussian weights through two blocks: the worst case for rounding)
+TOLERANCE = {"f16": 2e-3, "q8_0": 5e-2, "q4_0": 0.3}
+
+
+def hf_llama(path, vocab_size: int):
+    """A random transformers Llama, saved, loaded as ours."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.05,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return modernlm.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    return hf_llama(tmp_path_factory.mktemp("hf"), 320)
+
+
+@pytest.mark.parametrize("kind", list(TOLERANCE))
+def test_transformers_loads_the_export(ours, tmp_path, kind):
+    out = export_gguf(ours, None, tmp_path / f"m.{kind}.gguf", kind=kind)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = ours(ids), hf(ids).logits
+        again = modernlm.load_model(out)(ids)  # our own loader reads what we wrote
+    assert (got - want).abs().max() <= TOLERANCE[kind] * want.abs().max()
+    torch.testing.assert_close(again, got, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow  # ~30 s: three parses of a 49k-token vocabulary
+def test_tokenizer_and_chat_template_survive(smollm2_gguf, hf_smollm2_tokenizer, tmp_path):
+    ours = hf_llama(tmp_path / "hf", 49152)  # SmolLM2's vocabulary size, so its tokenizer fits
+    source = modernlm.load_tokenizer(smollm2_gguf)
+    out = export_gguf(ours, source, tmp_path / "t.gguf", kind="q8_0", tokenizer_pre="smollm")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    mine = modernlm.load_tokenizer(out)
+    text = "Héllo wörld! The café's 3 ferries left at 10:45, didn't they?  <|im_start|>user"
+    assert theirs.encode(text, add_special_tokens=False) == hf_smollm2_tokenizer.encode(text, add_special_tokens=False)
+    assert mine.encode(text) == source.encode(text)
+    assert mine.chat_template == source.chat_template and mine.eos_token_id == source.eos_token_id
+    messages = [{"role": "user", "content": "Hi"}]
+    assert mine.apply_chat_template(messages) == source.apply_chat_template(messages)
+
+
+def test_unmappable_models_are_refused(tmp_path):
+    model = modernlm.Transformer(modernlm.preset("gpt-2017", vocab_size=64, d_model=32, n_layers=1, n_heads=2))
+    with pytest.raises(GGUFError, match="no GGUF mapping: positions='sinusoidal'.*norm='layernorm'"):
+        export_gguf(model, None, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(GGUFError, match="a Linear has no GGUF mapping"):
+        export_gguf(torch.nn.Linear(2, 2), None, tmp_path / "z.gguf")
+    with pytest.raises(GGUFError, match="unknown GGUF export type 'q5_k'"):
+        export_gguf(modernlm.Transformer(modernlm.preset("llama-tiny")), None, tmp_path / "y.gguf", kind="q5_k")
+
+
+def test_cli_export_of_a_quantized_model(tmp_path, capsys):
+    from modernlm.cli.__main__ import main
+
+    torch.manual_seed(0)
+    modernlm.save_model(modernlm.Transformer(modernlm.preset("llama-tiny", ffn_hidden=192)), tmp_path / "m")
+    assert main(["export", "--type", "q4_0", str(tmp_path / "m"), str(tmp_path / "m.gguf")]) == 0
+    assert "q4_0" in capsys.readouterr().out
+    model = modernlm.load_model(tmp_path / "m.gguf", quantize="gguf")
+    assert model.quantization["kept"] == {"Q8_0": 1, "Q4_0": 15}  # the embedding in q8_0; 14 linears, the head
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_export_and_agrees_until_a_near_tie(smollm2_gguf, tmp_path):
+    """llama.cpp (llama-cpp-python, which builds it: `pip install llama-cpp-python`, minutes) loads SmolLM2 exported
+    as q8_0, tokenizes the chat prompt as we do, and greedy-decodes our tokens until the first place where our own
+    top two logits are within 1 of each other (llama.cpp rounds activations to 8 bits for its dot products)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python (it builds llama.cpp)")
+    from modernlm.generation import generate
+
+    tokenizer = modernlm.load_tokenizer(smollm2_gguf)
+    out = export_gguf(
+        modernlm.load_model(smollm2_gguf), tokenizer, tmp_path / "s.gguf", kind="q8_0", tokenizer_pre="smollm"
+    )
+    ours = modernlm.load_model(out)  # the q8_0 weights as written, dequantized
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is gravity?"}])
+    prompt = tokenizer.encode(text)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == 32:
+            break
+    mine = generate(ours, prompt, 32)[0]
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), None)
+    if first is not None:
+        with torch.no_grad():
+            logits = ours(torch.tensor([prompt + mine[:first]]))[0, -1]
+        assert float(logits[mine[first]] - logits[theirs[first]]) < 1.0, (first, mine, theirs)
