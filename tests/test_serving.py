@@ -1,0 +1,207 @@
+"""The serving engine against the reference: `modernlm.generate` on the same prompt, alone.
+
+Continuous batching (requests joining and leaving a running batch at token boundaries), the prefix cache (hits equal
+misses, for RoPE and ALiBi), cancellation, the time limit and the bounded queue. Tiny random models; no server here
+(tests/test_api.py has the HTTP side)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import modernlm
+from modernlm.config import preset
+from modernlm.serving import Engine, QueueFull, Request
+from modernlm.training.bpe import train_bpe
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe([TEXT], 300)
+
+
+def tiny_model(tokenizer, positions: str = "rope", max_seq_len: int = 96):
+    torch.manual_seed(0)
+    cfg = preset(
+        "llama-tiny",
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        n_heads=2,
+        n_kv_heads=1,
+        max_seq_len=max_seq_len,
+        positions=positions,
+    )
+    return modernlm.Transformer(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["rope", "alibi"])
+def model(request, tokenizer):
+    return tiny_model(tokenizer, request.param)
+
+
+def prompts(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 280) for _ in range(rng.randrange(1, 40))] for _ in range(n)]
+
+
+def reference(model, prompt, max_tokens, **options):
+    return modernlm.generate(model, prompt, max_tokens, **options)[0]
+
+
+def run_together(engine: Engine, requests: list[Request]):
+    handles = [engine.submit(r) for r in requests]
+    return [h.result(timeout=120) for h in handles]
+
+
+def test_greedy_alone_equals_generate(model, tokenizer):
+    engine = Engine(model, tokenizer, max_batch=4, prefix_blocks=0).start()
+    try:
+        for prompt in prompts(3):
+            ids, text, done = engine.generate(prompt, 12)
+            assert ids == reference(model, prompt, 12)
+            assert text == tokenizer.decode(ids)
+            assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", len(prompt), 12)
+    finally:
+        engine.stop()
+
+
+def test_nine_requests_batched_equal_each_alone(model, tokenizer):
+    """9 requests of different lengths and settings, submitted at once into 4 rows: each joins when a row frees up
+    and gets exactly the tokens it gets alone (greedy; seeded sampling draws from its own generator)."""
+    engine = Engine(model, tokenizer, max_batch=4, prefix_blocks=0).start()
+    try:
+        ps = prompts(9, seed=1)
+        settings = [
+            dict(temperature=0.0),
+            dict(temperature=0.8, top_k=20, seed=3),
+            dict(temperature=1.0, top_p=0.9, seed=4),
+            dict(temperature=0.7, min_p=0.1, seed=5),
+            dict(temperature=0.0, repetition_penalty=1.3),
+        ]
+        lengths = [3, 17, 8, 25, 1, 12, 30, 5, 9]
+        requests = [
+            Request(p, n, **settings[i % len(settings)]) for i, (p, n) in enumerate(zip(ps, lengths, strict=True))
+        ]
+        results = run_together(engine, requests)
+        for r, (ids, _, done) in zip(requests, results, strict=True):
+            options = {k: getattr(r, k) for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")}
+            assert ids == reference(model, r.prompt, r.max_tokens, seed=r.seed, **options)
+            assert done.completion_tokens == len(ids) == r.max_tokens
+        assert engine.active == 0
+    finally:
+        engine.stop()
+
+
+def test_eos_and_stop_strings(tokenizer):
+    model = tiny_model(tokenizer)
+    engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
+    try:
+        prompt = tokenizer.encode("the quick brown")
+        free = reference(model, prompt, 20)
+        eos = free[5]  # pretend the sixth token is the end of the sequence
+        ids, _, done = engine.generate(prompt, 20, eos=frozenset([eos]))
+        assert ids == reference(model, prompt, 20, eos_token_id=eos) and done.finish_reason == "stop"
+        full = tokenizer.decode(free)
+        stop = full[len(full) // 2 : len(full) // 2 + 3]
+        if stop.strip():
+            _, text, done = engine.generate(prompt, 20, stop=[stop])
+            assert text == full[: full.find(stop)] and done.finish_reason == "stop"
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi"])
+def test_prefix_cache_hits_equal_misses(tokenizer, positions):
+    """Requests sharing a 40-token system prompt: the second onwards reuse its blocks and still give the tokens of
+    an engine with no prefix cache, for RoPE and ALiBi alike."""
+    model = tiny_model(tokenizer, positions)
+    system = prompts(1, seed=7)[0] * 3
+    system = (system + list(range(5, 45)))[:40]
+    asks = [system + p[:8] for p in prompts(6, seed=8)]
+    plain = Engine(model, tokenizer, max_batch=3, prefix_blocks=0).start()
+    cached = Engine(model, tokenizer, max_batch=3, prefix_blocks=64, block=8).start()
+    try:
+        want = [plain.generate(p, 10)[0] for p in asks]
+        got = [cached.generate(p, 10) for p in asks]
+        assert [ids for ids, _, _ in got] == want
+        assert got[0][2].cached_tokens == 0
+        assert all(done.cached_tokens == 40 for _, _, done in got[1:])
+        again = cached.generate(asks[0] + want[0], 5)  # the next turn reuses the previous turn's own tokens
+        assert again[2].cached_tokens >= 40 + 8
+        assert again[0] == reference(model, asks[0] + want[0], 5)
+        assert cached.metrics.reused_tokens > 0
+    finally:
+        plain.stop()
+        cached.stop()
+
+
+def test_prefix_cache_is_bounded(tokenizer):
+    model = tiny_model(tokenizer)
+    engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=4, block=4).start()
+    try:
+        for p in prompts(6, seed=9):
+            engine.generate(p * 2, 3)
+        assert len(engine.prefix) <= 4
+    finally:
+        engine.stop()
+
+
+def test_cancel_time_limit_and_queue(tokenizer):
+    model = tiny_model(tokenizer, max_seq_len=512)
+    engine = Engine(model, tokenizer, max_batch=1, max_queue=2, prefix_blocks=0)  # not started: requests wait
+    long = Request([1, 2, 3], 400)
+    first = engine.submit(long)
+    second = engine.submit(Request([4, 5], 400))
+    with pytest.raises(QueueFull):
+        engine.submit(Request([6], 3))
+    second.cancel()
+    engine.start()
+    try:
+        first.cancel()
+        _, _, done = first.result(timeout=60)
+        assert done.finish_reason == "cancelled" and done.completion_tokens < 400
+        assert second.result(timeout=60)[2].finish_reason == "cancelled"
+        _, _, done = engine.generate([1, 2, 3], 400, time_limit=0.0)
+        assert done.finish_reason == "time_limit" and done.completion_tokens < 400
+        ids, _, done = engine.generate([7, 8], 4)  # still serving
+        assert len(ids) == 4 and engine.active == 0
+    finally:
+        engine.stop()
+
+
+def test_context_limit_ends_with_length(tokenizer):
+    model = tiny_model(tokenizer, max_seq_len=48)
+    engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
+    try:
+        prompt = prompts(1, seed=3)[0][:40]
+        ids, _, done = engine.generate(prompt, 100)
+        assert ids == reference(model, prompt, 100) and done.finish_reason == "length"
+        assert len(ids) == engine.room(len(prompt))
+        with pytest.raises(ValueError, match="context"):
+            engine.submit(Request(list(range(1, 50)), 1))
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi", "learned", "sinusoidal", "none"])
+def test_per_row_positions_equal_each_row_alone(tokenizer, positions):
+    """The model's forward with `input_pos` (B, T): rows at different lengths, one decode step for all of them,
+    give each row's logits of a full recompute."""
+    from modernlm.layers.kv_cache import KVCache
+
+    model = tiny_model(tokenizer, positions)
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10]]
+    cache = KVCache.for_model(model, len(rows), 64)
+    with torch.no_grad():
+        for b, p in enumerate(rows):
+            model(torch.tensor([p]), input_pos=torch.arange(len(p)), cache=cache.narrow(b, 1, 32))
+        step = torch.tensor([[20], [21], [22]])  # (B, 1)
+        pos = torch.tensor([[len(p)] for p in rows])  # (B, 1)
+        logits = model(step, input_pos=pos, cache=cache.narrow(0, 3, 32), last_only=True)[:, -1]
+        for b, p in enumerate(rows):
+            full = model(torch.tensor([[*p, 20 + b]]))[0, -1]
+            torch.testing.assert_close(logits[b], full, atol=1e-5, rtol=1e-5)
