@@ -9,6 +9,7 @@ import sys
 
 # module names under modernlm.cli
 VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", "memory", "lab"]
+VERBS += ["serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

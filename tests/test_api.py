@@ -1,0 +1,271 @@
+"""The HTTP server, live on 127.0.0.1, against the official `openai` client and raw HTTP (httpx).
+
+The reference is `modernlm.generate` on the same prompt: greedy text through the API equals its decoded ids. Then the
+bad input and faults of issue 14: each gets its status and the API's error shape, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import modernlm
+from modernlm.config import preset
+from modernlm.training.bpe import train_bpe
+
+fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'modernlm[serve]'")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    tokenizer = train_bpe([TEXT], 300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    cfg = preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=128)
+    modernlm.save_model(modernlm.Transformer(cfg), out, tokenizer=tokenizer)
+    return out
+
+
+class LiveServer:
+    """uvicorn on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start(model_dir: Path, api_key=None, **engine_options):
+    from modernlm.serving.api import create_app
+    from modernlm.serving.engine import Engine
+
+    model, tokenizer = modernlm.load_model(model_dir), modernlm.load_tokenizer(model_dir)
+    engine = Engine(model, tokenizer, **{"max_batch": 4, **engine_options}).start()
+    app = create_app(engine, "tiny", api_key=api_key, max_body=64 * 1024)
+    return LiveServer(app), engine, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def live(tiny):
+    server, engine, model, tokenizer = start(tiny, api_key=KEY)
+    yield server, engine, model, tokenizer
+    server.stop()
+    engine.stop()
+
+
+@pytest.fixture()
+def client(live):
+    return openai.OpenAI(base_url=live[0].url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def expected(model, tokenizer, ids, max_tokens):
+    out = modernlm.generate(model, ids, max_tokens, eos_token_id=tokenizer.eos_token_id)[0]
+    return tokenizer.decode([t for t in out if t != tokenizer.eos_token_id]), out
+
+
+def chat_ids(tokenizer, messages):
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+def test_chat_and_completion_equal_generate(live, client):
+    _, _, model, tokenizer = live
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the quick brown fox"}]
+    ids = chat_ids(tokenizer, messages)
+    text, out = expected(model, tokenizer, ids, 20)
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
+    assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), len(out))
+    assert r.usage.total_tokens == len(ids) + len(out)
+
+    stream = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage.completion_tokens == len(out) and chunks[-1].choices == []
+
+    prompt = "the lazy dog"
+    ids = tokenizer.encode(prompt)
+    text, out = expected(model, tokenizer, ids, 12)
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
+    assert r.choices[0].text == text and r.usage.completion_tokens == len(out)
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=12, temperature=0, stream=True) if c.choices]  # fmt: skip
+    assert "".join(pieces) == text
+
+
+def test_parameters(live, client):
+    _, _, model, tokenizer = live
+    messages = [{"role": "user", "content": "over the lazy"}]
+    ids = chat_ids(tokenizer, messages)
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0, n=3,
+                                       logprobs=True, top_logprobs=3)  # fmt: skip
+    assert len(r.choices) == 3 and len({c.message.content for c in r.choices}) == 1
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == 3 * 6
+    lp = r.choices[0].logprobs.content
+    assert len(lp) == 6 and len(lp[0].top_logprobs) == 3
+    assert lp[0].logprob == pytest.approx(lp[0].top_logprobs[0].logprob)  # greedy: the chosen one is the top one
+    seeded = dict(model="tiny", messages=messages, max_tokens=8, temperature=1.0, top_p=0.9, seed=11,
+                  presence_penalty=0.5, frequency_penalty=0.5, extra_body={"top_k": 40, "min_p": 0.05})  # fmt: skip
+    a = client.chat.completions.create(**seeded).choices[0].message.content
+    assert a == client.chat.completions.create(**seeded).choices[0].message.content
+    full, _ = expected(model, tokenizer, ids, 20)
+    stop = full[4:7]
+    if stop.strip():
+        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stop=[stop])
+        assert r.choices[0].message.content == full[: full.find(stop)] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model="tiny", prompt="the", max_tokens=4, temperature=0, logprobs=2)
+    assert len(r.choices[0].logprobs.tokens) == 4  # top_logprobs are keyed by text: byte pieces may share one key
+    assert all(1 <= len(top) <= 2 for top in r.choices[0].logprobs.top_logprobs)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def post(live, path, body=None, *, content=None, key=KEY, headers=None):
+    h = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.post(live[0].url + path, json=body, content=content, headers={**h, **(headers or {})}, timeout=60)
+
+
+def assert_error(r, status, param=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert not any(leak in r.text for leak in ("Traceback", ".py", "/tmp", "/work", "/home", "site-packages"))
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "tiny"}, 400, "messages"),
+        ({"model": "tiny", "messages": []}, 400, "messages"),
+        ({"model": "tiny", "messages": "hi"}, 400, "messages"),
+        ({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+        ({"model": "tiny", "messages": USER, "max_tokens": -1}, 400, "max_tokens"),
+        ({"model": "tiny", "messages": USER, "max_tokens": 10**9}, 400, "max_tokens"),
+        ({"model": "tiny", "messages": USER, "max_tokens": "10"}, 400, "max_tokens"),
+        ({"model": "tiny", "messages": USER, "max_tokens": 120}, 400, "max_tokens"),  # over the context
+        ({"model": "tiny", "messages": USER, "temperature": "hot"}, 400, "temperature"),
+        ({"model": "tiny", "messages": USER, "temperature": 5}, 400, "temperature"),
+        ({"model": "tiny", "messages": USER, "top_p": 0}, 400, "top_p"),
+        ({"model": "tiny", "messages": USER, "n": 0}, 400, "n"),
+        ({"model": "tiny", "messages": USER, "stop": [1]}, 400, "stop"),
+        ({"model": "tiny", "messages": USER, "frobnicate": 1}, 400, "frobnicate"),
+        ({"model": "tiny", "messages": USER, "tools": []}, 400, "tools"),
+        ({"model": "tiny", "messages": USER, "stream": "yes"}, 400, "stream"),
+        ({"model": "tiny", "messages": USER, "stream_options": {"include_usage": True}}, 400, "stream_options"),
+        ({"model": "tiny", "messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
+        ({"model": "gpt-9", "messages": USER}, 404, "model"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "fox " * 200}]}, 400, "messages"),
+        ([1, 2], 400, None),
+    ],
+)
+def test_bad_requests_get_the_error_shape(live, body, status, param):
+    assert_error(post(live, CHAT, body), status, param)
+
+
+def test_bad_transport_and_keys(live):
+    assert_error(post(live, CHAT, content=b"{not json", headers={"Content-Type": "application/json"}), 400)
+    assert_error(post(live, CHAT, content=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400)
+    assert_error(post(live, CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "x" * 70000}]}), 413)
+    assert_error(post(live, CHAT, {"model": "tiny", "messages": USER}, key=None), 401)
+    assert_error(post(live, CHAT, {"model": "tiny", "messages": USER}, key="wrong"), 401)
+    assert_error(post(live, "/v1/completions", {"model": "tiny", "prompt": ""}), 400, "prompt")
+    assert_error(post(live, "/v1/completions", {"model": "tiny", "prompt": [10**6]}), 400, "prompt")
+    assert_error(post(live, "/v1/nothing", {}), 404)
+    assert_error(httpx.get(live[0].url + "/v1/chat/completions"), 405)
+    assert httpx.get(live[0].url + "/health").json()["status"] == "ok"
+
+
+def test_hundred_bad_requests_then_a_good_one(live, client):
+    bodies = [b"{", b"[]", json.dumps({"messages": USER, "n": -1}).encode(), b"null"]
+    with httpx.Client(base_url=live[0].url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for i in range(100):
+            r = http.post(CHAT, content=bodies[i % len(bodies)], headers={"Content-Type": "application/json"})
+            assert r.status_code == 400
+    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3
+
+
+def test_disconnect_mid_stream_cancels_the_sequence(live, client):
+    _, engine, _, _ = live
+    body = {"model": "tiny", "messages": USER, "max_tokens": 100, "temperature": 0, "stream": True}
+    with httpx.stream("POST", live[0].url + CHAT, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 3:
+                break  # leave mid-stream: the connection closes
+    deadline = time.monotonic() + 20
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.active == 0
+    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3
+
+
+def test_queue_full_is_429(tiny):
+    server, engine, _, _ = start(tiny, max_batch=1, max_queue=1)
+    try:
+        engine.stop()  # nothing is taken from the queue now
+        body = {"model": "tiny", "prompt": "the", "max_tokens": 5}
+        first = threading.Thread(target=httpx.post, args=(server.url + "/v1/completions",),
+                                 kwargs={"json": body, "timeout": 5})  # fmt: skip
+        first.start()
+        deadline = time.monotonic() + 10
+        while not engine.waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        err = assert_error(httpx.post(server.url + "/v1/completions", json=body, timeout=10), 429)
+        assert err["type"] == "rate_limit_error"
+        engine.waiting[0].cancel()
+        engine.start()
+        first.join(timeout=10)
+    finally:
+        server.stop()
+        engine.stop()
+
+
+def test_metrics(live, client):
+    client.chat.completions.create(model="tiny", messages=USER, max_tokens=2, temperature=0)
+    r = httpx.get(live[0].url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    for name in ("modernlm_prefix_cache_hit_rate", "modernlm_generation_tokens_per_second", "modernlm_queue_length",
+                 'modernlm_time_to_first_token_seconds_bucket{le="+Inf"}', "modernlm_active_sequences 0"):  # fmt: skip
+        assert name in r.text
+    assert_error(httpx.get(live[0].url + "/metrics"), 401)
