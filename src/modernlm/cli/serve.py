@@ -15,6 +15,7 @@ from .generate import add_model_args
 
 log = logging.getLogger("modernlm")
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+DEFAULT_CONTEXT = 2048  # the KV cache is max_batch x context positions, preallocated
 
 
 def add_parser(sub) -> None:
@@ -34,7 +35,8 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default: 8)")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond them; more get 429")
-    g.add_argument("--context", type=int, default=None, help="positions per sequence (default: the model's)")
+    g.add_argument("--context", type=int, default=None,
+                   help=f"positions per sequence (default: the model's, at most {DEFAULT_CONTEXT})")  # fmt: skip
     g.add_argument("--prefix-cache-blocks", type=int, default=1024, help="blocks of 16 tokens kept (0: off)")
     g.add_argument("--time-limit", type=float, default=600.0, help="seconds a request may run (default: 600)")
     g.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens allowed (default: the context)")
@@ -91,12 +93,16 @@ def run(args) -> int:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)  # fmt: skip
     model, tokenizer = _load(args)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=args.context,
+    context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
                     prefix_blocks=args.prefix_cache_blocks, time_limit=args.time_limit)  # fmt: skip
     model_id = args.model_id or Path(str(args.model).rstrip("/")).name  # a name, never a path on this machine
     app = create_app(engine, model_id, api_key=args.api_key, max_body=args.max_body,
                      max_tokens=args.max_tokens)  # fmt: skip
     engine.start()
+    cache_mb = (engine.cache.nbytes() + (engine.prefix.nbytes() if engine.prefix else 0)) / 2**20
+    log.info("engine: %d sequences x %d positions, KV cache and prefix cache %.0f MiB", args.max_batch,
+             engine.context, cache_mb)  # fmt: skip
     log.info("serving %s on http://%s:%d/ (chat page at /, API at /v1)", args.model, args.host, args.port)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -59,6 +59,8 @@ class Metrics:
         now = time.monotonic()
         self.generated_tokens += n
         self._recent.append((now, n))
+        while self._recent[0][0] < now - self.window:  # bounded: only the last window is kept
+            self._recent.popleft()
         if first:
             self.ttft.observe(now - since)
 
