@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import socket
 import statistics
@@ -138,7 +139,7 @@ def concurrency(url: str, model_id: str, clients: int, per_client: int, max_toke
         "tokens": sum(r["tokens"] for r in results),
         "tokens_per_s": sum(r["tokens"] for r in results) / wall,
         "ttft_median_s": statistics.median(ttfts) if ttfts else None,
-        "ttft_p90_s": ttfts[int(0.9 * (len(ttfts) - 1))] if ttfts else None,
+        "ttft_p90_s": ttfts[max(0, math.ceil(0.9 * len(ttfts)) - 1)] if ttfts else None,  # nearest rank
     }
 
 

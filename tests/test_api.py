@@ -385,3 +385,43 @@ def test_serve_cli_checks_its_flags(capsys):
         assert "error:" in err and "Traceback" not in err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+def test_slow_reader_does_not_hold_up_others(live, client):
+    body = {"model": "tiny", "messages": USER, "max_tokens": 30, "temperature": 0, "stream": True}
+    with httpx.stream("POST", live[0].url + CHAT, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        lines = r.iter_lines()
+        next(lines)
+        r2 = client.chat.completions.create(model="tiny", messages=USER, max_tokens=5, temperature=0)
+        assert r2.usage.completion_tokens == 5  # served while the first client has not read its reply
+        time.sleep(0.5)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+
+
+def test_prefix_hits_show_in_usage_and_metrics(live, client):
+    system = {"role": "system", "content": " ".join(TEXT.split()[:60])}
+    for question in ("fox", "dog"):
+        r = client.chat.completions.create(model="tiny", messages=[system, {"role": "user", "content": question}],
+                                           max_tokens=2, temperature=0)  # fmt: skip
+    assert r.usage.prompt_tokens_details.cached_tokens >= 16
+    text = httpx.get(live[0].url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    hits = next(line for line in text.splitlines() if line.startswith("modernlm_prefix_cache_hit_tokens_total "))
+    assert int(hits.split()[1]) >= 16
+
+
+def test_public_host_without_key_is_announced(monkeypatch, caplog):
+    from modernlm.cli import serve
+    from modernlm.cli.__main__ import main
+
+    def stop(args):
+        raise ValueError("stopped before loading")
+
+    monkeypatch.setattr(serve, "_load", stop)
+    with caplog.at_level("WARNING", logger="modernlm"):
+        assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "without --api-key" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="modernlm"):
+        assert main(["serve", "--host", "0.0.0.0", "--api-key", "k"]) == 2
+    assert "without --api-key" not in caplog.text

@@ -309,10 +309,14 @@ class _Run:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+
+        def deliver(i: int, event: Event) -> None:  # on the engine thread
+            if not loop.is_closed():  # a closed loop: the server is shutting down and nobody reads this any more
+                loop.call_soon_threadsafe(self.queue.put_nowait, (i, event))
+
         try:
             for i, r in enumerate(self.requests):
-                put = lambda event, i=i: loop.call_soon_threadsafe(self.queue.put_nowait, (i, event))
-                self.handles.append(self.engine.submit(r, on_event=put))
+                self.handles.append(self.engine.submit(r, on_event=lambda event, i=i: deliver(i, event)))
         except QueueFull as e:
             self.cancel()
             raise APIError(429, str(e), "rate_limit_error", code="queue_full") from None
