@@ -425,3 +425,28 @@ def test_public_host_without_key_is_announced(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="modernlm"):
         assert main(["serve", "--host", "0.0.0.0", "--api-key", "k"]) == 2
     assert "without --api-key" not in caplog.text
+
+
+def test_disconnect_while_waiting_for_a_whole_answer(tiny):
+    server, engine, _, _ = start(tiny, max_batch=1, prefix_blocks=0, time_limit=120)
+    try:
+        body = {"model": "tiny", "prompt": "the", "max_tokens": 120, "temperature": 1.0}
+        slow = threading.Event()
+        original = engine._decode
+
+        def slower():  # ~20 tokens/s, so the request is still running when the client gives up
+            time.sleep(0.05)
+            slow.set()
+            original()
+
+        engine._decode = slower
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(10, read=1.0))
+        assert slow.is_set()
+        deadline = time.monotonic() + 10
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.active == 0 and engine.metrics.requests.get("cancelled") == 1
+    finally:
+        server.stop()
+        engine.stop()

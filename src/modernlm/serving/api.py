@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import params as P
@@ -165,7 +165,10 @@ class _Server:
         if s.stream:
             return StreamingResponse(self.stream(request, run, meta), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
-        return JSONResponse(await self.whole(request, run, meta))
+        body = await self.whole(request, run, meta)
+        if body is None:  # the client went away: nobody reads an answer (499, nginx's "client closed request")
+            return Response(status_code=499)
+        return JSONResponse(body)
 
     def chat_prompt(self, body: dict) -> list[int]:
         messages = P.messages(body)
@@ -209,7 +212,7 @@ class _Server:
             raise P.bad("prompt", str(e)) from None
         return r
 
-    async def whole(self, request: Request, run: _Run, meta: dict) -> dict:
+    async def whole(self, request: Request, run: _Run, meta: dict) -> dict | None:
         texts = [[] for _ in run.requests]
         logprobs = [[] for _ in run.requests]
         finals: list[Event | None] = [None] * len(run.requests)
@@ -219,6 +222,8 @@ class _Server:
                 logprobs[i].append(event)
             else:
                 finals[i] = event
+        if any(f is None for f in finals):
+            return None
         choices = []
         for i, final in enumerate(finals):
             text = "".join(texts[i])
@@ -328,13 +333,18 @@ class _Run:
     async def events(self, request: Request):
         """(choice index, event) until every choice is done; cancels all if the client goes away."""
         open_ = len(self.handles)
+        checked = time.monotonic()
         try:
             while open_:
                 try:
-                    i, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                    i, event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
                 except asyncio.TimeoutError:
+                    i, event = None, None
+                if time.monotonic() - checked > 0.5:  # at most twice a second, tokens flowing or not
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return
+                if event is None:
                     continue
                 if event.kind == "error":
                     raise APIError(500, event.text or "internal error", "server_error")

@@ -248,7 +248,9 @@ class Engine:
                 self.running.clear()
         for seq in self.running:
             self._finish(seq, "cancelled")
-        for handle in self.waiting:
+        with self._wake:
+            waiting, self.waiting = list(self.waiting), deque()
+        for handle in waiting:
             handle.emit(Event("done", finish_reason="cancelled", prompt_tokens=len(handle.request.prompt)))
 
     @torch.inference_mode()
