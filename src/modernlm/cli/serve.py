@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond them; more get 429")
     g.add_argument("--context", type=int, default=None,
                    help=f"positions per sequence (default: the model's, at most {DEFAULT_CONTEXT})")  # fmt: skip
-    g.add_argument("--prefix-cache-blocks", type=int, default=1024, help="blocks of 16 tokens kept (0: off)")
+    g.add_argument("--prefix-cache-blocks", type=int, default=256, help="blocks of 16 tokens kept (0: off)")
     g.add_argument("--time-limit", type=float, default=600.0, help="seconds a request may run (default: 600)")
     g.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens allowed (default: the context)")
     g.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: 1 MiB)")
