@@ -205,6 +205,14 @@ def test_bad_requests_get_the_error_shape(live, body, status, param):
 def test_bad_transport_and_keys(live):
     assert_error(post(live, CHAT, content=b"{not json", headers={"Content-Type": "application/json"}), 400)
     assert_error(post(live, CHAT, content=b"\xff\xfe", headers={"Content-Type": "application/json"}), 400)
+    lone = b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    assert_error(
+        post(live, CHAT, content=lone, headers={"Content-Type": "application/json"}), 400, "messages[0].content"
+    )
+    lone = b'{"model": "tiny", "prompt": "\\udfff"}'
+    assert_error(
+        post(live, "/v1/completions", content=lone, headers={"Content-Type": "application/json"}), 400, "prompt"
+    )
     assert_error(post(live, CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "x" * 70000}]}), 413)
     assert_error(post(live, CHAT, {"model": "tiny", "messages": USER}, key=None), 401)
     assert_error(post(live, CHAT, {"model": "tiny", "messages": USER}, key="wrong"), 401)

@@ -185,7 +185,7 @@ def _stops(value) -> list[str]:
         raise bad("stop", f"'stop' holds at most {MAX_STOPS} strings, got {len(stops)}")
     if any(not s for s in stops):
         raise bad("stop", "'stop' strings must not be empty")
-    return stops
+    return [unicode(s, "stop") for s in stops]
 
 
 def messages(body: dict) -> list[dict[str, str]]:
@@ -210,15 +210,24 @@ def messages(body: dict) -> list[dict[str, str]]:
     return out
 
 
+def unicode(text: str, param: str) -> str:
+    """JSON may carry lone surrogates (\\ud800), which are not text: refused here, not deep in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad(param, f"{param} holds a lone surrogate (an invalid \\u escape): send valid Unicode") from None
+    return text
+
+
 def _content(content, where: str) -> str:
     if isinstance(content, str):
-        return content
+        return unicode(content, f"{where}.content")
     if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise bad(f"{where}.content[{j}]", f"{where}.content[{j}]: only text parts are supported")
-            texts.append(part["text"])
+            texts.append(unicode(part["text"], f"{where}.content[{j}]"))
         return "".join(texts)
     raise bad(f"{where}.content", f"{where}.content must be a string or a list of text parts")
 
@@ -229,10 +238,10 @@ def prompts(body: dict, vocab: int) -> list[str | list[int]]:
     if value is None:
         raise bad("prompt", "'prompt' is required")
     if isinstance(value, str):
-        return [value]
+        return [unicode(value, "prompt")]
     if isinstance(value, list) and value:
         if all(isinstance(p, str) for p in value):
-            return list(value)
+            return [unicode(p, "prompt") for p in value]
         if all(_is_ids(p) for p in value):
             return [list(value)]
         if all(isinstance(p, list) and p and all(_is_ids(t) for t in p) for p in value):
