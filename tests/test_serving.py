@@ -223,3 +223,23 @@ def test_smollm2_batched_equals_generate():
             assert text == tokenizer.decode([t for t in got if t != tokenizer.eos_token_id])
     finally:
         engine.stop()
+
+
+def test_text_held_for_a_stop_string_is_released_at_the_end(tokenizer):
+    """A stop string that never completes: the text held back while it might (its first characters at the end of the
+    text) comes out when the sequence ends, at EOS or at max_tokens."""
+    model = tiny_model(tokenizer)
+    engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
+    try:
+        prompt = tokenizer.encode("the lazy")
+        free = reference(model, prompt, 12)
+        full = tokenizer.decode(free)
+        stop = full[-1] + "\u2603"  # starts with the last character, never completes
+        _, text, done = engine.generate(prompt, 12, stop=[stop])
+        assert text == full and done.finish_reason == "length"
+        k = next(k for k in range(3, len(free)) if free[k] not in free[:k])  # a token first seen at k: the EOS
+        want = tokenizer.decode(free[:k])
+        _, text, done = engine.generate(prompt, 12, stop=[want[-1] + "\u2603"], eos=frozenset([free[k]]))
+        assert text == want and done.finish_reason == "stop"
+    finally:
+        engine.stop()

@@ -246,8 +246,8 @@ class Engine:
                 for seq in list(self.running):
                     seq.handle.emit(Event("error", text=f"internal error: {type(e).__name__}"))
                 self.running.clear()
-        for seq in self.running:
-            self._finish(seq, "cancelled")
+        while self.running:  # _finish takes each out of the list
+            self._finish(self.running[-1], "cancelled")
         with self._wake:
             waiting, self.waiting = list(self.waiting), deque()
         for handle in waiting:
@@ -318,9 +318,9 @@ class Engine:
         seq.tokens.append(token)
         seq.generated.append(token)
         self.metrics.generated(1, first=len(seq.generated) == 1, since=seq.started)
-        reason = None
-        if token in seq.request.eos:
-            reason, delta = "stop", ""
+        delta, stopped = "", False
+        if token in seq.request.eos:  # the EOS token itself is not text
+            reason = "stop"
         else:
             seq.text += seq.decoder.push(token)
             delta, stopped = self._release(seq, final=False)
@@ -329,7 +329,7 @@ class Engine:
             reason = "length"
         if reason is None and seq.position >= self.context:  # the next key would not fit
             reason = "length"
-        if reason == "length":  # whatever text is left, incomplete characters too
+        if reason is not None and not stopped:  # the end: what was held back, incomplete characters too
             seq.text += seq.decoder.flush()
             more, stopped = self._release(seq, final=True)
             delta, reason = delta + more, "stop" if stopped else reason
