@@ -12,6 +12,7 @@ Goals from issue 14: total throughput at 8 clients >= 2x llama.cpp's server; TTF
     python benchmarks/serve.py                      # everything, on an idle machine (~10-15 minutes)
     python benchmarks/serve.py --quick              # a correctness pass: tiny counts, no timing worth reading
     python benchmarks/serve.py --out bench.json     # also write the numbers (atomically, through modernlm.files)
+    python benchmarks/serve.py --install-llama-cpp  # pip install 'llama-cpp-python[server]' (a llama.cpp build) first
 
 llama.cpp's side runs only where `import llama_cpp.server` works (pip install 'llama-cpp-python[server]', which
 builds llama.cpp); otherwise it is reported as skipped and only modernlm's numbers are shown.
@@ -77,12 +78,12 @@ def server(argv: list[str], port: int, name: str, startup: float = 300.0):
             proc.kill()
 
 
-def modernlm_argv(model: str, port: int, threads: int, prefix: bool, max_batch: int) -> list[str]:
+def modernlm_argv(model: str, port: int, threads: int, prefix: bool, max_batch: int, dtype: str) -> list[str]:
     code = (
         f"import torch, sys; torch.set_num_threads({threads}); from modernlm.cli.__main__ import main; sys.exit(main())"
     )
     argv = [sys.executable, "-c", code, "serve", "--model", model, "--port", str(port), "--max-batch", str(max_batch),
-            "--context", "1024"]  # fmt: skip
+            "--context", "1024", "--dtype", dtype]  # fmt: skip
     return argv + ([] if prefix else ["--prefix-cache-blocks", "0"])
 
 
@@ -178,6 +179,9 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each request")
     p.add_argument("--prefix-requests", type=int, default=8, help="requests in the prefix-cache workload")
     p.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs, nothing more")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="modernlm's weight dtype")
+    p.add_argument("--install-llama-cpp", action="store_true",
+                   help="pip install 'llama-cpp-python[server]' first (builds llama.cpp: minutes)")  # fmt: skip
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args()
     if args.quick:
@@ -194,8 +198,13 @@ def main() -> int:
           f"max_tokens {args.max_tokens}{' (quick: correctness only)' if args.quick else ''}")  # fmt: skip
     port = free_port()
     report["engines"].append(
-        run_engine("modernlm", modernlm_argv(args.model, port, args.threads, True, max_batch), port, model_id, args)
+        run_engine(
+            "modernlm", modernlm_argv(args.model, port, args.threads, True, max_batch, args.dtype), port, model_id, args
+        )
     )
+    if args.install_llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python[server]"], check=True)
+        importlib.invalidate_caches()
     if importlib.util.find_spec("llama_cpp") is not None:
         port = free_port()
         report["engines"].append(run_engine("llama.cpp", llama_cpp_argv(args.model, port, args.threads), port,
@@ -206,7 +215,9 @@ def main() -> int:
     print("prefix cache: a shared system prompt, one request at a time")
     for prefix in (False, True):
         port = free_port()
-        with server(modernlm_argv(args.model, port, args.threads, prefix, max_batch), port, "modernlm") as url:
+        with server(
+            modernlm_argv(args.model, port, args.threads, prefix, max_batch, args.dtype), port, "modernlm"
+        ) as url:
             row = prefix_effect(url, model_id, args.prefix_requests, 16)
         report[f"prefix_cache_{'on' if prefix else 'off'}"] = row
         print(f"  prefix cache {'on ' if prefix else 'off'}: first TTFT {_s(row['first_ttft_s'])}, later requests' "
