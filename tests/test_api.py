@@ -458,3 +458,22 @@ def test_disconnect_while_waiting_for_a_whole_answer(tiny):
     finally:
         server.stop()
         engine.stop()
+
+
+def test_streamed_choices_and_logprobs(live, client):
+    _, _, model, tokenizer = live
+    messages = [{"role": "user", "content": "the lazy dog"}]
+    text, out = expected(model, tokenizer, chat_ids(tokenizer, messages), 7)
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=7, temperature=0, n=2,
+                                            stream=True, logprobs=True, top_logprobs=2)  # fmt: skip
+    texts, logprobs, reasons = ["", ""], [[], []], [None, None]
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            logprobs[c.index] += c.logprobs.content if c.logprobs else []
+            reasons[c.index] = c.finish_reason or reasons[c.index]
+    assert texts == [text, text] and [len(lp) for lp in logprobs] == [len(out), len(out)]
+    assert reasons == ["length", "length"] or out[-1] == tokenizer.eos_token_id
+    r = client.completions.create(model="tiny", prompt=["the", "dog"], max_tokens=3, temperature=0, n=2)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2, 3] and r.usage.completion_tokens == 12
+    assert r.usage.prompt_tokens == len(tokenizer.encode("the")) + len(tokenizer.encode("dog"))
