@@ -243,3 +243,20 @@ def test_text_held_for_a_stop_string_is_released_at_the_end(tokenizer):
         assert text == want and done.finish_reason == "stop"
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi"])
+def test_prefix_cache_and_batching_together(tokenizer, positions):
+    """Requests sharing a prefix, submitted at once into fewer rows than requests, with the prefix cache on: blocks
+    stored by one request are loaded by the next while others decode; every one equals generate alone."""
+    model = tiny_model(tokenizer, positions)
+    system = [(7 * i) % 250 + 3 for i in range(33)]
+    asks = [system + p[:6] for p in prompts(7, seed=11)]
+    engine = Engine(model, tokenizer, max_batch=3, prefix_blocks=32, block=8).start()
+    try:
+        results = run_together(engine, [Request(p, 6 + i) for i, p in enumerate(asks)])
+        for i, (p, (ids, _, _)) in enumerate(zip(asks, results, strict=True)):
+            assert ids == reference(model, p, 6 + i)
+        assert sum(done.cached_tokens for _, _, done in results) >= 32 * 3
+    finally:
+        engine.stop()
