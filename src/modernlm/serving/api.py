@@ -43,21 +43,7 @@ def create_app(
     `max_body`: bytes a request body may have; `max_tokens`: the most a request may ask for (default: the context)."""
     app = FastAPI(title="modernlm", docs_url=None, redoc_url=None, openapi_url=None)
     server = _Server(engine, model_id, api_key, max_body, max_tokens or engine.context)
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
-        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return JSONResponse(APIError(e.status_code, message, kind).body(), status_code=e.status_code)
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, e: Exception):
-        log.exception("serving: unhandled error on %s", request.url.path)
-        return JSONResponse(APIError(500, "internal server error", "server_error").body(), status_code=500)
+    _error_handlers(app)
 
     @app.get("/health")
     async def health():
@@ -103,6 +89,25 @@ def create_app(
         return FileResponse(files[name])
 
     return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error in the API's shape: ours (APIError), the router's (404, 405), and bugs (500, logged here)."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return JSONResponse(APIError(e.status_code, message, kind).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):
+        log.exception("serving: unhandled error on %s", request.url.path)
+        return JSONResponse(APIError(500, "internal server error", "server_error").body(), status_code=500)
 
 
 class _Server:
@@ -270,6 +275,9 @@ class _Server:
             yield "data: [DONE]\n\n"
         except APIError as e:  # the engine failed this request after the response began: say so in the stream
             yield _sse(e.body())
+        except Exception:  # a bug here: logged, and the client gets the error shape instead of a cut stream
+            log.exception("serving: a stream failed")
+            yield _sse(APIError(500, "internal server error", "server_error").body())
         finally:
             run.cancel()
 
