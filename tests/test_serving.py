@@ -260,3 +260,14 @@ def test_prefix_cache_and_batching_together(tokenizer, positions):
         assert sum(done.cached_tokens for _, _, done in results) >= 32 * 3
     finally:
         engine.stop()
+
+
+def test_serve_without_its_extra_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    from modernlm.cli.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'modernlm[serve]'" in err and "Traceback" not in err
