@@ -208,18 +208,18 @@ def test_per_row_positions_equal_each_row_alone(tokenizer, positions):
 
 
 def test_smollm2_batched_equals_generate():
-    """The real model (the embedded SmolLM2-135M-Instruct): three chat prompts decoded together, greedy, each equal
-    to generate alone."""
+    """The real model (the embedded SmolLM2-135M-Instruct): two chat prompts decoded together, greedy, each equal to
+    generate alone."""
     model, tokenizer = modernlm.load_model(), modernlm.load_tokenizer()
-    asks = ["Why is the sky blue?", "Name a prime number.", "Say hello in French, then in German, then in Spanish."]
+    asks = ["Why is the sky blue?", "Say hello in French, then in German, then in Spanish."]
     ids = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": a}])) for a in asks]
-    engine = Engine(model, tokenizer, max_batch=3, context=256, prefix_blocks=0).start()
+    engine = Engine(model, tokenizer, max_batch=2, context=128, prefix_blocks=0).start()
     try:
         eos = frozenset([tokenizer.eos_token_id])
-        handles = [engine.submit(Request(p, 8 + 4 * i, eos=eos)) for i, p in enumerate(ids)]
+        handles = [engine.submit(Request(p, 6 + 4 * i, eos=eos)) for i, p in enumerate(ids)]
         for i, (p, h) in enumerate(zip(ids, handles, strict=True)):
             got, text, _ = h.result(timeout=120)
-            assert got == modernlm.generate(model, p, 8 + 4 * i, eos_token_id=tokenizer.eos_token_id)[0]
+            assert got == modernlm.generate(model, p, 6 + 4 * i, eos_token_id=tokenizer.eos_token_id)[0]
             assert text == tokenizer.decode([t for t in got if t != tokenizer.eos_token_id])
     finally:
         engine.stop()
