@@ -477,3 +477,19 @@ def test_streamed_choices_and_logprobs(live, client):
     r = client.completions.create(model="tiny", prompt=["the", "dog"], max_tokens=3, temperature=0, n=2)
     assert sorted(c.index for c in r.choices) == [0, 1, 2, 3] and r.usage.completion_tokens == 12
     assert r.usage.prompt_tokens == len(tokenizer.encode("the")) + len(tokenizer.encode("dog"))
+
+
+def test_a_template_that_refuses_is_a_400_without_paths(tiny):
+    server, engine, _, tokenizer = start(tiny)
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + CHAT_TEMPLATE
+    )
+    try:
+        body = {"model": "tiny", "messages": [{"role": "system", "content": "x"}, *USER]}
+        err = assert_error(post((server,), CHAT, body, key=None), 400, "messages")
+        assert "System role not supported" in err["message"] and str(tiny) not in err["message"]
+        assert post((server,), CHAT, {"model": "tiny", "messages": USER, "max_tokens": 2}, key=None).status_code == 200
+    finally:
+        server.stop()
+        engine.stop()

@@ -181,8 +181,12 @@ class _Server:
             raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
         try:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        except ValueError as e:
-            raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
+        except ValueError as e:  # e.g. a template that insists on alternating roles; its words, not our paths
+            message = str(e)
+            source = getattr(self.tokenizer, "source", None)
+            if source:
+                message = message.replace(str(source), "this model")
+            raise APIError(400, f"the chat template refused the messages: {message}", param="messages") from None
         return encode_prompt(self.tokenizer, text, chat=True)
 
     def completion_prompt(self, prompt: str | list[int]) -> list[int]:
