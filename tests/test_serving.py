@@ -271,3 +271,33 @@ def test_serve_without_its_extra_says_how_to_install(monkeypatch, capsys):
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'modernlm[serve]'" in err and "Traceback" not in err
+
+
+def test_request_bodies_fuzzed_give_only_api_errors():
+    """Any JSON value as a chat or completion body: the checks accept it or raise APIError (a 400 with the field
+    named), never another exception (which would be a 500)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from modernlm.serving import params as P
+
+    scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6),
+                          inner, max_size=4), max_leaves=12)  # fmt: skip
+    names = st.sampled_from(sorted(P.CHAT_FIELDS | P.COMPLETION_FIELDS | {"tools", "bogus"}))
+    message = st.fixed_dictionaries({"role": st.sampled_from([*P.ROLES, "tool", 3]), "content": values})
+    bodies = st.dictionaries(names, values, max_size=6) | st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=3), "prompt": values, "stop": values, "stream_options": values}
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(bodies | values, st.booleans())
+    def check(body, chat):
+        try:
+            P.check_fields(body, P.CHAT_FIELDS | P.COMPLETION_FIELDS)
+            P.sampling(body, 1000, chat)
+            P.messages(body) if chat else P.prompts(body, 100)
+        except P.APIError as e:
+            assert e.status == 400 and e.message
+
+    check()
