@@ -72,7 +72,7 @@ def test_greedy_alone_equals_generate(model, tokenizer):
 def test_nine_requests_batched_equal_each_alone(model, tokenizer):
     """9 requests of different lengths and settings, submitted at once into 4 rows: each joins when a row frees up
     and gets exactly the tokens it gets alone (greedy; seeded sampling draws from its own generator)."""
-    engine = Engine(model, tokenizer, max_batch=4, prefix_blocks=0).start()
+    engine = Engine(model, tokenizer, max_batch=4, prefix_blocks=0, prefill_chunk=8).start()  # prompts in chunks
     try:
         ps = prompts(9, seed=1)
         settings = [
@@ -252,7 +252,7 @@ def test_prefix_cache_and_batching_together(tokenizer, positions):
     model = tiny_model(tokenizer, positions)
     system = [(7 * i) % 250 + 3 for i in range(33)]
     asks = [system + p[:6] for p in prompts(7, seed=11)]
-    engine = Engine(model, tokenizer, max_batch=3, prefix_blocks=32, block=8).start()
+    engine = Engine(model, tokenizer, max_batch=3, prefix_blocks=32, block=8, prefill_chunk=5).start()
     try:
         results = run_together(engine, [Request(p, 6 + i) for i, p in enumerate(asks)])
         for i, (p, (ids, _, _)) in enumerate(zip(asks, results, strict=True)):
@@ -301,3 +301,19 @@ def test_request_bodies_fuzzed_give_only_api_errors():
             assert e.status == 400 and e.message
 
     check()
+
+
+def test_a_request_stopped_mid_prefill_leaves_only_written_blocks(tokenizer):
+    """A request whose time runs out between prefill chunks keeps the blocks it did write, and only those: the next
+    request with that prompt reuses them and still gets generate's tokens."""
+    model = tiny_model(tokenizer)
+    engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=32, block=8, prefill_chunk=8).start()
+    try:
+        prompt = [(5 * i) % 250 + 3 for i in range(40)]
+        ids, _, done = engine.generate(prompt, 5, time_limit=0.0)
+        assert done.finish_reason == "time_limit" and ids == []
+        assert 0 < len(engine.prefix) < 5  # one chunk written before the limit was seen, not the whole prompt
+        ids, _, done = engine.generate(prompt, 5)
+        assert done.cached_tokens > 0 and ids == reference(model, prompt, 5)
+    finally:
+        engine.stop()

@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
     g.add_argument("--context", type=int, default=None,
                    help=f"positions per sequence (default: the model's, at most {DEFAULT_CONTEXT})")  # fmt: skip
     g.add_argument("--prefix-cache-blocks", type=int, default=256, help="blocks of 16 tokens kept (0: off)")
+    g.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per step (default: 512)")
     g.add_argument("--time-limit", type=float, default=600.0, help="seconds a request may run (default: 600)")
     g.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens allowed (default: the context)")
     g.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: 1 MiB)")
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
 
 
 def _check(args) -> None:
-    for name in ("port", "max_batch", "max_queue", "context", "time_limit", "max_tokens", "max_body"):
+    for name in ("port", "max_batch", "max_queue", "context", "prefill_chunk", "time_limit", "max_tokens", "max_body"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -95,7 +96,8 @@ def run(args) -> int:
     model, tokenizer = _load(args)
     context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
-                    prefix_blocks=args.prefix_cache_blocks, time_limit=args.time_limit)  # fmt: skip
+                    prefix_blocks=args.prefix_cache_blocks, prefill_chunk=args.prefill_chunk,
+                    time_limit=args.time_limit)  # fmt: skip
     model_id = args.model_id or Path(str(args.model).rstrip("/")).name  # a name, never a path on this machine
     app = create_app(engine, model_id, api_key=args.api_key, max_body=args.max_body,
                      max_tokens=args.max_tokens)  # fmt: skip

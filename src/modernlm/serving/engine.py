@@ -2,10 +2,13 @@
 
 The cache has `max_batch` rows; each running sequence owns one row and writes its keys and values at its own positions
 (the model takes per-row positions, `input_pos` of shape (B, T)). The loop, one step at a time:
-  1. drop cancelled and timed-out sequences; admit waiting requests into free rows: copy the prefix-cache blocks of
-     the prompt into the row, prefill the rest of it (one forward per new request) and choose its first token;
+  1. drop cancelled and timed-out sequences; admit waiting requests into free rows (copying the prefix-cache blocks of
+     the prompt into the row); prefill the next chunk of each prompt not yet in its row (at most `prefill_chunk`
+     tokens, one forward per prompt, so a long prompt delays the others' next token by one chunk, not by all of it),
+     and after a prompt's last chunk choose its first token;
   2. one forward for all running sequences, each feeding its last token at its own position (a (B, 1) batch over
-     the rows in use and the positions written so far), and choose each one's next token with its own settings;
+     the rows in use and the positions written so far), and choose each one's next token with its own settings
+     (a row still prefilling feeds a placeholder where its next chunk will write, and its logits are not read);
   3. sequences that end (EOS, a stop string, max_tokens, the context, the time limit) leave; the last row moves into
      the freed one, so the running sequences always fill rows 0..n-1.
 A request joins and leaves at these token boundaries. Its tokens equal what `modernlm.generate` gives it alone: rows
@@ -134,8 +137,13 @@ class _Sequence:
         self.decoder = IncrementalDecoder(tokenizer)
         self.text, self.emitted = "", 0
         self.cached_tokens = 0
+        self.filled = 0  # prompt positions whose keys and values are in the row (the prefill goes in chunks)
         self.started = handle.submitted  # latencies count the time in the queue
         self.deadline = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.filled < len(self.request.prompt)
 
     @property
     def position(self) -> int:  # where the last token's key and value go
@@ -147,7 +155,8 @@ class Engine:
 
     max_batch: rows of the KV cache (sequences running at once); max_queue: requests waiting beyond them (more is
     QueueFull); context: positions per row (default: the model's max_seq_len); prefix_blocks: blocks of `block`
-    tokens kept across requests (0: no prefix cache); time_limit: seconds a request may run once admitted."""
+    tokens kept across requests (0: no prefix cache); prefill_chunk: prompt tokens prefilled per step for one request;
+    time_limit: seconds a request may run once admitted."""
 
     def __init__(
         self,
@@ -158,6 +167,7 @@ class Engine:
         max_queue: int = 64,
         context: int | None = None,
         prefix_blocks: int = 256,
+        prefill_chunk: int = 512,
         block: int = 16,
         time_limit: float = 600.0,
     ) -> None:
@@ -165,6 +175,7 @@ class Engine:
         limit = model.config.max_seq_len
         self.context = min(context or limit, limit)
         self.max_batch, self.max_queue, self.time_limit = max_batch, max_queue, time_limit
+        self.prefill_chunk = prefill_chunk
         self.vocab = model.config.vocab_size
         self.device = next(model.parameters()).device
         self.cache = KVCache.for_model(model, max_batch, self.context)
@@ -268,8 +279,15 @@ class Engine:
                 self._admit(handle)
             except Exception as e:  # a bug; this request fails, the others go on
                 log.exception("serving engine: admitting a request failed")
-                self.running = [s for s in self.running if s.handle is not handle]
                 handle.emit(Event("error", text=f"internal error: {type(e).__name__}"))
+        for seq in [s for s in self.running if s.prefilling]:
+            try:
+                self._prefill(seq)
+            except Exception as e:  # a bug; this request fails, the others go on
+                log.exception("serving engine: a prefill failed")
+                if seq in self.running:
+                    self._leave(seq)
+                seq.handle.emit(Event("error", text=f"internal error: {type(e).__name__}"))
         self.metrics.set_load(len(self.running), len(self.waiting))
         if self.running:
             self._decode()
@@ -283,34 +301,47 @@ class Engine:
                 self._finish(seq, "time_limit")
 
     def _admit(self, handle: Handle) -> None:
+        """Give a request a row, with the prefix cache's blocks of its prompt; the rest is prefilled in chunks."""
         seq = _Sequence(handle, len(self.running), self.vocab, self.device, self.tokenizer)
         limit = seq.request.time_limit if seq.request.time_limit is not None else self.time_limit
         seq.deadline = time.monotonic() + limit
         prompt = seq.request.prompt
-        reuse = 0
         if self.prefix is not None:  # at least the last prompt token is prefilled: its logits choose the first token
-            reuse = self.prefix.load(self.prefix.lookup(prompt, len(prompt) - 1), self.cache, seq.row)
-        seq.cached_tokens = reuse
-        t0 = time.perf_counter()
-        ids = torch.tensor([prompt[reuse:]], device=self.device)  # (1, T)
-        pos = torch.arange(reuse, len(prompt), device=self.device)  # (T,)
-        view = self.cache.narrow(seq.row, 1, _bucket(len(prompt), self.context))
-        logits = self.model(ids, input_pos=pos, cache=view, last_only=True)[:, -1]  # (1, V)
-        self._note_prefill(len(prompt) - reuse, time.perf_counter() - t0, reuse)
-        if self.prefix is not None:
-            self.prefix.store(prompt, self.cache, seq.row)
+            seq.filled = self.prefix.load(self.prefix.lookup(prompt, len(prompt) - 1), self.cache, seq.row)
+        seq.cached_tokens = seq.filled
+        self.metrics.prefilled(0, seq.filled, seq.filled * self._prefill_s_per_token)
         self.running.append(seq)
-        self._advance(seq, logits[0])
+
+    def _prefill(self, seq: _Sequence) -> None:
+        """The next chunk of the prompt (at most `prefill_chunk` tokens); after the last one, the first new token."""
+        prompt = seq.request.prompt
+        start, end = seq.filled, min(len(prompt), seq.filled + self.prefill_chunk)
+        t0 = time.perf_counter()
+        ids = torch.tensor([prompt[start:end]], device=self.device)  # (1, T)
+        pos = torch.arange(start, end, device=self.device)  # (T,)
+        view = self.cache.narrow(seq.row, 1, _bucket(end, self.context))
+        logits = self.model(ids, input_pos=pos, cache=view, last_only=True)[:, -1]  # (1, V)
+        self._note_prefill(end - start, time.perf_counter() - t0)
+        seq.filled = end
+        if not seq.prefilling:
+            if self.prefix is not None:
+                self.prefix.store(prompt, self.cache, seq.row)
+            self._advance(seq, logits[0])
 
     def _decode(self) -> None:
-        B = len(self.running)
-        ids = torch.tensor([[s.tokens[-1]] for s in self.running], device=self.device)  # (B, 1)
-        pos = torch.tensor([[s.position] for s in self.running], device=self.device)  # (B, 1)
-        width = _bucket(max(s.position for s in self.running) + 1, self.context)
-        view = self.cache.narrow(0, B, width)
+        """One forward for every row; a row still prefilling feeds a placeholder at the position its next chunk
+        overwrites (so the rows stay one contiguous batch), and its logits are not used."""
+        rows = list(self.running)
+        if all(s.prefilling for s in rows):
+            return
+        ids = torch.tensor([[0 if s.prefilling else s.tokens[-1]] for s in rows], device=self.device)  # (B, 1)
+        pos = torch.tensor([[s.filled if s.prefilling else s.position] for s in rows], device=self.device)  # (B, 1)
+        width = _bucket(int(pos.max()) + 1, self.context)
+        view = self.cache.narrow(0, len(rows), width)
         logits = self.model(ids, input_pos=pos, cache=view, last_only=True)[:, -1]  # (B, V)
-        for seq, row in zip(list(self.running), logits, strict=True):
-            self._advance(seq, row)
+        for seq, row in zip(rows, logits, strict=True):
+            if not seq.prefilling:
+                self._advance(seq, row)
 
     # ---- one token of one sequence ------------------------------------------------------------------------------
     def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:  # logits (V,)
@@ -375,15 +406,9 @@ class Engine:
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         if self.prefix is not None and reason != "cancelled":  # the turn's own tokens serve the next turn
-            self.prefix.store(seq.tokens[:-1], self.cache, seq.row)
-        last = self.running.pop()
-        if last is not seq:  # the last row fills the hole: running sequences stay in rows 0..n-1
-            # positions up to its last token's: this step's forward may have written that one already
-            n = min(last.position + 1, self.context)
-            self.cache.k[:, seq.row, :, :n] = self.cache.k[:, last.row, :, :n]
-            self.cache.v[:, seq.row, :, :n] = self.cache.v[:, last.row, :, :n]
-            last.row = seq.row
-            self.running[seq.row] = last
+            written = seq.request.prompt[: seq.filled] if seq.prefilling else seq.tokens[:-1]
+            self.prefix.store(written, self.cache, seq.row)
+        self._leave(seq)
         self.metrics.finished(reason, time.monotonic() - seq.started)
         seq.handle.emit(
             Event(
@@ -395,12 +420,22 @@ class Engine:
             )
         )
 
-    def _note_prefill(self, computed: int, seconds: float, reused: int) -> None:
-        if computed > 0:
-            rate = seconds / computed
-            old = self._prefill_s_per_token
-            self._prefill_s_per_token = rate if old == 0 else 0.9 * old + 0.1 * rate
-        self.metrics.prefilled(computed, reused, reused * self._prefill_s_per_token)
+    def _leave(self, seq: _Sequence) -> None:
+        """Take a sequence out of the batch; the last row fills the hole, so running sequences stay in rows 0..n-1."""
+        last = self.running.pop()
+        if last is not seq:
+            # positions up to its last token's: this step's forward may have written that one already
+            n = min(last.position + 1, self.context)
+            self.cache.k[:, seq.row, :, :n] = self.cache.k[:, last.row, :, :n]
+            self.cache.v[:, seq.row, :, :n] = self.cache.v[:, last.row, :, :n]
+            last.row = seq.row
+            self.running[seq.row] = last
+
+    def _note_prefill(self, computed: int, seconds: float) -> None:
+        rate = seconds / computed
+        old = self._prefill_s_per_token
+        self._prefill_s_per_token = rate if old == 0 else 0.9 * old + 0.1 * rate
+        self.metrics.prefilled(computed, 0, 0.0)
 
 
 def _held(text: str, stops: list[str]) -> int:
