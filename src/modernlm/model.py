@@ -102,7 +102,7 @@ class Transformer(nn.Module):
         self,
         input_ids: torch.Tensor,  # (B, T) token ids
         *,
-        input_pos: torch.Tensor | None = None,  # (T,) positions of these tokens; default 0..T-1
+        input_pos: torch.Tensor | None = None,  # (T,) positions of these tokens (default 0..T-1), or (B, T) per row
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding; S = T or the cache length
         last_only: bool = False,  # logits for the last position only (generation)
@@ -113,13 +113,13 @@ class Transformer(nn.Module):
         x = self._embed(input_ids, input_pos, attention_mask)  # (B, T, D)
         rope = None
         if self.config.positions == "rope":
-            rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T, Dh) each
+            rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T or B, T, Dh) each
         # With a cache, queries attend over all S = cache.max_len slots; the mask hides the slots past each query's
         # position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
         S = cache.max_len if cache is not None else T
         mask = self._mask(input_pos, cache is not None, attention_mask, S)
         if self.config.positions in ("alibi", "t5_relative"):  # slot distances equal token distances (padding masked)
-            key_pos = torch.arange(S, device=input_pos.device) if cache is not None else input_pos
+            key_pos = torch.arange(S, device=input_pos.device) if cache is not None else input_pos  # (S,) or (B, S)
             if self.config.positions == "alibi":
                 mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
             else:
@@ -152,21 +152,23 @@ class Transformer(nn.Module):
 
     def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:
         """bool (B or 1, 1, T, S): key j is visible to query t if j is a real token written so far and, in a causal
-        model, pos(j) <= pos(t); None: plain causal attention over T (SDPA's is_causal).
+        model, pos(j) <= pos(t); None: plain causal attention over T (SDPA's is_causal). Positions (T,) are shared by
+        the rows; (B, T) gives each row its own (a serving batch of sequences at different lengths).
 
         A query always sees itself, so a padding query never has an empty row (its output is never read)."""
-        if self.config.causal and not cached and attention_mask is None:
+        if self.config.causal and not cached and attention_mask is None and input_pos.dim() == 1:
             return None
-        key_pos = torch.arange(S, device=input_pos.device) if cached else input_pos  # (S,)
+        query_pos = input_pos if input_pos.dim() == 2 else input_pos[None]  # (B or 1, T)
+        key_pos = torch.arange(S, device=input_pos.device)[None] if cached else query_pos  # (B or 1, S)
         if self.config.causal:
-            visible = key_pos[None, :] <= input_pos[:, None]  # (T, S)
+            visible = key_pos[:, None, :] <= query_pos[:, :, None]  # (B or 1, T, S)
         else:  # every slot written so far (all of them without a cache)
-            visible = (key_pos <= input_pos.max())[None, :].expand(len(input_pos), S)  # (T, S)
-        if attention_mask is None:
-            return visible[None, None]  # (1, 1, T, S)
-        is_self = key_pos[None, :] == input_pos[:, None]  # (T, S)
-        visible = visible[None] & (attention_mask.bool()[:, None, :] | is_self[None])  # (B, T, S)
-        return visible[:, None]  # (B, 1, T, S)
+            last = query_pos.amax(-1)[:, None, None]  # (B or 1, 1, 1)
+            visible = (key_pos[:, None, :] <= last).expand(-1, query_pos.shape[1], -1)  # (B or 1, T, S)
+        if attention_mask is not None:
+            is_self = key_pos[:, None, :] == query_pos[:, :, None]  # (B or 1, T, S)
+            visible = visible & (attention_mask.bool()[:, None, :] | is_self)  # (B, T, S)
+        return visible[:, None]  # (B or 1, 1, T, S)
 
     def _check_inputs(self, input_ids, input_pos, cache, attention_mask) -> tuple[int, int]:
         if (
@@ -185,7 +187,7 @@ class Transformer(nn.Module):
             raise ValueError("input_ids is empty: give at least one token")
         if not torch.compiler.is_compiling():  # value checks read tensors; the compiled decode step skips them
             limit = cache.max_len if cache is not None else self.config.max_seq_len
-            last = int(input_pos[-1]) + 1 if input_pos is not None else T
+            last = int(input_pos.max()) + 1 if input_pos is not None else T
             if last > limit:
                 what = f"the KV cache length {limit}" if cache is not None else f"the model's max_seq_len {limit}"
                 raise ValueError(f"sequence of {last} positions exceeds {what}; shorten the input or raise the limit")

@@ -11,6 +11,7 @@ import sys
 VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", "memory", "lab"]
 VERBS += ["embed", "fill_mask", "classify", "eval"]  # the other members' verbs (issue 11)
 VERBS += ["export"]  # issue 12 (eval is shared with it)
+VERBS += ["serve"]  # issue 14
 
 
 def build_parser() -> argparse.ArgumentParser:

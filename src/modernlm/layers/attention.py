@@ -37,11 +37,11 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, D)
-        rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (T, Dh)
+        rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (T, Dh), or (B, T, Dh) with per-row positions
         mask: torch.Tensor | None,  # bool (B or 1, 1, T, S), True = may attend, or a float bias (B or 1, H, T, S)
         # added to the scores (ALiBi, -inf where hidden); None = plain causal over T
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cache buffers (B, K, S, Dh)
-        input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache
+        input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache, or (B, T): one row each
         memory: tuple[torch.Tensor, torch.Tensor]
         | None = None,  # cross-attention: (B, K, S, Dh) x2 from project_memory
     ) -> torch.Tensor:
@@ -55,14 +55,19 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         if rope is not None:  # rotated before the heads move forward: the (B, T, heads, Dh) layout SDPA reads best
-            cos, sin = rope[0][:, None], rope[1][:, None]  # (T, 1, Dh)
+            cos, sin = rope[0].unsqueeze(-2), rope[1].unsqueeze(-2)  # (T, 1, Dh) or (B, T, 1, Dh)
             q = apply_rope(q, cos, sin)
             k = q if self.k_proj is None else apply_rope(k, cos, sin)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Dh), (B, K, T, Dh)
         if kv is not None:
             k_cache, v_cache = kv
-            k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-            v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+            if input_pos.dim() == 1:
+                k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+                v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+            else:  # each row at its own positions (a serving batch): rows (B, 1) x positions (B, T) pick (B, T, K, Dh)
+                rows = torch.arange(B, device=input_pos.device)[:, None]  # (B, 1)
+                k_cache[rows, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)
+                v_cache[rows, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
             k, v = k_cache, v_cache  # (B, K, S, Dh)
         y = self._attend(q, k, v, mask, causal=mask is None and T > 1 and self.causal)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)

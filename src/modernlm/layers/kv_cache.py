@@ -38,5 +38,13 @@ class KVCache:
         """Views (B, K, length, Dh) of layer i's buffers: the first `length` positions (all by default)."""
         return self.k[i, :, :, :length], self.v[i, :, :, :length]
 
+    def narrow(self, start: int, rows: int, length: int) -> KVCache:
+        """A cache over rows start..start+rows-1 and positions 0..length-1 of this one, sharing its memory (writes go
+        through): a serving batch runs over the rows in use and the positions written so far, not the whole buffer."""
+        view = object.__new__(KVCache)
+        view.k = self.k[:, start : start + rows, :, :length]
+        view.v = self.v[:, start : start + rows, :, :length]
+        return view
+
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

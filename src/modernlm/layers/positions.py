@@ -49,18 +49,20 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
 def alibi_bias(
     slopes: torch.Tensor,  # (H,)
-    query_pos: torch.Tensor,  # (T,)
-    key_pos: torch.Tensor,  # (S,)
+    query_pos: torch.Tensor,  # (T,), or (B, T) per row
+    key_pos: torch.Tensor,  # (S,), or (B or 1, S)
     visible: torch.Tensor | None,  # bool (B or 1, 1, T, S); None: causal over query_pos/key_pos
     dtype: torch.dtype,
 ) -> torch.Tensor:  # (B or 1, H, T, S) float mask: the bias where visible, -inf elsewhere
     """ALiBi as an additive attention mask: -m_h * |pos(t) - pos(j)| for the keys each query may see (a causal
     query sees no later key, so this is the paper's -m_h * (pos(t) - pos(j)); a bidirectional one is symmetric)."""
-    distance = (query_pos[:, None] - key_pos[None, :]).abs().float()  # (T, S)
-    bias = -slopes.float()[:, None, None] * distance  # (H, T, S)
+    distance = (query_pos[..., :, None] - key_pos[..., None, :]).abs().float()  # (T, S) or (B, T, S)
+    bias = -slopes.float()[:, None, None] * distance[..., None, :, :]  # (H, T, S) or (B, H, T, S)
+    bias = bias if bias.dim() == 4 else bias[None]  # (B or 1, H, T, S)
     if visible is None:
-        visible = (key_pos[None, :] <= query_pos[:, None])[None, None]  # (1, 1, T, S)
-    return torch.where(visible, bias[None], float("-inf")).to(dtype)
+        visible = (key_pos[..., None, :] <= query_pos[..., :, None])[..., None, :, :]  # (B or 1, 1, T, S)
+        visible = visible if visible.dim() == 4 else visible[None]
+    return torch.where(visible, bias, float("-inf")).to(dtype)
 
 
 def absolute_positions(input_pos: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -68,6 +70,8 @@ def absolute_positions(input_pos: torch.Tensor, attention_mask: torch.Tensor | N
     if attention_mask is None:
         return input_pos
     counted = attention_mask.long().cumsum(-1) - 1  # (B, S): index of each slot among the row's real tokens
+    if input_pos.dim() == 2:  # per-row positions
+        return counted.gather(1, input_pos).clamp(min=0)  # (B, T)
     return counted[:, input_pos].clamp(min=0)  # (B, T)
 
 

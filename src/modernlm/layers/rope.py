@@ -71,9 +71,9 @@ def _yarn_frequencies(
 def rope_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, Dh) for integer positions (T,), in `dtype`."""
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, Dh/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (T, Dh)
+    """cos and sin tables (T, Dh) for integer positions (T,), or (B, T, Dh) for per-row positions (B, T), in `dtype`."""
+    angles = positions.float()[..., None] * inv_freq  # (T, Dh/2) or (B, T, Dh/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, Dh) or (B, T, Dh)
     return (angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype)
 
 

@@ -1,0 +1,113 @@
+"""`modernlm serve`: the OpenAI-compatible server (chat and completions, streamed or not), /metrics and a chat page.
+
+Loopback only unless --host says otherwise; a public host without --api-key is announced as open to anyone who can
+reach it. Needs the `serve` extra: pip install 'modernlm[serve]'.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from .generate import add_model_args
+
+log = logging.getLogger("modernlm")
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+DEFAULT_CONTEXT = 2048  # the KV cache is max_batch x context positions, preallocated
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over the OpenAI API (with a chat page at /)",
+        description="An OpenAI-compatible server with continuous batching and a prefix cache. "
+        "Open http://HOST:PORT/ for the chat page.",
+    )
+    add_model_args(p)
+    p.add_argument("--quantize", default=None, help="quantize the weights when loading (if this build supports it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=os.environ.get("MODERNLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $MODERNLM_API_KEY; none: open)")  # fmt: skip
+    p.add_argument("--model-id", default=None, help="the name clients use (default: the --model value)")
+    g = p.add_argument_group("engine")
+    g.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default: 8)")
+    g.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond them; more get 429")
+    g.add_argument("--context", type=int, default=None,
+                   help=f"positions per sequence (default: the model's, at most {DEFAULT_CONTEXT})")  # fmt: skip
+    g.add_argument("--prefix-cache-blocks", type=int, default=256, help="blocks of 16 tokens kept (0: off)")
+    g.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per step (default: 512)")
+    g.add_argument("--time-limit", type=float, default=600.0, help="seconds a request may run (default: 600)")
+    g.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens allowed (default: the context)")
+    g.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: 1 MiB)")
+    p.set_defaults(func=run)
+
+
+def _check(args) -> None:
+    for name in ("port", "max_batch", "max_queue", "context", "prefill_chunk", "time_limit", "max_tokens", "max_body"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.prefix_cache_blocks < 0:
+        raise ValueError(f"--prefix-cache-blocks must be >= 0, got {args.prefix_cache_blocks}")
+    if args.port > 65535:
+        raise ValueError(f"--port must be at most 65535, got {args.port}")
+    if args.api_key is not None and not args.api_key:
+        raise ValueError("--api-key is empty: give a key or leave the flag out")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(args):
+    import inspect
+
+    from ..loading import load_model, load_tokenizer
+
+    kwargs = dict(dtype=args.dtype, device=args.device)
+    if args.quantize is not None:
+        if "quantize" not in inspect.signature(load_model).parameters:
+            raise ValueError("--quantize is not available in this build of modernlm")
+        kwargs["quantize"] = args.quantize
+    return load_model(args.model, **kwargs), load_tokenizer(args.model)
+
+
+def run(args) -> int:
+    _check(args)
+    try:
+        import uvicorn
+
+        from ..serving.api import create_app
+    except ImportError as e:
+        raise ValueError(f"serving needs FastAPI and uvicorn ({e}): pip install 'modernlm[serve]'") from None
+    from ..serving.engine import Engine
+
+    if not is_loopback(args.host) and args.api_key is None:
+        log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
+                    args.host)  # fmt: skip
+    model, tokenizer = _load(args)
+    context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
+                    prefix_blocks=args.prefix_cache_blocks, prefill_chunk=args.prefill_chunk,
+                    time_limit=args.time_limit)  # fmt: skip
+    model_id = args.model_id or Path(str(args.model).rstrip("/")).name  # a name, never a path on this machine
+    app = create_app(engine, model_id, api_key=args.api_key, max_body=args.max_body,
+                     max_tokens=args.max_tokens)  # fmt: skip
+    engine.start()
+    cache_mb = (engine.cache.nbytes() + (engine.prefix.nbytes() if engine.prefix else 0)) / 2**20
+    log.info("engine: %d sequences x %d positions, KV cache and prefix cache %.0f MiB", args.max_batch,
+             engine.context, cache_mb)  # fmt: skip
+    log.info("serving %s on http://%s:%d/ (chat page at /, API at /v1)", args.model, args.host, args.port)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        engine.stop()
+    return 0
