@@ -148,6 +148,52 @@ def worker_speed(name: str, s: dict, compiled: bool = False) -> dict:
     }
 
 
+def worker_llamacpp(s: dict) -> dict:
+    """llama.cpp (llama-cpp-python, built for this machine) on the same GGUF file, threads and token counts as
+    worker_speed's batch-1 figures: greedy decode after a 16-token prompt, and a prompt_len-token prefill."""
+    import torch
+    from llama_cpp import Llama
+
+    from modernlm.checkpoints.sources import embedded_path
+
+    threads = torch.get_num_threads()
+    llm = Llama(
+        model_path=str(embedded_path("smollm2-135m-instruct")),
+        n_ctx=max(1024, s["prompt_len"] + 64),
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    g = torch.Generator().manual_seed(0)
+    vocab = llm.n_vocab()
+    prompt = torch.randint(100, vocab - 100, (s["prompt_len"],), generator=g).tolist()
+    short = torch.randint(100, vocab - 100, (16,), generator=g).tolist()
+
+    def decode(k: int) -> None:
+        llm.reset()
+        for i, _ in enumerate(llm.generate(short, temp=0.0, reset=True)):
+            if i + 1 >= k:
+                break
+
+    def prefill() -> None:
+        llm.reset()
+        llm.eval(prompt)
+
+    decode(2)
+    prefill()
+    rate = (s["decode_tokens"] - 1) / max(
+        _median_time(lambda: decode(s["decode_tokens"]), 3) - _median_time(lambda: decode(1), 3), 1e-9
+    )
+    return {
+        "label": "llama.cpp (same GGUF)",
+        "prefill_tok_s": s["prompt_len"] / _median_time(prefill, 3),
+        "decode1_tok_s": rate,
+        "threads": threads,
+        "version": __import__("llama_cpp").__version__,
+    }
+
+
 def worker_busy(name: str, s: dict, policy: str) -> dict:
     import torch
 
@@ -264,6 +310,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--speculative", action="store_true")
     p.add_argument("--kernels", action="store_true")
+    p.add_argument("--llamacpp", action="store_true", help="llama.cpp on the same GGUF, interleaved with the variants")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -278,6 +325,8 @@ def main() -> None:
             out = worker_busy(rest[0], s, rest[1])
         elif job == "kernels":
             out = worker_kernels(s)
+        elif job == "llamacpp":
+            out = worker_llamacpp(s)
         else:
             out = worker_speculative(s)
         out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
@@ -288,15 +337,24 @@ def main() -> None:
     results = {v: {"accuracy": run_worker(["accuracy", v, *quick])} for v in variants}
     bandwidth = [bandwidth_gb_s(args.quick)]
     speed = {v: [] for v in variants}
+    llamacpp = []  # llama.cpp on the same file, when llama-cpp-python is installed (pip install -e ".[llama]")
+    has_llamacpp = args.llamacpp and __import__("importlib.util").util.find_spec("llama_cpp") is not None
     for _ in range(s["rounds"]):  # interleaved: each round runs every variant once
         for v in variants:
             speed[v].append(run_worker(["speed", v, *quick]))
+        if has_llamacpp:
+            llamacpp.append(run_worker(["llamacpp", *quick]))
         bandwidth.append(bandwidth_gb_s(args.quick))
     for v in variants:
         runs = speed[v]
         results[v]["speed"] = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith(("_s", "_gb"))}
         results[v]["speed"] |= {k: runs[0][k] for k in ("model_bytes", "threads", "label")}
     extra = {}
+    if llamacpp:
+        extra["llama.cpp"] = {k: statistics.median(r[k] for r in llamacpp) for k in ("prefill_tok_s", "decode1_tok_s")}
+        extra["llama.cpp"] |= {k: llamacpp[0][k] for k in ("threads", "version")}
+    elif args.llamacpp:
+        extra["llama.cpp"] = "skipped: llama-cpp-python is not installed (pip install -e '.[llama]')"
     if args.compile:
         extra["compiled"] = {v: run_worker(["speed", v, "compiled", *quick]) for v in ("fp32", "gguf") if v in variants}
     if args.busy:
@@ -344,6 +402,18 @@ def report(results: dict, bandwidth: float, extra: dict, s: dict) -> None:
             f"{sp['decode1_tok_s'] / floor:6.0%} {sp['decode8_tok_s']:9.1f} {sp['prefill_tok_s']:8.0f} "
             f"{sp['peak_rss_gb']:7.2f} {sp['model_bytes'] / 1e6:6.0f}"
         )
+    ll = extra.get("llama.cpp")
+    if isinstance(ll, dict):
+        label = f"llama.cpp {ll['version']}, same GGUF"
+        print(f"{label:38} {'':7} {'':6} {'':5} {ll['decode1_tok_s']:9.1f} {'':6} {'':>9} "
+              f"{ll['prefill_tok_s']:8.0f}   ({ll['threads']} threads, as modernlm)")  # fmt: skip
+        for v in ("gguf", "int4-g32", "int8", "fp32"):
+            if v in results:
+                sp = results[v]["speed"]
+                print(f"  {v} / llama.cpp: decode b=1 {sp['decode1_tok_s'] / ll['decode1_tok_s']:.2f}x, "
+                      f"prefill {sp['prefill_tok_s'] / ll['prefill_tok_s']:.2f}x")  # fmt: skip
+    elif ll:
+        print(f"llama.cpp: {ll}")
     for v, c in extra.get("compiled", {}).items():
         print(f"compiled decode step, {v}: b=1 {c['decode1_tok_s']:.1f} tok/s, b=8 {c['decode8_tok_s']:.1f} "
               f"(compiled: {c['compiled_ok']})")  # fmt: skip
