@@ -25,8 +25,7 @@ def add_parser(sub) -> None:
         description="An OpenAI-compatible server with continuous batching and a prefix cache. "
         "Open http://HOST:PORT/ for the chat page.",
     )
-    add_model_args(p)
-    p.add_argument("--quantize", default=None, help="quantize the weights when loading (if this build supports it)")
+    add_model_args(p)  # --model, --dtype, --device, --quantize
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("MODERNLM_API_KEY"),
@@ -68,16 +67,10 @@ def is_loopback(host: str) -> bool:
 
 
 def _load(args):
-    import inspect
-
     from ..loading import load_model, load_tokenizer
 
-    kwargs = dict(dtype=args.dtype, device=args.device)
-    if args.quantize is not None:
-        if "quantize" not in inspect.signature(load_model).parameters:
-            raise ValueError("--quantize is not available in this build of modernlm")
-        kwargs["quantize"] = args.quantize
-    return load_model(args.model, **kwargs), load_tokenizer(args.model)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    return model, load_tokenizer(args.model)
 
 
 def run(args) -> int:
