@@ -86,11 +86,9 @@ def test_image_classification_small_run_classify_and_eval(tmp_path, capsys):
     pytest.importorskip("sklearn")
     from PIL import Image
 
-    cfg = small(tmp_path, max_steps=150, batch_size=32, lr=2e-3, warmup_steps=15, weight_decay=0.05)
+    cfg = small(tmp_path, max_steps=100, batch_size=32, lr=2e-3, warmup_steps=10, weight_decay=0.05)
     result = run_objective("image-classification", cfg)
-    assert (
-        result["test_accuracy"] > 0.25
-    )  # 150 steps, chance 0.1 (chance: 0.1); the slow suite trains the full run to >= 97%
+    assert result["test_accuracy"] > 0.25  # 100 steps (chance: 0.1); the slow suite trains the full run to >= 97%
     run = tmp_path / "run"
     assert (run / "confusion.png").is_file() and (run / "config.json").is_file()
     assert sum(map(sum, result["confusion_matrix"])) == 360
@@ -125,7 +123,7 @@ def test_seq2seq_small_run(tmp_path, capsys):
 def test_mlm_small_run(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    cfg = small(tmp_path, data=[str(text)], max_steps=30, batch_size=8, seq_len=32, lr=1e-3, warmup_steps=5,
+    cfg = small(tmp_path, data=[str(text)], max_steps=15, batch_size=8, seq_len=32, lr=1e-3, warmup_steps=5,
                 vocab_size=300, eval_batches=2, val_fraction=0.1)  # fmt: skip
     result = run_objective("mlm", cfg)
     assert 0 <= result["val_masked_token_accuracy"] <= 1

@@ -27,19 +27,12 @@ from __future__ import annotations
 
 import functools
 
-from ..config import ModelConfig
+from ..config import GATED_FFNS, ModelConfig
 
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes of an activation element
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}  # float32 tensors kept per parameter
 ATTENTION_KERNELS = ("auto", "flash", "math")
-FFN_SAVED = {
-    "relu": 1,
-    "gelu": 2,
-    "swiglu": 4,
-    "geglu": 4,
-    "gelu_erf": 2,
-    "geglu_erf": 4,
-}  # multiples of F kept per token
+FFN_SAVED = {"relu": 1, "gelu": 2, "gelu_erf": 2, "swiglu": 4, "geglu": 4, "geglu_erf": 4}  # multiples of F per token
 
 
 def _check(name: str, value: str, valid) -> None:
@@ -75,13 +68,9 @@ def layer_activation_bytes(
         n_score_tensors = 1 + (2 if cfg.attn_dropout else 0)
         scores = cfg.n_heads * seq_len * (n_score_tensors * e - (e - mask_bytes if cfg.attn_dropout else 0))
         attention = g["qkv"] * (3 * cfg.q_dim * e + scores) + keeps("o_proj") * cfg.q_dim * e
-    if cfg.ffn in (
-        "swiglu",
-        "geglu",
-        "geglu_erf",
-    ):  # act(gate) * up keeps the gate's input and each factor for the other's grad
+    if cfg.ffn in GATED_FFNS:  # act(gate) * up keeps the gate's input and each factor for the other's grad
         ffn = 2 * g["gate"] + g["up"] + keeps("down_proj")
-    elif cfg.ffn == "gelu":  # its input, and its output (the down projection's input)
+    elif cfg.ffn in ("gelu", "gelu_erf"):  # its input, and its output (the down projection's input)
         ffn = g["up"] + keeps("down_proj")
     else:  # relu: its output, for its own backward and the down projection's
         ffn = int(g["up"] or keeps("down_proj"))
