@@ -54,13 +54,17 @@ def free_port() -> int:
 @contextmanager
 def server(argv: list[str], port: int, name: str, startup: float = 300.0):
     """A server process; yields its base URL once /v1/models answers; stops it afterwards."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import tempfile
+
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a server that logs much (llama.cpp) would fill and block it
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{name} exited at start: {log.read()[-2000:]}")
             try:
                 if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
                     break
