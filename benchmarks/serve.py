@@ -82,18 +82,22 @@ def server(argv: list[str], port: int, name: str, startup: float = 300.0):
             proc.kill()
 
 
-def modernlm_argv(model: str, port: int, threads: int, prefix: bool, max_batch: int, dtype: str) -> list[str]:
+def modernlm_argv(
+    model: str, port: int, threads: int, prefix: bool, max_batch: int, dtype: str, quantize: str | None = None
+) -> list[str]:
     code = (
         f"import torch, sys; torch.set_num_threads({threads}); from modernlm.cli.__main__ import main; sys.exit(main())"
     )
     argv = [sys.executable, "-c", code, "serve", "--model", model, "--port", str(port), "--max-batch", str(max_batch),
             "--context", "1024", "--dtype", dtype]  # fmt: skip
+    argv += ["--quantize", quantize] if quantize else []
     return argv + ([] if prefix else ["--prefix-cache-blocks", "0"])
 
 
 def llama_cpp_argv(model: str, port: int, threads: int) -> list[str]:
     return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--host", "127.0.0.1",
-            "--n_threads", str(threads), "--n_ctx", "2048"]  # fmt: skip
+            "--n_threads", str(threads), "--n_ctx", "2048",
+            "--interrupt_requests", "False"]  # by default a new request cuts the running stream short  # fmt: skip
 
 
 def stream_chat(url: str, model_id: str, messages: list[dict], max_tokens: int, temperature: float) -> dict:
@@ -183,6 +187,7 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128, help="max_tokens of each request")
     p.add_argument("--prefix-requests", type=int, default=8, help="requests in the prefix-cache workload")
     p.add_argument("--quick", action="store_true", help="tiny counts: checks that everything runs, nothing more")
+    p.add_argument("--quantize", default=None, help="modernlm's weights: int8, int4 or gguf (keep the file's blocks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="modernlm's weight dtype")
     p.add_argument("--install-llama-cpp", action="store_true",
                    help="pip install 'llama-cpp-python[server]' first (builds llama.cpp: minutes)")  # fmt: skip
@@ -203,7 +208,11 @@ def main() -> int:
     port = free_port()
     report["engines"].append(
         run_engine(
-            "modernlm", modernlm_argv(args.model, port, args.threads, True, max_batch, args.dtype), port, model_id, args
+            "modernlm",
+            modernlm_argv(args.model, port, args.threads, True, max_batch, args.dtype, args.quantize),
+            port,
+            model_id,
+            args,
         )
     )
     if args.install_llama_cpp and importlib.util.find_spec("llama_cpp") is None:
@@ -220,7 +229,9 @@ def main() -> int:
     for prefix in (False, True):
         port = free_port()
         with server(
-            modernlm_argv(args.model, port, args.threads, prefix, max_batch, args.dtype), port, "modernlm"
+            modernlm_argv(args.model, port, args.threads, prefix, max_batch, args.dtype, args.quantize),
+            port,
+            "modernlm",
         ) as url:
             row = prefix_effect(url, model_id, args.prefix_requests, 16)
         report[f"prefix_cache_{'on' if prefix else 'off'}"] = row
