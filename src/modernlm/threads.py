@@ -11,9 +11,9 @@ Two mechanisms, both defaults a user's own settings override:
   when it loads, so this runs before torch is imported (modernlm/__init__.py calls it first thing); with
   OMP_WAIT_POLICY or GOMP_SPINCOUNT already set, nothing is changed.
 - The thread count. `choose_threads()` takes the cores this process may use (its affinity mask, at most torch's
-  default of one per physical core) less the cores other processes keep busy (the 1-minute load average, rounded),
-  at least one; `MODERNLM_THREADS=N` (or `all`) overrides it. The CLI's decoding verbs call it once at start and
-  say when they chose fewer than torch would.
+  default of one per physical core) less the cores other processes keep busy now (their share of /proc/stat over
+  0.1 s, rounded; the 1-minute load average where there is no /proc), at least one; `MODERNLM_THREADS=N` (or
+  `all`) overrides it. The CLI's decoding verbs call it once at start and say when they chose fewer than torch would.
 
 This module sits on the lowest floor: it imports no torch at module level.
 """
@@ -21,6 +21,7 @@ This module sits on the lowest floor: it imports no torch at module level.
 from __future__ import annotations
 
 import os
+import time
 
 SPIN_COUNT = "20000"
 _torch_default: int | None = None
@@ -40,12 +41,32 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores() -> float:
-    """Cores other processes keep busy: the 1-minute load average (0 where the system has none)."""
+def busy_cores(window: float = 0.1) -> float:
+    """Cores other processes keep busy now: the machine's busy share over a short `window` of /proc/stat (this
+    process sleeps meanwhile, so it does not count itself) times the cores; where there is no /proc/stat, the
+    1-minute load average (which also counts what just finished, such as an install or this process's own loading),
+    and 0 where the system has neither."""
+    try:
+        before = _cpu_times()
+        time.sleep(window)
+        after = _cpu_times()
+        busy, total = after[0] - before[0], after[1] - before[1]
+        return (os.cpu_count() or 1) * busy / total if total > 0 else 0.0
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return total - idle, total
 
 
 def choose_threads(requested: str | int | None = None, cores: int | None = None, busy: float | None = None) -> int:
