@@ -12,34 +12,22 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import modernlm
-from modernlm.config import preset
-from modernlm.training.bpe import train_bpe
+from tiny_chat import CHAT_TEMPLATE, save_tiny_chat_model
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'modernlm[serve]'")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
-)
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    tokenizer = train_bpe([TEXT], 300)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    cfg = preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=128)
-    modernlm.save_model(modernlm.Transformer(cfg), out, tokenizer=tokenizer)
-    return out
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", TEXT, max_seq_len=128)
 
 
 class LiveServer:

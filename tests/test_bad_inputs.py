@@ -20,25 +20,15 @@ import torch
 import modernlm
 from modernlm.cli.__main__ import main
 from modernlm.config import ConfigError, ModelConfig, preset
-from modernlm.training.bpe import train_bpe
+from tiny_chat import save_tiny_chat_model
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
-)
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A tiny Llama-style model with a BPE tokenizer and a chat template, saved as a Hugging Face directory."""
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    tokenizer = train_bpe([TEXT], 300)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    cfg = preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1, max_seq_len=48)
-    modernlm.save_model(modernlm.Transformer(cfg), out, tokenizer=tokenizer)
-    return out
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", TEXT, max_seq_len=48)
 
 
 def copy_model(tiny: Path, dest: Path, edit=None, weights=None) -> Path:

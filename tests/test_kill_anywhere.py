@@ -132,23 +132,10 @@ def test_training_survives_a_kill_at_every_write(tmp_path, env):
     assert tried >= 50  # 54 writes when this was written
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
-)
-
-
 def _finetuning(tmp_path, env, points):
-    import torch
+    from tiny_chat import save_tiny_chat_model
 
-    import modernlm
-    from modernlm.training.bpe import train_bpe
-
-    tokenizer = train_bpe([TEXT], 300)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    cfg = modernlm.preset("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_kv_heads=1)
-    modernlm.save_model(modernlm.Transformer(cfg), tmp_path / "base", tokenizer=tokenizer)
+    save_tiny_chat_model(tmp_path / "base", TEXT)
     pairs = [("Is simple better?", "Simple is better than complex."), ("And flat?", "Flat is better than nested.")]
     lines = "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs * 4)
     (tmp_path / "train.jsonl").write_text(lines)
