@@ -75,10 +75,17 @@ def _check_source(source) -> None:
         )
 
 
+def _local_path(source) -> Path:
+    """The file or directory a checked source names; a file must be a .gguf (both loaders read one)."""
+    _check_source(source)
+    path = resolve(source)
+    if path.is_file() and path.suffix != ".gguf":
+        raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
+    return path
+
+
 def _read_checkpoint(path: Path):
     if path.is_file():
-        if path.suffix != ".gguf":
-            raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
         from .checkpoints import gguf_cache
         from .checkpoints.gguf import load_gguf
         from .checkpoints.native import load_native
@@ -116,7 +123,7 @@ def load_model(
         from .quant.load import load_quantized
 
         return load_quantized(source, quantize, dtype, device)
-    path = resolve(source)
+    path = _local_path(source)
     config, state_dict = _read_checkpoint(path)
     check_finite(state_dict, path)
     state_dict = {
@@ -147,11 +154,8 @@ def load_tokenizer(source: str | os.PathLike | None = None):
     """The tokenizer of a model source: tokenizer.json of a directory, or the vocabulary inside a GGUF file."""
     from .tokenizer import Tokenizer
 
-    _check_source(source)
-    path = resolve(source)
+    path = _local_path(source)
     if path.is_file():
-        if path.suffix != ".gguf":
-            raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
         from .checkpoints import gguf_cache
 
         directory = gguf_cache.converted(path)
