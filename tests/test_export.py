@@ -109,3 +109,51 @@ def test_llama_cpp_runs_the_export_and_agrees_until_a_near_tie(smollm2_gguf, tmp
         with torch.no_grad():
             logits = ours(torch.tensor([prompt + mine[:first]]))[0, -1]
         assert float(logits[mine[first]] - logits[theirs[first]]) < 1.0, (first, mine, theirs)
+
+
+TRAIN_TEXT = (
+    "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex. Errors should "
+    "never pass silently, unless explicitly silenced. It's 1,234 -- or 5678!  Flat is better than nested.\n"
+)
+
+
+def _greedy_llama_cpp(llm, prompt: list[int], n: int) -> list[int]:
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == n:
+            return theirs
+    return theirs
+
+
+@pytest.mark.slow  # ~1 min: a short training run, then llama.cpp
+def test_a_model_we_trained_exports_and_runs_in_llama_cpp(tmp_path, monkeypatch):
+    """`modernlm train` (our byte-level BPE, our weights) -> `modernlm export` -> llama.cpp: it tokenizes text with
+    digits, apostrophes and runs of punctuation and spaces as our tokenizer does (the pre-tokenizer is inferred as
+    GPT-2's), and greedy-decodes our tokens until our own top two logits come within 0.1 (f16 rounding)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python (it builds llama.cpp)")
+    from modernlm.cli.__main__ import main
+    from modernlm.training import TrainConfig, train
+
+    monkeypatch.setenv("MODERNLM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "text.txt").write_text(TRAIN_TEXT * 8)
+    overrides = {"d_model": 64, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 128}
+    run = TrainConfig(
+        out_dir=str(tmp_path / "run"), data=[str(tmp_path / "text.txt")], val_fraction=0.0, vocab_size=320,
+        model="llama-tiny", model_overrides=overrides, seq_len=32, batch_size=8, max_steps=60, warmup_steps=4,
+        lr=3e-3, eval_interval=0, save_interval=60, sample_tokens=0, progress=False,
+    )  # fmt: skip
+    train(run)
+    out = tmp_path / "trained.gguf"
+    assert main(["export", "--format", "gguf", "--type", "f16", run.out_dir, str(out)]) == 0
+    tokenizer, ours = modernlm.load_tokenizer(run.out_dir), modernlm.load_model(out)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, n_threads=2, verbose=False)
+    tricky = "x = a+b; it's 12345 -- ok!!  Hello\n\n  world's   $100^2 <tag>|pipe ~tilde"
+    assert llm.tokenize(tricky.encode(), add_bos=False, special=True) == tokenizer.encode(tricky)
+    prompt = tokenizer.encode("Errors should never pass silently. Beautiful is")
+    theirs, mine = _greedy_llama_cpp(llm, prompt, 24), modernlm.generate(ours, prompt, 24)[0]
+    first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b), None)
+    if first is not None:
+        with torch.no_grad():
+            logits = ours(torch.tensor([prompt + mine[:first]]))[0, -1]
+        assert float(logits[mine[first]] - logits[theirs[first]]) < 0.1, (first, mine, theirs)

@@ -107,8 +107,16 @@ def _tensor(name: str, w: torch.Tensor, kind: str):
     return a.astype(np.float16), Q.F16
 
 
-def _tokenizer_metadata(writer, tokenizer, pre: str) -> None:
+def _pre_tokenizer_name(backend: dict) -> str:
+    """llama.cpp's name for a tokenizer's pre-tokenizer: "gpt-2" for byte-level BPE split by GPT-2's regex (what
+    `modernlm tokenizer` and `train` build), else "default"."""
+    pre = backend.get("pre_tokenizer") or {}
+    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+
+
+def _tokenizer_metadata(writer, tokenizer, pre: str | None) -> None:
     backend = json.loads(tokenizer.backend.to_str())
+    pre = _pre_tokenizer_name(backend) if pre is None else pre
     model = backend.get("model", {})
     if model.get("type") != "BPE":
         raise GGUFError(
@@ -140,10 +148,16 @@ def _tokenizer_metadata(writer, tokenizer, pre: str) -> None:
 
 
 def export_gguf(
-    model, tokenizer, out: str | os.PathLike, kind: str = "f16", name: str = "modernlm", tokenizer_pre: str = "default"
+    model,
+    tokenizer,
+    out: str | os.PathLike,
+    kind: str = "f16",
+    name: str = "modernlm",
+    tokenizer_pre: str | None = None,
 ) -> Path:
     """Write `model` (and `tokenizer`, if given) as a GGUF file of type `kind` (f16, q8_0, q4_0) at `out`.
-    `tokenizer_pre`: llama.cpp's name of the pre-tokenizer (a GGUF source's own `tokenizer.ggml.pre`)."""
+    `tokenizer_pre`: llama.cpp's name of the pre-tokenizer (a GGUF source's own `tokenizer.ggml.pre`); None infers
+    it from the tokenizer ("gpt-2" for a byte-level BPE with GPT-2's split, else "default")."""
     import gguf
 
     from ..files import atomic_path

@@ -32,7 +32,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as e:  # weights alone still make a file transformers loads
         print(f"[no tokenizer written: {e}]", file=sys.stderr)
         tokenizer = None
-    pre = read_gguf_metadata(path).get("tokenizer.ggml.pre", "default") if path.is_file() else "default"
+    pre = read_gguf_metadata(path).get("tokenizer.ggml.pre") if path.is_file() else None  # None: inferred
     name = args.name or Path(str(args.model)).stem
     out = export_gguf(model, tokenizer, args.out, kind=args.type, name=name, tokenizer_pre=pre)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.type})")
