@@ -1,5 +1,6 @@
 """`modernlm memory MODEL`: training memory (parameters, gradients, optimizer states, activations with and without
-activation checkpointing) and KV-cache bytes, for a preset, a config JSON or a model."""
+activation checkpointing) and KV-cache bytes, for a preset, a config JSON or a model; for an encoder, an
+encoder-decoder or a ViT, its step's parameters, gradients, optimizer states and activations (analysis/family.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}), a ModelConfig JSON file, or a model source")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--seq-len", type=positive_int, default=None, help="default: the model's max_seq_len")
+    p.add_argument("--target-len", type=positive_int, default=None, help="an encoder-decoder's decoder tokens "
+                   "(default: --seq-len)")  # fmt: skip
+    p.add_argument("--padded", action="store_true", help="an encoder's batch comes with an attention mask")
     p.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="bf16/fp16: autocast (default bf16)")
     p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZER_STATES))
     p.add_argument("--device", default="cuda", help="cuda or cpu: sets the dropout-mask size and attention kernel")
@@ -63,10 +67,9 @@ def memory_report(
 def run(args) -> int:
     cfg = resolve_config(args.model)
     if cfg.family != "decoder":
-        raise ValueError(
-            f"the training-memory model covers the decoder; {args.model} is of family {cfg.family!r}. "
-            "`modernlm info` gives its parameters, FLOPs and (encoder-decoder) generation cache"
-        )
+        return run_member(args, cfg)
+    if args.target_len is not None or args.padded:
+        raise ValueError(f"--target-len and --padded describe encoders and encoder-decoders; {args.model} is a decoder")
     seq_len = args.seq_len or cfg.max_seq_len
     adapters = None
     if args.lora:
@@ -101,6 +104,45 @@ def run(args) -> int:
         f"{report['kv_cache_bytes_per_token']:,} B per token"
     )
     return 0
+
+
+def run_member(args, cfg: ModelConfig) -> int:
+    """An encoder's, encoder-decoder's or ViT's step: parameters, gradients, optimizer states, activations."""
+    from ..analysis.family import generation_cache_bytes, member_training_memory
+
+    if args.lora or args.quantize:
+        raise ValueError(f"--lora and --quantize count decoder fine-tuning; {args.model} is a {cfg.family} model")
+    if cfg.family == "vit" and (args.seq_len or args.target_len):
+        raise ValueError(f"a ViT's tokens come from its image ({cfg.n_patches} patches + [CLS]); drop --seq-len")
+    if cfg.family != "seq2seq" and args.target_len:
+        raise ValueError(f"--target-len is an encoder-decoder's decoder length; {args.model} is a {cfg.family} model")
+    seq_len = cfg.n_patches + 1 if cfg.family == "vit" else args.seq_len or cfg.max_seq_len
+    target_len = args.target_len or seq_len
+    mem = member_training_memory(
+        cfg, args.batch_size, seq_len, target_len, args.precision, args.optimizer, padded=args.padded,
+        device=args.device,
+    )  # fmt: skip
+    report = {"family": cfg.family, "batch_size": args.batch_size, "seq_len": seq_len, "precision": args.precision,
+              "optimizer": args.optimizer, "training": mem}  # fmt: skip
+    if cfg.family == "seq2seq":
+        report["target_len"] = target_len
+        report["generation_cache_bytes"] = generation_cache_bytes(cfg, seq_len, target_len, PRECISIONS[args.precision])
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    lengths = f"{seq_len} source + {target_len} target tokens" if cfg.family == "seq2seq" else f"{seq_len} tokens"
+    print(f"{args.model} ({cfg.family}): batch {args.batch_size} x {lengths}, {args.precision}, {args.optimizer}")
+    for part, value in mem.items():
+        print(f"  {part:<28} {_mib(value):>14}")
+    if cfg.family == "seq2seq":
+        cache = report["generation_cache_bytes"]
+        cross, own = _mib(cache["cross_kv"]), _mib(cache["self_kv"])
+        print(f"  generation, per sequence: cross-attention K/V {cross}, self-attention K/V {own}")
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
 
 
 def _gib(n: int) -> str:
