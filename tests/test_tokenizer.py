@@ -9,6 +9,7 @@ import pytest
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from modernlm.checkpoints.gguf import tokenizer_from_gguf
 from modernlm.tokenizer import Tokenizer, TokenizerError, bytes_to_unicode
 
 TEXTS = {
@@ -35,7 +36,7 @@ CHATS = {
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf) -> Tokenizer:
-    return Tokenizer.from_gguf(smollm2_gguf)
+    return tokenizer_from_gguf(smollm2_gguf)
 
 
 # ---- the embedded GGUF's vocabulary against transformers ---------------------------------------------------------
@@ -172,7 +173,7 @@ def test_gguf_pre_tokenizers_match_transformers(tmp_path, write_gguf, small_voca
         "tokenizer.ggml.eos_token_id": 0,
     }
     path = write_gguf(tmp_path / f"{pre}.gguf", "llama", metadata)
-    ours = Tokenizer.from_gguf(path)
+    ours = tokenizer_from_gguf(path)
     hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     for text in [*TEXTS.values(), *CORPUS[:3], "<|im_start|>12345678 it's<|endoftext|>"]:
         assert ours.encode(text) == hf.encode(text, add_special_tokens=False), text
@@ -202,7 +203,7 @@ def test_gguf_sentencepiece_not_supported(tmp_path, write_gguf):
         {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "▁a"]},
     )
     with pytest.raises(TokenizerError, match=r"'llama' \(SentencePiece\) is not supported yet"):
-        Tokenizer.from_gguf(path)
+        tokenizer_from_gguf(path)
 
 
 def test_missing_chat_template(ours):
@@ -240,7 +241,7 @@ def test_prompts_start_with_bos_as_the_checkpoint_says(tmp_path, write_gguf, sma
     path = write_gguf(tmp_path / "m.gguf", "llama", metadata)
     hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     hf.save_pretrained(tmp_path / "hf_saved")
-    ours = Tokenizer.from_gguf(path)
+    ours = tokenizer_from_gguf(path)
     ours.save(tmp_path / "ours_saved")
     text = CORPUS[0]
     expected = hf(text).input_ids

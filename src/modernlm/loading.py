@@ -157,11 +157,12 @@ def load_tokenizer(source: str | os.PathLike | None = None):
     path = _local_path(source)
     if path.is_file():
         from .checkpoints import gguf_cache
+        from .checkpoints.gguf import tokenizer_from_gguf
 
         directory = gguf_cache.converted(path)
         if directory is not None and (directory / "tokenizer.json").is_file():
             return Tokenizer.from_directory(directory)
-        return Tokenizer.from_gguf(path)
+        return tokenizer_from_gguf(path)
     return Tokenizer.from_directory(path)
 
 

@@ -130,11 +130,9 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
-        """The byte-level BPE vocabulary inside a GGUF file (`tokenizer.ggml.model == "gpt2"`)."""
-        from .checkpoints.gguf import read_gguf_metadata
-
-        meta = read_gguf_metadata(path)
+    def from_gguf_metadata(cls, meta: dict, path: str | os.PathLike) -> Tokenizer:
+        """The byte-level BPE vocabulary of a GGUF file's metadata (`tokenizer.ggml.model == "gpt2"`), read from
+        `path` by `checkpoints.gguf.tokenizer_from_gguf` (this module reads no file format of its own)."""
         kind = meta.get("tokenizer.ggml.model")
         if kind != "gpt2":
             hint = " (SentencePiece)" if kind == "llama" else ""

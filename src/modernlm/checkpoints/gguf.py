@@ -324,3 +324,10 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Ten
             weight = unpermute_qk(weight, config.n_kv_heads)  # (K * Dh, D)
         state_dict[ours] = weight
     return config, state_dict
+
+
+def tokenizer_from_gguf(path: str | os.PathLike):
+    """The tokenizer stored in a GGUF file's metadata (a byte-level BPE vocabulary, its merges and chat template)."""
+    from ..tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf_metadata(read_gguf_metadata(path), path)

@@ -80,8 +80,8 @@ def _clean_legacy(root: Path) -> list[Path]:
 
 
 def _convert(path: Path, out: Path) -> None:
-    from ..tokenizer import Tokenizer, TokenizerError
-    from .gguf import load_gguf
+    from ..tokenizer import TokenizerError
+    from .gguf import load_gguf, tokenizer_from_gguf
     from .native import CONFIG_NAME, WEIGHTS_NAME
 
     config, state_dict = load_gguf(path)
@@ -89,7 +89,7 @@ def _convert(path: Path, out: Path) -> None:
     config.to_json(out / CONFIG_NAME)
     tokenizer = None
     try:
-        Tokenizer.from_gguf(path).save(out)
+        tokenizer_from_gguf(path).save(out)
         tokenizer = "tokenizer.json"
     except TokenizerError:  # the model still loads; load_tokenizer reports the tokenizer's problem itself
         pass
