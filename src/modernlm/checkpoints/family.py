@@ -14,7 +14,7 @@ import torch
 
 from ..config import ModelConfig
 from . import bert, modernbert, t5, vit
-from .gpt2 import _fill, _pattern
+from .names import NameTable
 
 MODULES = {"encoder": bert, "seq2seq": t5, "vit": vit}
 MEMBERS = {arch: module for module in (*MODULES.values(), modernbert) for arch in module.ARCHITECTURES}
@@ -44,31 +44,20 @@ def _module(cfg: ModelConfig):
     return MODULES[cfg.family]
 
 
-def _rename(table: list[tuple[str, str]], tensors: dict[str, torch.Tensor], where: str, skip=None) -> dict:
-    compiled = [(_pattern(src), dst) for src, dst in table]
-    out = {}
-    for name, tensor in tensors.items():
-        if skip is not None and skip.search(name):
-            continue
-        found = next(((m, dst) for p, dst in compiled if (m := p.match(name))), None)
-        if found is None:
-            from .hf import CheckpointError
-
-            raise CheckpointError(f"{where}: unexpected tensor {name!r}")
-        out[_fill(found[1], found[0])] = tensor
-    return out
-
-
 def state_from_hf(cfg: ModelConfig, tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    from .hf import CheckpointError
+
     module = _module(cfg)
-    state = _rename(module.name_table(cfg), tensors, where, module.SKIP)
+    state = NameTable(module.name_table(cfg)).rename_all(tensors, True, where, module.SKIP, CheckpointError)
     return module.to_ours(cfg, state) if hasattr(module, "to_ours") else state
 
 
 def state_to_hf(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     module = _module(cfg)
     state = module.to_hf(cfg, dict(state)) if hasattr(module, "to_hf") else state
-    return _rename([(ours, hf) for hf, ours in module.name_table(cfg)], state, "state dict")
+    from .hf import CheckpointError
+
+    return NameTable(module.name_table(cfg)).rename_all(state, False, "state dict", error=CheckpointError)
 
 
 def save(model: torch.nn.Module, directory, tokenizer=None):

@@ -24,6 +24,7 @@ import torch
 
 from ..config import ConfigError, ModelConfig
 from .hf import CheckpointError
+from .names import NameTable
 
 
 class GGUFError(CheckpointError):
@@ -46,7 +47,7 @@ ARCHITECTURES = {
 
 # ---- names ------------------------------------------------------------------------------------------------------
 # (GGUF name, our name); `{i}` is the layer index. The one place GGUF names meet ours.
-NAME_TABLE = [
+NAME_TABLE = NameTable([
     ("token_embd.weight", "embed.weight"),
     ("blk.{i}.attn_norm.weight", "blocks.{i}.attn_norm.weight"),
     *[
@@ -62,19 +63,14 @@ NAME_TABLE = [
     ],
     ("output_norm.weight", "norm.weight"),
     ("output.weight", "lm_head.weight"),
-]
-_PATTERNS = [(re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"), ours) for g, ours in NAME_TABLE]
+])  # fmt: skip
 # Tensors that describe the config rather than weights: read into it (rope_freqs) or recomputed (attn_rot_embd).
 _NOT_WEIGHTS = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd)$")
 
 
 def gguf_to_ours(name: str) -> str | None:
     """Our state-dict name for a GGUF tensor name, or None if it is not one of ours."""
-    for pattern, ours in _PATTERNS:
-        m = pattern.match(name)
-        if m:
-            return ours.replace("{i}", m.group(1)) if m.groups() else ours
-    return None
+    return NAME_TABLE.ours(name)
 
 
 # ---- reading ----------------------------------------------------------------------------------------------------

@@ -52,17 +52,6 @@ def _check_mappable(cfg) -> str:
     return "qwen2" if cfg.qkv_bias else "llama"
 
 
-def _ours_to_gguf(n_layers: int) -> dict[str, str]:
-    table = {}
-    for gguf_name, ours in NAME_TABLE:
-        if "{i}" in ours:
-            for i in range(n_layers):
-                table[ours.replace("{i}", str(i))] = gguf_name.replace("{i}", str(i))
-        else:
-            table[ours] = gguf_name
-    return table
-
-
 def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Our (Hugging Face) Q/K rows -> llama.cpp's pairs-adjacent RoPE order; the inverse of gguf.unpermute_qk."""
     half = w.shape[0] // n_head // 2
@@ -173,9 +162,9 @@ def export_gguf(
         )
     cfg = model.config
     arch = _check_mappable(cfg)
-    names = _ours_to_gguf(cfg.n_layers)
     state = _float_state(model)
-    unknown = [k for k in state if k not in names]
+    names = {k: NAME_TABLE.theirs(k) for k in state}
+    unknown = [k for k, g in names.items() if g is None]
     if unknown:
         raise GGUFError(f"tensors {unknown[:4]} have no GGUF name; this model has no GGUF mapping")
     with atomic_path(out) as tmp:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .names import fill, pattern
 
 ARCHITECTURE = "GPT2LMHeadModel"
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}  # HF name -> our ffn
@@ -37,18 +38,7 @@ NAME_TABLE = [
 _SKIPPED = re.compile(r"^(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)$|\.attn\.(bias|masked_bias)$")
 
 
-def _pattern(name: str) -> re.Pattern:
-    regex = re.escape(name).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{t\}", r"(?P<t>weight|bias)")
-    return re.compile("^" + regex.replace(r"\{qkv\}", r"(?P<qkv>[qkv])") + "$")
-
-
-_FROM = [(_pattern(hf), ours, layout) for hf, ours, layout in NAME_TABLE]
-
-
-def _fill(template: str, m: re.Match) -> str:
-    for key, value in m.groupdict().items():
-        template = template.replace("{" + key + "}", value)
-    return template
+_FROM = [(pattern(hf), ours, layout) for hf, ours, layout in NAME_TABLE]
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
@@ -139,9 +129,9 @@ def state_from_gpt2(tensors: dict[str, torch.Tensor], where: str) -> dict[str, t
         m, ours, layout = found
         if layout == "qkv":  # (D, 3D) or (3D,) -> q, k, v
             for part, chunk in zip("qkv", tensor.chunk(3, dim=-1), strict=True):
-                out[_fill(ours, m).replace("{qkv}", part)] = chunk.t().contiguous() if chunk.dim() == 2 else chunk
+                out[fill(ours, m).replace("{qkv}", part)] = chunk.t().contiguous() if chunk.dim() == 2 else chunk
         else:
-            out[_fill(ours, m)] = tensor.t().contiguous() if layout == "T" else tensor
+            out[fill(ours, m)] = tensor.t().contiguous() if layout == "T" else tensor
     return out
 
 
@@ -151,11 +141,11 @@ def state_to_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for hf, ours, layout in NAME_TABLE:
         if layout == "qkv":
             continue
-        pattern = _pattern(ours)
+        compiled = pattern(ours)
         for name, tensor in state.items():
-            m = pattern.match(name)
+            m = compiled.match(name)
             if m:
-                out[_fill(hf, m)] = tensor.t().contiguous() if layout == "T" else tensor
+                out[fill(hf, m)] = tensor.t().contiguous() if layout == "T" else tensor
     layers = {int(n.split(".")[1]) for n in state if n.startswith("blocks.")}
     for i in sorted(layers):
         for t in ("weight", "bias"):

@@ -9,7 +9,6 @@ Weights are read with safetensors, never with pickle.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..config import ConfigError, ModelConfig
 from ..files import atomic_path, write_json
 from ..text import read_json
 from . import family, gpt2
+from .names import NameTable
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama",
@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
 
 # ---- names ------------------------------------------------------------------------------------------------------
 # (HF name pattern, our name pattern); `{i}` is the layer index. One table for both directions.
-NAME_TABLE = [
+NAME_TABLE = NameTable([
     ("model.embed_tokens.weight", "embed.weight"),
     ("model.layers.{i}.input_layernorm.weight", "blocks.{i}.attn_norm.weight"),
     *[
@@ -52,23 +52,11 @@ NAME_TABLE = [
     ],
     ("model.norm.weight", "norm.weight"),
     ("lm_head.weight", "lm_head.weight"),
-]
-
-
-def _compile(table: list[tuple[str, str]], reverse: bool) -> list[tuple[re.Pattern, str]]:
-    pairs = [(b, a) if reverse else (a, b) for a, b in table]
-    return [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst) for src, dst in pairs]
-
-
-_FROM_HF, _TO_HF = _compile(NAME_TABLE, reverse=False), _compile(NAME_TABLE, reverse=True)
+])  # fmt: skip
 
 
 def rename(name: str, to_hf: bool) -> str | None:
-    for pattern, target in _TO_HF if to_hf else _FROM_HF:
-        m = pattern.match(name)
-        if m:
-            return target.replace("{i}", m.group(1)) if m.groups() else target
-    return None
+    return NAME_TABLE.theirs(name) if to_hf else NAME_TABLE.ours(name)
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
