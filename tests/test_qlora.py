@@ -136,8 +136,15 @@ def test_memory_predicts_the_quantized_base(spec, tie, bias):
     assert predicted["stored"] == model_bytes(model)
     with torch.no_grad():
         model(IDS[:1, :1])  # one row: the fused kernels, which build their layouts
-    caches = [m.qweight.kernel_cache for m in quantized_modules(model).values()]
-    built = sum(t.numel() * t.element_size() for cache in caches for t in cache.values())
+    own = {t.untyped_storage().data_ptr() for t in model.buffers()}  # a layout may reuse the stored codes
+    layouts = [m.qweight.kernel_cache for m in quantized_modules(model).values()]
+    tensors = {
+        t.untyped_storage().data_ptr(): t
+        for c in layouts
+        for v in c.values()
+        for t in (v if isinstance(v, tuple) else (v,))
+    }
+    built = sum(t.untyped_storage().nbytes() for ptr, t in tensors.items() if ptr not in own)
     assert predicted["kernels"] == built
     parts = training_memory(cfg, 2, 16, adapters={"q_proj": 4}, trainable_parameters=4 * 6 * 128, quantize=spec)
     assert parts["parameters"] == predicted["stored"] + 4 * 4 * 6 * 128

@@ -1,5 +1,6 @@
-"""Quantized linears against their plain twin (dequantize, then a float64 matmul), the fast kernels against the twin,
-the clean fallback where a kernel is missing, and quantize() on whole models with its bad-input errors."""
+"""Quantized linears against their plain twin (dequantize, then a float64 matmul), torch's fused kernels against the
+twin (modernlm's own decode kernels have tests/test_quant_native.py), the clean fallback where a kernel is missing,
+and quantize() on whole models with its bad-input errors."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ from modernlm.quant import (
 )
 
 G = torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def torch_kernels(monkeypatch):
+    """These tests hold torch's fused kernels to the twin at every batch size (test_quant_native.py: ours)."""
+    monkeypatch.setenv("MODERNLM_QUANT_KERNEL", "torch")
+
+
 CASES = [("int8", None), ("int8", 32), ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)]
 
 

@@ -247,11 +247,13 @@ def korthikanti_layer_bytes(cfg: ModelConfig, batch_size: int, seq_len: int) -> 
     return 34 * batch_size * seq_len * cfg.d_model + 5 * batch_size * cfg.n_heads * seq_len**2
 
 
-def quantized_weight_bytes(cfg: ModelConfig, quantize: str) -> dict[str, int]:
+def quantized_weight_bytes(cfg: ModelConfig, quantize: str, kernels: str | None = None) -> dict[str, int]:
     """Bytes of a model after `modernlm.quantize(model, kind, group)` (quantize: "int8", "int4", "int4-g64"...):
     `stored` (codes, scales, zeros, the int8 head/tied embedding, float norms and biases, a float untied embedding),
-    `kernels` (the packed copies torch's int4 kernel and the grouped int8 path build at first use), `transient`
-    (kernels + the largest matrix dequantized to float32, one at a time)."""
+    `kernels` (the layouts the decode kernels build at first use: modernlm's own, `kernels="native"`, the default
+    where they are built, or torch's, `"torch"`), `transient` (kernels + the largest matrix dequantized to float32,
+    one at a time)."""
+    from ..quant import native
     from ..quant.load import parse
     from ..quant.weights import DEFAULT_GROUP
     from .params import parameter_counts, projection_shapes
@@ -260,26 +262,34 @@ def quantized_weight_bytes(cfg: ModelConfig, quantize: str) -> dict[str, int]:
     group = DEFAULT_GROUP.get(kind) if group == "default" else group
     if kind not in ("int8", "int4"):
         raise ValueError(f"quantize must be int8 or int4 (with -gN), got {quantize!r}")
+    if kernels is None:
+        kernels = "native" if native.load() is not None else "torch"
+    _check("kernels", kernels, ("native", "torch"))
 
-    def matrix(n_in: int, n_out: int) -> tuple[int, int]:  # (stored, kernel copy) bytes of one quantized matrix
-        # stored scales (and zeros) in float32; the kernels' copies of them in bf16 (quant/kernels.py)
-        if kind == "int8":
-            groups = 1 if group is None else n_in // group
+    def matrix(n_in: int, n_out: int, kind: str, group: int | None) -> tuple[int, int]:
+        """(stored, kernel layout) bytes of one quantized matrix."""
+        groups = 1 if group is None else n_in // group
+        if kind == "int8":  # stored: codes, float32 scales
+            stored = n_in * n_out + 4 * n_out * groups
+            if kernels == "native":  # the codes as they are, a float32 scale per block of 32 inputs
+                return stored, 4 * n_out * n_in // 32
             codes_copy = 0 if group is None else n_in * n_out  # the grouped path's (G, N, gs) codes
-            return n_in * n_out + 4 * n_out * groups, codes_copy + 2 * n_out * groups
-        groups = n_in // group
-        return n_in * n_out // 2 + 8 * n_out * groups, n_in * n_out // 2 + 4 * n_out * groups
+            return stored, codes_copy + 2 * n_out * groups  # and bf16 scales
+        stored = n_in * n_out // 2 + 8 * n_out * groups  # nibbles, float32 scales and zeros
+        if kernels == "native":  # nibbles in blocks, a float32 scale and minimum per block of 32 inputs
+            return stored, n_in * n_out // 2 + 8 * n_out * n_in // 32
+        return stored, n_in * n_out // 2 + 4 * n_out * groups  # torch's packing, bf16 scales and zeros
 
     counts = parameter_counts(cfg)
     shapes = projection_shapes(cfg)
-    stored = kernels = 0
+    stored = layouts = 0
     for n_in, n_out in shapes.values():
-        s, k = matrix(n_in, n_out)
-        stored, kernels = stored + cfg.n_layers * s, kernels + cfg.n_layers * k
-    head = cfg.vocab_size * cfg.d_model + 4 * cfg.vocab_size  # int8 per channel (quant/modules.py: HEAD_KIND)
-    kernels += 2 * cfg.vocab_size  # its bf16 scales
+        s, k = matrix(n_in, n_out, kind, group)
+        stored, layouts = stored + cfg.n_layers * s, layouts + cfg.n_layers * k
+    head, head_layout = matrix(cfg.d_model, cfg.vocab_size, "int8", None)  # int8 per channel (quant/modules.py)
+    layouts += head_layout
     float_params = counts["total"] - cfg.n_layers * sum(i * o for i, o in shapes.values()) - counts["lm_head"]
     float_params -= counts["embedding"] if cfg.tie_embeddings else 0  # the tied embedding is the int8 head
     stored += head + 4 * float_params
     largest = max([cfg.vocab_size * cfg.d_model, *(i * o for i, o in shapes.values())])
-    return {"stored": stored, "kernels": kernels, "transient": kernels + 4 * largest}
+    return {"stored": stored, "kernels": layouts, "transient": layouts + 4 * largest}

@@ -1,5 +1,9 @@
 """The fast products of quantized weights, each beside its plain twin (dequantize, then `F.linear`).
 
+Decoding batches (up to 8 rows) go to modernlm's own kernels (native.py: int8 activations in blocks of 32 times the
+4-bit or 8-bit codes, integer dot products, as llama.cpp computes); `MODERNLM_QUANT_KERNEL=torch`, a larger batch,
+or a machine where they cannot be built uses torch's, below.
+
 torch ships fused CPU kernels that read the integer codes directly, so a decode step streams 1 (int8) or 1/2 (int4)
 byte per weight instead of 4:
 - `torch._weight_int8pack_mm(x (M, K), q int8 (N, K), scales (N,))`: one scale per output channel; a grouped int8
@@ -30,6 +34,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 log = logging.getLogger("modernlm")
 _enabled = True
@@ -83,6 +89,9 @@ def plain_matmul(weight, x: torch.Tensor) -> torch.Tensor:
 
 # ---- int8 ---------------------------------------------------------------------------------------------------------
 def int8_matmul(weight, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
+    if _enabled and native.usable(x, weight.in_features):  # a decoding batch: int8 x int8 blocks (native.py)
+        layout = _cached(weight, "_native8", lambda: native.int8_layout(weight))
+        return native.int8_matmul(layout, x).to(x.dtype)
     if not _fast(x, "_weight_int8pack_mm"):
         return plain_matmul(weight, x)
     act = activation_dtype()
@@ -101,6 +110,9 @@ def int8_matmul(weight, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
 
 # ---- int4 ---------------------------------------------------------------------------------------------------------
 def int4_matmul(weight, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
+    if _enabled and native.usable(x, weight.in_features):  # a decoding batch: 4-bit x int8 blocks (native.py)
+        layout = _cached(weight, "_native4", lambda: native.int4_layout(weight))
+        return native.int4_matmul(layout, x).to(x.dtype)
     op = "_weight_int4pack_mm_for_cpu"
     if not _fast(x, op) or not has_op("_convert_weight_to_int4pack_for_cpu"):
         return plain_matmul(weight, x)
