@@ -26,6 +26,7 @@ MODULES = (  # files of this package that hold experiments
     *("kv_cache", "rope", "precision"),
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
+    *("card_figures", "gqa_flops", "orthogonality", "qk_init", "decoding"),  # issue 16: the non-training claims
 )
 
 
