@@ -114,12 +114,14 @@ def test_bad_model_arguments_are_refused(setup):
 
 
 @pytest.mark.slow
-def test_command_line_runs_the_modernlm_model(setup, tmp_path):
-    """`python -m modernlm.eval.harness` is lm-eval's own command line with the model registered."""
+@pytest.mark.parametrize("entry", [["modernlm.eval.harness"], ["modernlm", "eval", "harness"]])
+def test_command_line_runs_the_modernlm_model(setup, tmp_path, entry):
+    """`python -m modernlm.eval.harness` and `modernlm eval harness` are lm-eval's own command line with the model
+    registered (lm-eval indexes its built-in tasks here too: tens of seconds)."""
     model_dir, tasks_dir = setup
     args = ["--model", "modernlm", "--model_args", f"source={model_dir},max_length={MAX_LENGTH}", "--tasks", "tiny_mc",
             "--include_path", str(tasks_dir), "--output_path", str(tmp_path), "--batch_size", "2"]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "modernlm.eval.harness", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", *entry, *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
     assert 0 <= results["results"]["tiny_mc"]["acc,none"] <= 1

@@ -10,7 +10,6 @@ modernlm eval harness --model modernlm --model_args source=M --tasks T    (lm-ev
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -50,8 +49,7 @@ def add_parser(sub) -> None:
         help="lm-evaluation-harness's command line with the `modernlm` model registered (same arguments as lm_eval)",
         add_help=False,
     )
-    harness.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments for lm_eval")
-    harness.set_defaults(func=run_harness)
+    harness.set_defaults(func=run_harness, passthrough=True)  # every argument after `harness` goes to lm_eval
 
 
 def run_perplexity(args) -> int:
@@ -95,7 +93,7 @@ def run_harness(args) -> int:
         from ..eval.harness import main
     except ImportError as e:
         raise ValueError(f"`modernlm eval harness` needs lm-eval: pip install 'modernlm[harness]' ({e})") from None
-    main(args.lm_eval_args)
+    main(args.passthrough_args)
     return 0
 
 
