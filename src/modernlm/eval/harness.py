@@ -163,18 +163,24 @@ class ModernLM(TemplateLM):
         return score_pairs(self.model, pairs, self.max_length, self.batch_size, self.eot_token_id)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        out = []
-        for (string,) in (req.args for req in requests):
+        """Each text's log-likelihood: the windows of every text scored together in batches, summed per text."""
+        owners, pairs = [], []
+        for i, (string,) in enumerate(req.args for req in requests):
             windows = get_rolling_token_windows(
                 token_list=self.tok_encode(string),
                 prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length,
                 context_len=1,
             )
-            pairs = [make_disjoint_window(w) for w in windows]
-            scores = score_pairs(self.model, pairs, self.max_length, self.batch_size, self.eot_token_id)
-            out.append(sum(s for s, _ in scores))
-            self.cache_hook.add_partial("loglikelihood_rolling", (string,), out[-1])
+            for window in windows:
+                owners.append(i)
+                pairs.append(make_disjoint_window(window))
+        scores = score_pairs(self.model, pairs, self.max_length, self.batch_size, self.eot_token_id)
+        out = [0.0] * len(requests)
+        for i, (logprob, _) in zip(owners, scores, strict=True):
+            out[i] += logprob
+        for req, total in zip(requests, out, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return out
 
     # ---- generation -------------------------------------------------------------------------------------------------
