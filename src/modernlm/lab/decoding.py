@@ -158,8 +158,8 @@ def decoding_diversity(quick: bool) -> Finding:
             ax1.annotate(n, (v["perplexity"], v["distinct_2"]), fontsize=8)
             if v["self_bleu"] is not None:
                 ax2.bar(n, v["self_bleu"])
-        ax1.set_xscale("log")
-        ax1.set_xlabel("the model's perplexity of its own text (quality)")
+        ax1.set_xscale("log", base=2)
+        ax1.set_xlabel("the model's perplexity of its own text (lower: more likely)")
         ax1.set_ylabel("distinct 2-grams within a text (diversity)")
         ax2.set_ylabel("self-BLEU between samples of a prompt")
         ax2.tick_params(axis="x", labelsize=8)

@@ -90,14 +90,14 @@ def random_orthogonality(quick: bool) -> Finding:
         ax1.plot(dims, [stats[d]["std"] for d in dims], "o", label="measured std of cos")
         ax1.plot(dims, [1 / math.sqrt(d) for d in dims], "-", label="1/sqrt(d)")
         ax1.plot(dims, [stats[d]["max_abs"] for d in dims], "s--", label=f"largest |cos| of {n} vectors")
-        ax1.set_xscale("log")
-        ax1.set_yscale("log")
+        ax1.set_xscale("log", base=2)
+        ax1.set_yscale("log", base=2)
         ax1.set_xlabel("dimension d")
         ax1.legend(fontsize=8)
         ax2.plot(dims, [100 * stats[d]["recovery"] for d in dims], "o-")
-        ax2.set_xscale("log")
+        ax2.set_xscale("log", base=2)
         ax2.set_xlabel("dimension d")
-        ax2.set_ylabel(f"% of token + position nearest its token ({vocab} tokens)")
+        ax2.set_ylabel(f"% of token + position nearest its token\n(among {vocab} tokens)")
 
     return Finding(verdict, summary, dict(stats={str(d): v for d, v in stats.items()}, n=n, threshold=THRESHOLD,
                                           vocab=vocab, positions=positions), plot)  # fmt: skip

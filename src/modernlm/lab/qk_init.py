@@ -127,13 +127,13 @@ def qk_init_variance(quick: bool) -> Finding:
         short = names
         ax1.barh(short, [r[n]["score_std"] for n in names])
         ax1.axvline(1.0, color="gray", lw=0.8)
-        ax1.set_xscale("log")
+        ax1.set_xscale("log", base=2)
         ax1.set_xlabel("std of the attention logits")
         ax1.tick_params(axis="y", labelsize=7)
         ax2.barh(short, [r[n]["entropy"] for n in names])
         ax2.axvline(m["uniform_entropy"], color="gray", lw=0.8, label="uniform")
         ax2.set_xlabel("softmax entropy (nats)")
         ax2.set_yticks([])
-        ax2.legend()
+        ax2.legend(loc="lower right")
 
     return Finding(verdict, summary, m, plot)
