@@ -41,6 +41,8 @@ bench: setup-test  ## side by side with transformers; figures go to BENCHMARKS.m
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/finetune_memory.py
 
-lab: setup  ## every lab experiment, full runs, then LAB.md
+lab: setup  ## every lab experiment, full runs, then LAB.md and the Anki deck (lab/deck.tsv, lab/deck.apkg)
+	$(PY) -m pip install -q -e ".[lab]"
 	for name in $$($(PY) -m modernlm lab list | grep -v '^ '); do $(PY) -m modernlm lab run $$name --out lab/$$name || exit 1; done
 	$(PY) -c "import modernlm.lab as l, pathlib; l.write_report('lab', 'LAB.md', pathlib.Path('lab/NOTE.md').read_text().strip())"
+	$(PY) -m modernlm lab cards --root lab --out lab/deck.tsv --apkg lab/deck.apkg

@@ -60,7 +60,10 @@ def _lenient_stdin() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):  # a verb that hands its arguments on (eval harness)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough_args = extra
     _show_notices()
     _lenient_stdin()
     if not hasattr(args, "func"):

@@ -5,6 +5,7 @@ modernlm eval perplexity --model M [--quantize Q] [--text FILE]    (held-out Eng
 modernlm eval task --model runs/digits-vit --task digits            (accuracy, macro F1)
 modernlm eval task --model runs/dates-t5 --task dates               (exact match, chrF, BLEU)
 modernlm eval scores --predictions out.txt --references ref.txt --metrics exact_match,chrf,bleu,rouge
+modernlm eval harness --model modernlm --model_args source=M --tasks T    (lm-evaluation-harness, model registered)
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def add_parser(sub) -> None:
         help="comma-separated: accuracy, f1, exact_match, chrf, bleu, rouge (default: the generation ones)",
     )
     scores.set_defaults(func=run_scores)
+    harness = kinds.add_parser(
+        "harness",
+        help="lm-evaluation-harness's command line with the `modernlm` model registered (same arguments as lm_eval)",
+        add_help=False,
+    )
+    harness.set_defaults(func=run_harness, passthrough=True)  # every argument after `harness` goes to lm_eval
 
 
 def run_perplexity(args) -> int:
@@ -78,6 +85,15 @@ def run_perplexity(args) -> int:
         what = args.quantize or args.dtype
         print(f"perplexity {result.perplexity:.3f} ({what}) over {result.tokens} tokens of {out['text']}")
         print(f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def run_harness(args) -> int:
+    try:
+        from ..eval.harness import main
+    except ImportError as e:
+        raise ValueError(f"`modernlm eval harness` needs lm-eval: pip install 'modernlm[harness]' ({e})") from None
+    main(args.passthrough_args)
     return 0
 
 

@@ -9,6 +9,7 @@ trainer and analysis code, never private copies of them.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import platform
@@ -25,6 +26,7 @@ MODULES = (  # files of this package that hold experiments
     *("kv_cache", "rope", "precision"),
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
+    *("card_figures", "gqa_flops", "orthogonality", "qk_init", "decoding"),  # issue 16: the non-training claims
 )
 
 
@@ -82,9 +84,10 @@ def run(name: str, quick: bool = False, out: str | Path | None = None) -> tuple[
     seconds = time.perf_counter() - start
     if finding.verdict not in VERDICTS:
         raise RuntimeError(f"experiment {name} returned verdict {finding.verdict!r}, not one of {VERDICTS}")
-    machine = f"{platform.machine()}, {platform.processor() or platform.system()}"
+    machine = describe_machine()
     record = dict(name=name, claim=exp.claim, source=exp.source, verdict=finding.verdict, summary=finding.summary,
-                  numbers=finding.numbers, quick=quick, seconds=round(seconds, 1), machine=machine)  # fmt: skip
+                  numbers=finding.numbers, quick=quick, seconds=round(seconds, 1), machine=machine,
+                  date=datetime.datetime.now(datetime.timezone.utc).date().isoformat())  # fmt: skip
     write_json(out / "result.json", record, default=float)
     if finding.plot is not None:
         _plot(finding, out / "plot.png", exp.claim)
@@ -94,6 +97,23 @@ def run(name: str, quick: bool = False, out: str | Path | None = None) -> tuple[
         f"Run: {'quick' if quick else 'full'}, {seconds:.0f} s on {machine}.\n",
     )
     return finding, out
+
+
+def describe_machine() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo) and core count, the GPU if torch sees one, and torch's version."""
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({os.cpu_count()} cores){gpu}, torch {torch.__version__}"
 
 
 def _plot(finding: Finding, path: Path, title: str) -> None:
