@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import Transformer
-from ..training.optim import build_optimizer, lr_at, set_lr
+from ..training.optim import build_optimizer, lr_at, param_groups, set_lr
+from ._seeds import mean_std
 
 VOCAB = 256
 
@@ -82,19 +83,36 @@ def train(
     warmup: int = 0,
     clip: float | None = 1.0,
     seed: int = 0,
+    weight_decay: float = 0.1,
+    optimizer: str = "adamw",
+    data: torch.Tensor | None = None,
 ) -> Run:
     """The trainer's AdamW (betas 0.9, 0.95, weight decay 0.1 on matrices) and schedule (linear warmup, then cosine to
-    10% of `lr` at the last step) on random windows of the corpus."""
+    10% of `lr` at the last step) on random windows of the corpus (or of `data`, a (N,) byte tensor).
+    `optimizer="adam_l2"`: torch's Adam with the same groups, where weight decay is an L2 term added to the gradient
+    (and so divided by Adam's second moment) instead of AdamW's decoupled shrinking of the weights."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     with one_thread():
-        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed)
+        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, weight_decay, optimizer, data)
 
 
-def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed) -> Run:
+OPTIMIZERS = ("adamw", "adam_l2")
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, kind: str) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) or Adam with L2 (decay in the gradient), over the trainer's groups (matrices decay)."""
+    if kind == "adamw":
+        return build_optimizer(model, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, weight_decay, optimizer, data) -> Run:
     torch.manual_seed(seed)
     model = Transformer(cfg).train()
-    opt = build_optimizer(model, lr=lr, weight_decay=0.1)
+    opt = make_optimizer(model, lr, weight_decay, optimizer)
     g = torch.Generator().manual_seed(seed)
-    data = corpus()[0]
+    data = corpus()[0] if data is None else data
     run, start = Run(model), time.perf_counter()
     for step in range(steps):
         set_lr(opt, lr_at(step, lr, 0.1 * lr, warmup, steps))
@@ -151,5 +169,29 @@ def compare(configs: dict[str, ModelConfig], steps: int | dict[str, int], seq_le
             losses=run.losses,
             seconds=run.seconds,
             val_loss=evaluate(run.model, seq_len),
+        )
+    return out
+
+
+def compare_seeds(
+    configs: dict[str, ModelConfig], steps: int | dict[str, int], seeds: tuple[int, ...], seq_len: int = 64, **kw: Any
+) -> dict:
+    """`compare` over several seeds (seed s: the same init seed and batches for every config). Per config: parameters,
+    steps, validation loss per seed (`val_losses`), their mean (`val_loss`) and std (`val_std`), and the mean training
+    curve (`losses`)."""
+    out = {}
+    for label, cfg in configs.items():
+        n = steps[label] if isinstance(steps, dict) else steps
+        runs = [train(cfg, n, seq_len=seq_len, seed=s, **kw) for s in seeds]
+        vals = [evaluate(r.model, seq_len) for r in runs]
+        mean, std = mean_std(vals)
+        out[label] = dict(
+            parameters=runs[0].model.num_parameters(),
+            steps=n,
+            val_losses=vals,
+            val_loss=mean,
+            val_std=std,
+            losses=[sum(c) / len(c) for c in zip(*(r.losses for r in runs), strict=True)],
+            seconds=sum(r.seconds for r in runs),
         )
     return out
