@@ -18,7 +18,7 @@ from .text import read_strict
 
 NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")  # layernorm_nobias: a gain only (ModernBERT)
 # gelu / geglu: GELU's tanh approximation (GPT-2, T5 v1.1); gelu_erf / geglu_erf: the exact GELU (BERT, ViT, ModernBERT)
-FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf")
+FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf", "silu")  # silu: a plain SiLU MLP (the lab)
 GATED_FFNS = ("swiglu", "geglu", "geglu_erf")
 POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none", "t5_relative")
 ABSOLUTE_POSITIONS = ("sinusoidal", "learned")  # added to the token embedding

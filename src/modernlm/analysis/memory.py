@@ -70,7 +70,7 @@ def layer_activation_bytes(
         attention = g["qkv"] * (3 * cfg.q_dim * e + scores) + keeps("o_proj") * cfg.q_dim * e
     if cfg.ffn in GATED_FFNS:  # act(gate) * up keeps the gate's input and each factor for the other's grad
         ffn = 2 * g["gate"] + g["up"] + keeps("down_proj")
-    elif cfg.ffn in ("gelu", "gelu_erf"):  # its input, and its output (the down projection's input)
+    elif cfg.ffn in ("gelu", "gelu_erf", "silu"):  # its input, and its output (the down projection's input)
         ffn = g["up"] + keeps("down_proj")
     else:  # relu: its output, for its own backward and the down projection's
         ffn = int(g["up"] or keeps("down_proj"))

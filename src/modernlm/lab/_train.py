@@ -12,6 +12,7 @@ import functools
 import math
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,16 +175,25 @@ def compare(configs: dict[str, ModelConfig], steps: int | dict[str, int], seq_le
 
 
 def compare_seeds(
-    configs: dict[str, ModelConfig], steps: int | dict[str, int], seeds: tuple[int, ...], seq_len: int = 64, **kw: Any
+    configs: dict[str, ModelConfig],
+    steps: int | dict[str, int],
+    seeds: tuple[int, ...],
+    seq_len: int = 64,
+    measure: Callable[[Transformer], dict[str, float]] | None = None,
+    **kw: Any,
 ) -> dict:
     """`compare` over several seeds (seed s: the same init seed and batches for every config). Per config: parameters,
-    steps, validation loss per seed (`val_losses`), their mean (`val_loss`) and std (`val_std`), and the mean training
-    curve (`losses`)."""
+    steps, validation loss per seed (`val_losses`), their mean (`val_loss`) and std (`val_std`), the mean training
+    curve (`losses`), and `measure(model)` of each trained model as {key: [value per seed]} (`measured`)."""
     out = {}
     for label, cfg in configs.items():
         n = steps[label] if isinstance(steps, dict) else steps
         runs = [train(cfg, n, seq_len=seq_len, seed=s, **kw) for s in seeds]
         vals = [evaluate(r.model, seq_len) for r in runs]
+        measured: dict[str, list] = {}
+        for r in runs if measure is not None else ():
+            for k, v in measure(r.model).items():
+                measured.setdefault(k, []).append(v)
         mean, std = mean_std(vals)
         out[label] = dict(
             parameters=runs[0].model.num_parameters(),
@@ -193,5 +203,6 @@ def compare_seeds(
             val_std=std,
             losses=[sum(c) / len(c) for c in zip(*(r.losses for r in runs), strict=True)],
             seconds=sum(r.seconds for r in runs),
+            **({"measured": measured} if measure is not None else {}),
         )
     return out
