@@ -74,3 +74,24 @@ def test_unit_stats_on_hand_built_weights():
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     stats = unit_stats(model, ids)
     assert stats == pytest.approx(dict(dead_fraction=3 / 8, zero_outputs=3 / 8, mean_output=5 / 8))
+
+
+def test_heads_parameters_and_kv_bytes(ran):
+    n = ran("mha-gqa-mqa")[0].numbers
+    from modernlm.lab.heads import configs
+
+    cfgs = configs(n["d_model"], n["layers"], n["heads"])
+    L, D, T = n["layers"], n["d_model"], n["cache_tokens"]
+    mha = n["runs"][f"MHA ({n['heads']} heads)"]
+    for label, r in n["runs"].items():
+        cfg = cfgs[label]
+        assert r["parameters"] == r["formula_parameters"]
+        # K and V, per layer: kv heads x head dim values per token, 2 bytes each in fp16
+        assert r["kv_bytes"] == 2 * L * r["kv_heads"] * r["head_dim"] * T * 2
+        # equal parameters: the dropped K, V weights, 2·D·(H-K)·Dh per layer, went to the FFN (3·D per unit), to
+        # within half a hidden unit per layer
+        assert abs(r["parameters"] - mha["parameters"]) <= L * 3 * D / 2, label
+        assert cfg.n_heads * cfg.head_dim == D
+    assert n["runs"]["single head"]["parameters"] == mha["parameters"]
+    assert mha["kv_bytes"] == n["heads"] * n["runs"][f"MQA ({n['heads']} heads, 1 KV)"]["kv_bytes"]
+    _verdict_follows_the_rule(n, "single head", f"MHA ({n['heads']} heads)", "single_minus_mha")
