@@ -27,19 +27,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    """ran(name) -> (Finding, output directory); each experiment runs once per test session."""
-    done: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in done:
-            done[name] = lab.run(name, quick=True, out=tmp_path_factory.mktemp(name))
-        return done[name]
-
-    return get
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_quick_run_writes_its_three_files(name, ran):
     finding, out = ran(name)

@@ -23,18 +23,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    done: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in done:
-            done[name] = lab.run(name, quick=True, out=tmp_path_factory.mktemp(name))
-        return done[name]
-
-    return get
-
-
 def _verdict_follows_the_rule(numbers: dict, a: str, b: str, key: str) -> None:
     """The stored difference is the paired difference of the stored per-seed losses, and the rule is printed."""
     runs = numbers["runs"]
@@ -95,3 +83,71 @@ def test_heads_parameters_and_kv_bytes(ran):
     assert n["runs"]["single head"]["parameters"] == mha["parameters"]
     assert mha["kv_bytes"] == n["heads"] * n["runs"][f"MQA ({n['heads']} heads, 1 KV)"]["kv_bytes"]
     _verdict_follows_the_rule(n, "single head", f"MHA ({n['heads']} heads)", "single_minus_mha")
+
+
+def test_dropout_overfitting_gaps_and_rule(ran):
+    n = ran("dropout-overfitting")[0].numbers
+    for r in n["runs"].values():
+        assert r["gaps"] == pytest.approx([v - t for t, v in zip(r["train_losses"], r["val_losses"], strict=True)])
+        assert r["losses"][0] == pytest.approx(LN256, abs=0.15)
+    d = difference(n["runs"]["no dropout"]["val_losses"], n["runs"]["dropout 0.2"]["val_losses"])
+    assert n["val_gain"]["dropout 0.2"] == pytest.approx(d.to_dict())
+    assert n["corpus_bytes"] == 8_000
+
+
+def test_adam_l2_and_adamw_steps_match_the_update_rules_in_float64():
+    """One step of each optimizer the lab builds, against Adam's update written out here (Kingma & Ba; Loshchilov &
+    Hutter): L2 adds wd·w to the gradient before the moments; AdamW shrinks w by lr·wd outside them."""
+    from modernlm.lab._train import make_optimizer
+
+    lr, wd, b1, b2, eps = 0.01, 0.5, 0.9, 0.95, 1e-8
+    g0 = torch.Generator().manual_seed(0)
+    w0, grad = (
+        torch.randn(3, 4, generator=g0, dtype=torch.float64),
+        torch.randn(3, 4, generator=g0, dtype=torch.float64),
+    )
+
+    def step(kind):
+        model = torch.nn.Linear(4, 3, bias=False).double()
+        with torch.no_grad():
+            model.weight.copy_(w0)
+        model.weight.grad = grad.clone()
+        opt = make_optimizer(model, lr, wd, kind)
+        opt.step()
+        return model.weight.detach()
+
+    def adam(g):  # first step: m = (1-b1) g, v = (1-b2) g², bias-corrected: m/(1-b1) = g, v/(1-b2) = g²
+        return lr * g / (g.abs() + eps)
+
+    assert torch.allclose(step("adam_l2"), w0 - adam(grad + wd * w0), atol=1e-12)
+    assert torch.allclose(step("adamw"), w0 * (1 - lr * wd) - adam(grad), atol=1e-12)
+    with pytest.raises(ValueError, match="optimizer"):
+        from modernlm.lab._train import train
+
+        train(tiny_config(), 1, optimizer="sgd")
+
+
+def test_adamw_vs_l2_rule(ran):
+    n = ran("adamw-vs-l2")[0].numbers
+    assert set(n["runs"]) == set(n["settings"])
+    # same init and batches for every setting (one config): without decay AdamW and Adam + L2 0 are one run, and the
+    # first training loss is the same for all
+    firsts = [r["losses"][0] for r in n["runs"].values()]
+    assert max(firsts) - min(firsts) < 1e-6 and firsts[0] == pytest.approx(LN256, abs=0.15)
+
+
+def test_clip_warmup_outcomes():
+    from modernlm.lab.stability import outcome
+
+    assert outcome([5.5] * 5 + [2.0] * 10) == dict(final=2.0, failed=0.0, spike=0.0)
+    stalled = outcome([5.5, 9.0] + [5.2] * 10)
+    assert stalled["failed"] == 1.0 and stalled["spike"] == pytest.approx(3.5)
+    diverged = outcome([5.5, 7.0, math.nan])
+    assert diverged["failed"] == 1.0 and diverged["spike"] == math.inf and math.isnan(diverged["final"])
+
+
+def test_clip_warmup_counts(ran):
+    n = ran("clip-warmup-high-lr")[0].numbers
+    for g, per_lr in n["runs"].items():
+        assert n["failed"][g] == sum(o["failed"] for per in per_lr.values() for o in per)
+        assert all(len(per) == len(n["seeds"]) for per in per_lr.values())

@@ -132,16 +132,22 @@ def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, weight_decay
     return run
 
 
-def evaluate(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> float:
-    """Mean next-byte cross-entropy (nats) over `windows` evenly spaced validation windows of `seq_len` tokens."""
-    return float(position_losses(model, seq_len, windows, batch_size).mean())
+def evaluate(
+    model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4, data: torch.Tensor | None = None
+) -> float:
+    """Mean next-byte cross-entropy (nats) over `windows` evenly spaced validation windows (or windows of `data`) of
+    `seq_len` tokens."""
+    return float(position_losses(model, seq_len, windows, batch_size, data).mean())
 
 
-def position_losses(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> torch.Tensor:
-    """(T,) mean next-byte cross-entropy at each position of `windows` evenly spaced validation windows."""
+def position_losses(
+    model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4, data: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(T,) mean next-byte cross-entropy at each position of `windows` evenly spaced validation windows (or windows of
+    `data`, a (N,) byte tensor)."""
     model.eval()
     with one_thread(), torch.no_grad():
-        data = corpus()[1]
+        data = corpus()[1] if data is None else data
         starts = torch.linspace(0, len(data) - seq_len - 2, windows).long().tolist()
         total = torch.zeros(seq_len, dtype=torch.float64)
         for i in range(0, windows, batch_size):

@@ -62,7 +62,15 @@ def gpt2017_vs_llama(quick: bool) -> Finding:
     return Finding(
         verdict,
         summary,
-        dict(d_model=d, layers=layers, flops_per_token=per_token, budget=budget, runs=res, seeds=seed_list,
-             gap=gap.to_dict(), rule=rule(len(seed_list))),  # fmt: skip
+        dict(
+            d_model=d,
+            layers=layers,
+            flops_per_token=per_token,
+            budget=budget,
+            runs=res,
+            seeds=seed_list,
+            gap=gap.to_dict(),
+            rule=rule(len(seed_list)),
+        ),  # fmt: skip
         plot,
     )

@@ -26,7 +26,9 @@ def configs(d: int, layers: int, heads: int) -> dict[str, ModelConfig]:
     gqa = max(2, heads // 4)
     for label, kv in ((f"GQA ({heads} heads, {gqa} KV)", gqa), (f"MQA ({heads} heads, 1 KV)", 1)):
         dropped = 2 * d * (heads - kv) * mha.head_dim
-        out[label] = tiny_config(**base, n_heads=heads, n_kv_heads=kv, ffn_hidden=mha.ffn_hidden + round(dropped / (3 * d)))
+        out[label] = tiny_config(
+            **base, n_heads=heads, n_kv_heads=kv, ffn_hidden=mha.ffn_hidden + round(dropped / (3 * d))
+        )
     return out
 
 

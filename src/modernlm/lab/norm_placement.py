@@ -50,7 +50,9 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
     depths = [2, 4, 8] if quick else [2, 4, 8, 16, 32, 48]
     seed_list = seeds(quick)
     grads = {  # seed 0's per-layer gradients, for the plot
-        f"{p}, {i}": {d: _layer_gradients(p, d, std) for d in depths} for i, std in INITS.items() for p in ("pre", "post")
+        f"{p}, {i}": {d: _layer_gradients(p, d, std) for d in depths}
+        for i, std in INITS.items()
+        for p in ("pre", "post")
     }
     spreads = {  # last layer / first layer, one value per seed
         f"{p}, {i}": {d: [(g := _layer_gradients(p, d, std, s))[-1] / g[0] for s in seed_list] for d in depths}
@@ -88,12 +90,9 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
         + ", ".join(f"{k}: {pm(v)}" for k, v in final.items())
         + f" (all start at {first['pre-norm, warmup 0'][0]:.2f}). Post-norm without warmup minus with warmup: "
         f"{warmup_gain.text()}. Post-norm's gradients grow toward the output (last/first > 1.5 while pre-norm's do "
-        "not): "
-        + ", ".join(f"{i}: {'yes' if g else 'no'}" for i, g in grows.items())
-        + "; "
+        "not): " + ", ".join(f"{i}: {'yes' if g else 'no'}" for i, g in grows.items()) + "; "
         f"without warmup post-norm {'diverges, stalls or trails warmup' if post_diverges else 'trains as well'} at "
-        f"depth {depth}; pre-norm {'trains' if pre_ok else 'does NOT train'} without warmup. "
-        + rule(len(seed_list))
+        f"depth {depth}; pre-norm {'trains' if pre_ok else 'does NOT train'} without warmup. " + rule(len(seed_list))
     )
 
     def plot(fig):
