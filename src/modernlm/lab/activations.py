@@ -4,8 +4,6 @@ a ReLU passes them neither signal nor gradient), the mean of each activation's o
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..layers.ffn import ACTIVATIONS

@@ -18,8 +18,9 @@ CACHE_TOKENS = 4096  # the KV cache is reported at this many tokens (batch 1, fp
 
 
 def configs(d: int, layers: int, heads: int) -> dict[str, ModelConfig]:
-    """Single-head and MHA at the same width; GQA (max(2, heads/4) KV heads) and MQA with the FFN widened by the dropped K, V
-    parameters (2·D·(H - K)·Dh per layer over the SwiGLU's 3·D per hidden unit, rounded to the nearest unit)."""
+    """Single-head and MHA at the same width; GQA (max(2, heads/4) KV heads) and MQA with the FFN widened by the
+    dropped K, V parameters (2·D·(H - K)·Dh per layer over the SwiGLU's 3·D per hidden unit, rounded to the
+    nearest unit)."""
     base = dict(d_model=d, n_layers=layers, ffn_multiple_of=8)
     mha = tiny_config(**base, n_heads=heads)
     out = {"single head": tiny_config(**base, n_heads=1, ffn_hidden=mha.ffn_hidden), f"MHA ({heads} heads)": mha}
