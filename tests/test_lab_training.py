@@ -150,3 +150,14 @@ def test_clip_warmup_counts(ran):
     for g, per_lr in n["runs"].items():
         assert n["failed"][g] == sum(o["failed"] for per in per_lr.values() for o in per)
         assert all(len(per) == len(n["seeds"]) for per in per_lr.values())
+
+
+def test_depth_vs_width_keeps_the_parameters(ran):
+    n = ran("depth-vs-width")[0].numbers
+    shapes = n["shapes"]
+    for (L, D), (label, r) in zip(shapes, n["runs"].items(), strict=True):
+        # per layer: q, k, v, o (4·D²) + gate, up, down at F = 8D/3 (8·D²) + two RMSNorm gains; final norm D
+        assert r["non_embedding"] == L * (12 * D * D + 2 * D) + D, label
+        assert r["parameters"] == r["formula_parameters"] == r["non_embedding"] + 2 * 256 * D
+    weights = {L * D * D for L, D in shapes}
+    assert len(weights) == 1  # L·D² fixed: the same 12·L·D² weight parameters

@@ -25,12 +25,8 @@ MODULES = (  # files of this package that hold experiments
     *("kv_cache", "rope", "precision"),
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
-    *(
-        "activations",
-        "heads",
-        "regularisation",
-        "stability",
-    ),  # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
+    # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
+    *("activations", "heads", "regularisation", "stability", "depth_width"),  # fmt: skip
 )
 
 
