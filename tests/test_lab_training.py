@@ -161,3 +161,34 @@ def test_depth_vs_width_keeps_the_parameters(ran):
         assert r["parameters"] == r["formula_parameters"] == r["non_embedding"] + 2 * 256 * D
     weights = {L * D * D for L, D in shapes}
     assert len(weights) == 1  # L·D² fixed: the same 12·L·D² weight parameters
+
+
+def test_lora_counts_flops_and_memory(ran):
+    n = ran("lora-vs-full")[0].numbers
+    from modernlm.analysis import parameter_counts
+    from modernlm.lab.lora import B, T, settings
+
+    cfg = tiny_config(d_model=n["d_model"], n_layers=n["layers"], ffn_multiple_of=8)
+    full = n["runs"]["full"]
+    assert full["trainable"] == parameter_counts(cfg)["total"]
+    # every matmul's backward is two matmuls of its size (input and weight gradients): a full step is 3 forwards
+    assert full["step"] == 3 * full["forward"]
+    shapes = {
+        "q_proj": (cfg.d_model, cfg.q_dim),
+        "k_proj": (cfg.d_model, cfg.kv_dim),
+        "v_proj": (cfg.d_model, cfg.kv_dim),
+    }
+    shapes.update(o_proj=(cfg.q_dim, cfg.d_model), gate_proj=(cfg.d_model, cfg.ffn_hidden))
+    shapes.update(up_proj=(cfg.d_model, cfg.ffn_hidden), down_proj=(cfg.ffn_hidden, cfg.d_model))
+    for label, setting in settings(quick=True).items():
+        r = n["runs"][label]
+        assert r["optimizer_bytes"] == 8 * r["trainable"]  # AdamW: two float32 moments per trainable parameter
+        if setting is None:
+            continue
+        adapters = cfg.n_layers * sum(setting.r * sum(shapes[t]) for t in setting.targets)  # A (r, in), B (out, r)
+        assert r["adapter_formula"] == adapters
+        extra = (2 * cfg.n_layers + 1) * cfg.d_model + 256 * cfg.d_model if setting.train_norms else 0
+        assert r["trainable"] == adapters + extra  # norm gains (2 a block + final) and the embedding
+        # the adapters' forward: x A^T then (.) B^T, 2·tokens·r·(in + out) FLOPs per adapted projection
+        assert r["forward"] - full["forward"] == 2 * B * T * adapters
+        assert r["step"] < full["step"] and r["memory_bytes"] < full["memory_bytes"]
