@@ -192,3 +192,23 @@ def test_lora_counts_flops_and_memory(ran):
         # the adapters' forward: x A^T then (.) B^T, 2·tokens·r·(in + out) FLOPs per adapted projection
         assert r["forward"] - full["forward"] == 2 * B * T * adapters
         assert r["step"] < full["step"] and r["memory_bytes"] < full["memory_bytes"]
+
+
+def test_block_effects_ablate_one_block_each(ran):
+    n = ran("block-effects-vs-size")[0].numbers
+    from modernlm.analysis import parameter_counts
+    from modernlm.lab.block_effects import configs
+
+    for (d, layers), (key, runs) in zip(n["sizes"], n["runs"].items(), strict=True):
+        cfgs = configs(d, layers)
+        modern = cfgs["modern"]
+        assert (modern.norm, modern.ffn, modern.positions, modern.n_kv_heads) == ("rmsnorm", "swiglu", "rope", 2)
+        for label, cfg in cfgs.items():
+            changed = {f for f in ("norm", "ffn", "positions", "n_kv_heads") if getattr(cfg, f) != getattr(modern, f)}
+            assert len(changed) == (0 if label == "modern" else 1), label
+            assert runs[label]["parameters"] == parameter_counts(cfg)["total"]
+        # LayerNorm adds a bias per norm (2 a block + the final one); MHA adds K, V for 2 more heads
+        assert runs["LayerNorm for RMSNorm"]["parameters"] - runs["modern"]["parameters"] == (2 * layers + 1) * d
+        assert runs["MHA for GQA"]["parameters"] - runs["modern"]["parameters"] == layers * 2 * d * (d // 2)
+        for label, e in n["effects"][key].items():
+            assert e == pytest.approx(difference(runs[label]["val_losses"], runs["modern"]["val_losses"]).to_dict())
