@@ -212,3 +212,14 @@ def test_block_effects_ablate_one_block_each(ran):
         assert runs["MHA for GQA"]["parameters"] - runs["modern"]["parameters"] == layers * 2 * d * (d // 2)
         for label, e in n["effects"][key].items():
             assert e == pytest.approx(difference(runs[label]["val_losses"], runs["modern"]["val_losses"]).to_dict())
+
+
+def test_postnorm_depth_counts(ran):
+    n = ran("postnorm-depth")[0].numbers
+    assert set(n["runs"]) == {f"{p}-norm, {w}" for p in ("pre", "post") for w in ("warmup", "no warmup")}
+    for label, per_depth in n["runs"].items():
+        assert list(per_depth) == [str(d) for d in n["depths"]]
+        for depth, outcomes in per_depth.items():
+            assert len(outcomes) == len(n["seeds"])
+            assert n["failed"][label][depth] == sum(o["failed"] for o in outcomes)
+            assert all(o["spike"] >= 0 for o in outcomes)  # measured from the first loss, itself included
