@@ -16,7 +16,8 @@ from typing import Any
 from .fields import FieldError, check_fields, check_mapping
 from .text import read_strict
 
-NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")  # layernorm_nobias: a gain only (ModernBERT)
+NORMS = ("rmsnorm", "layernorm", "layernorm_nobias", "batchnorm")  # layernorm_nobias: a gain only (ModernBERT)
+# batchnorm: statistics over every token of the batch, padding included (the lab's LayerNorm-vs-BatchNorm experiment)
 # gelu / geglu: GELU's tanh approximation (GPT-2, T5 v1.1); gelu_erf / geglu_erf: the exact GELU (BERT, ViT, ModernBERT)
 FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf", "silu")  # silu: a plain SiLU MLP (the lab)
 GATED_FFNS = ("swiglu", "geglu", "geglu_erf")

@@ -92,8 +92,9 @@ def _keeps_input(adapters: dict[str, int] | None, name: str) -> bool:
 
 
 def _norm_own(cfg: ModelConfig, e: int) -> int:
-    """Bytes per token a norm keeps of its own: x̂ (RMSNorm) or its input (LayerNorm), and float32 statistics."""
-    return cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+    """Bytes per token a norm keeps of its own: x̂ (RMSNorm) or its input (LayerNorm, BatchNorm), and float32
+    statistics per token (BatchNorm's are per feature, not per token)."""
+    return cfg.d_model * e + {"rmsnorm": 1, "batchnorm": 0}.get(cfg.norm, 2) * 4
 
 
 def _grad_flow(adapters: dict[str, int] | None, input_grad: bool) -> dict[str, bool]:

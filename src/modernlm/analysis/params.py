@@ -6,8 +6,8 @@ from ..config import GATED_FFNS, ModelConfig
 
 
 def norm_parameters(cfg: ModelConfig) -> int:
-    """One norm's parameters: a gain, and a bias for LayerNorm."""
-    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)  # a gain, and a bias for LayerNorm
+    """One norm's parameters: a gain, and a bias for LayerNorm and BatchNorm (whose running statistics are buffers)."""
+    return cfg.d_model * (2 if cfg.norm in ("layernorm", "batchnorm") else 1)
 
 
 def attention_parameters(cfg: ModelConfig) -> int:
