@@ -223,3 +223,39 @@ def test_postnorm_depth_counts(ran):
             assert len(outcomes) == len(n["seeds"])
             assert n["failed"][label][depth] == sum(o["failed"] for o in outcomes)
             assert all(o["spike"] >= 0 for o in outcomes)  # measured from the first loss, itself included
+
+
+def test_batchnorm_layer_normalises_over_every_token_in_float64():
+    from modernlm.layers.norm import BatchNorm
+
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    bn = BatchNorm(8).double().train()
+    rows = x.reshape(-1, 8)  # every token of the batch, padding included
+    expected = (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(bn(x), expected.view(3, 5, 8), atol=1e-12)
+    # running statistics: (1 - momentum) * old + momentum * batch (unbiased variance), from 0 and 1
+    assert torch.allclose(bn.running_mean, 0.1 * rows.mean(0)) and torch.allclose(
+        bn.running_var, 0.9 + 0.1 * rows.var(0)
+    )
+
+
+def test_padded_batches_mask_padding_from_the_loss():
+    from modernlm.lab.batchnorm import PAD, T, padded_batch
+
+    data = torch.arange(1, 201)  # no zero: PAD never occurs in the data
+    ids, mask, targets = padded_batch(data, 6, torch.Generator().manual_seed(0))
+    assert ids.shape == (6, T + 1) and mask.shape == targets.shape == (6, T)
+    for row, m, t in zip(ids, mask, targets, strict=True):
+        n = int(m.sum())
+        assert m[:n].all() and not m[n:].any() and n >= 8
+        assert (row[1 : n + 1] - row[:n] == 1).all() and (row[n + 1 :] == PAD).all()  # a contiguous window, then PAD
+        assert (t[:n] == row[1 : n + 1]).all() and (t[n:] == -100).all()
+
+
+def test_layernorm_vs_batchnorm_numbers(ran):
+    n = ran("layernorm-vs-batchnorm")[0].numbers
+    assert max(n["runs"]["LayerNorm"]["logit_move"]) < 1e-5  # a LayerNorm model's row ignores its companions
+    assert all(g == pytest.approx(0, abs=1e-5) for g in n["runs"]["LayerNorm"]["gaps"])  # no train/eval difference
+    assert min(n["runs"]["BatchNorm, momentum 0.1"]["logit_move"]) > 1e-3
+    ln, bn = n["runs"]["LayerNorm"], n["runs"]["BatchNorm, momentum 0.1"]
+    assert n["bn_minus_ln"] == pytest.approx(difference(bn["eval_loss"], ln["eval_loss"]).to_dict())

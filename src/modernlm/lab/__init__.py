@@ -26,16 +26,8 @@ MODULES = (  # files of this package that hold experiments
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
     # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
-    *(
-        "activations",
-        "heads",
-        "regularisation",
-        "stability",
-        "depth_width",
-        "lora",
-        "block_effects",
-        "postnorm_depth",
-    ),  # fmt: skip
+    *("activations", "heads", "regularisation", "stability", "depth_width", "lora", "block_effects"),
+    *("postnorm_depth", "batchnorm"),
 )
 
 
