@@ -259,3 +259,30 @@ def test_layernorm_vs_batchnorm_numbers(ran):
     assert min(n["runs"]["BatchNorm, momentum 0.1"]["logit_move"]) > 1e-3
     ln, bn = n["runs"]["LayerNorm"], n["runs"]["BatchNorm, momentum 0.1"]
     assert n["bn_minus_ln"] == pytest.approx(difference(bn["eval_loss"], ln["eval_loss"]).to_dict())
+
+
+def test_concatenated_positions_keep_tokens_and_positions_apart():
+    from modernlm.model import Transformer
+
+    cfg = tiny_config(d_model=32, positions="learned_concat", max_seq_len=16)
+    model = Transformer(cfg)
+    ids = torch.randint(0, 256, (2, 10))
+    x = model._embed(ids, torch.arange(10), None)  # (B, T, D)
+    assert torch.equal(x[..., :24], model.embed.weight[ids][..., :24])  # tokens: the first 3D/4
+    assert torch.equal(x[..., 24:], model.pos_embed.weight[:10].expand(2, 10, 8))  # positions: the last D/4
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny_config(d_model=34, n_heads=2, positions="learned_concat")
+
+
+def test_add_vs_concat_numbers(ran):
+    n = ran("add-vs-concat-positions")[0].numbers
+    D = n["d_model"]
+    runs = n["runs"]
+    assert runs["added (learned)"]["position_parameters"] == 64 * D
+    assert runs["concatenated (learned, D/4)"]["position_parameters"] == 64 * D // 4
+    assert runs["RoPE (reference)"]["position_parameters"] == 0
+    assert all(r["parameters"] == r["formula_parameters"] for r in runs.values())
+    assert n["random_cosine"] == pytest.approx(math.sqrt(2 / (math.pi * D)))
+    assert 0 < n["overlap"]["token_position"] < 1
+    a, c = runs["added (learned)"], runs["concatenated (learned, D/4)"]
+    assert n["added_minus_concat"] == pytest.approx(difference(a["val_losses"], c["val_losses"]).to_dict())

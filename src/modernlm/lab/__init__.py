@@ -27,7 +27,7 @@ MODULES = (  # files of this package that hold experiments
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
     # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
     *("activations", "heads", "regularisation", "stability", "depth_width", "lora", "block_effects"),
-    *("postnorm_depth", "batchnorm"),
+    *("postnorm_depth", "batchnorm", "positions_concat"),
 )
 
 
