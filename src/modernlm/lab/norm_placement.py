@@ -49,18 +49,15 @@ def _runs(depth: int, steps: int, seed_list) -> dict[str, list[list[float]]]:
 def prenorm_vs_postnorm(quick: bool) -> Finding:
     depths = [2, 4, 8] if quick else [2, 4, 8, 16, 32, 48]
     seed_list = seeds(quick)
-    grads = {  # seed 0's per-layer gradients, for the plot
-        f"{p}, {i}": {d: _layer_gradients(p, d, std) for d in depths}
+    per_seed = {  # per-layer gradients, one list per seed
+        f"{p}, {i}": {d: [_layer_gradients(p, d, std, s) for s in seed_list] for d in depths}
         for i, std in INITS.items()
         for p in ("pre", "post")
     }
-    spreads = {  # last layer / first layer, one value per seed
-        f"{p}, {i}": {d: [(g := _layer_gradients(p, d, std, s))[-1] / g[0] for s in seed_list] for d in depths}
-        for i, std in INITS.items()
-        for p in ("pre", "post")
-    }
+    grads = {k: {d: g[0] for d, g in v.items()} for k, v in per_seed.items()}  # the first seed's, for the plot
+    spreads = {k: {d: [g[-1] / g[0] for g in per] for d, per in v.items()} for k, v in per_seed.items()}
     spread = {k: {d: mean_std(v)[0] for d, v in per.items()} for k, per in spreads.items()}
-    depth, steps = (4, 20) if quick else (16, 150)
+    depth, steps = (4, 12) if quick else (16, 150)
     curves = _runs(depth, steps, seed_list)
     final = {k: [smooth(c) for c in v] for k, v in curves.items()}
     first = {k: [c[0] for c in v] for k, v in curves.items()}

@@ -13,7 +13,7 @@ from . import Finding, experiment
 from ._seeds import difference, mean_std, pm, rule, seeds
 from ._train import compare_seeds, corpus, evaluate, tiny_config
 
-WINDOWS = 32  # evaluation windows of 64 bytes, on the training bytes and on held-out ones
+WINDOWS = 32  # evaluation windows of 64 bytes, on the training bytes and on held-out ones (8 in quick runs)
 
 
 def small_corpus(quick: bool) -> torch.Tensor:
@@ -26,8 +26,10 @@ def _fit(configs: dict[str, ModelConfig], quick: bool, **kw) -> tuple[dict, tupl
     data, seed_list = small_corpus(quick), seeds(quick)
     steps = 10 if quick else 300
 
+    windows = 8 if quick else WINDOWS
+
     def measure(model):
-        return dict(train=evaluate(model, 64, WINDOWS, data=data), val=evaluate(model, 64, WINDOWS))
+        return dict(train=evaluate(model, 64, windows, data=data), val=evaluate(model, 64, windows))
 
     res = compare_seeds(configs, steps, seed_list, data=data, measure=measure, batch_size=8 if quick else 16, **kw)
     for r in res.values():
@@ -87,7 +89,8 @@ def dropout_overfitting(quick: bool) -> Finding:
     verdict = "confirmed" if helps and not hurts else "refuted" if hurts and not helps else "depends"
     summary = (
         f"2 layers, 64 wide, {steps} steps of {8 if quick else 16} x 64 bytes on the first "
-        f"{len(small_corpus(quick)):,} bytes of the corpus, {len(seed_list)} seeds; loss over {WINDOWS} windows: "
+        f"{len(small_corpus(quick)):,} bytes of the corpus, {len(seed_list)} seeds; loss over "
+        f"{8 if quick else WINDOWS} windows: "
         + _text(res)
         + ". Validation loss without dropout minus with: "
         + ", ".join(f"{k} {d.text()}" for k, d in diffs.items())
