@@ -286,3 +286,50 @@ def test_add_vs_concat_numbers(ran):
     assert 0 < n["overlap"]["token_position"] < 1
     a, c = runs["added (learned)"], runs["concatenated (learned, D/4)"]
     assert n["added_minus_concat"] == pytest.approx(difference(a["val_losses"], c["val_losses"]).to_dict())
+
+
+ROUND_TWO = [
+    *("relu-vs-gelu", "mha-gqa-mqa", "dropout-overfitting", "adamw-vs-l2", "clip-warmup-high-lr", "depth-vs-width"),
+    *("lora-vs-full", "block-effects-vs-size", "postnorm-depth", "layernorm-vs-batchnorm", "add-vs-concat-positions"),
+    *("bias-and-tying", "swiglu-vs-gelu", "gpt2017-vs-llama", "prenorm-vs-postnorm", "causal-mask-leak"),
+    "length-extrapolation",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ROUND_TWO)
+def test_full_run_code_paths_with_training_capped_at_two_steps(name, monkeypatch):
+    """The full (non-quick) configurations build, train, measure and plot: every training loop capped at 2 steps, so
+    a full run on the idle machine cannot fail on a shape or a config the quick runs never reach."""
+    import functools
+    import importlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modernlm import lab
+    from modernlm.lab import _train
+
+    train = _train.train
+
+    def capped(cfg, steps, *args, **kwargs):
+        return train(cfg, min(steps, 2), *args, **kwargs)
+
+    monkeypatch.setattr(_train, "train", capped)  # compare_seeds trains through it
+    for module in lab.MODULES:
+        m = importlib.import_module(f"modernlm.lab.{module}")
+        if hasattr(m, "train"):
+            monkeypatch.setattr(m, "train", capped)
+        for loop in ("finetune", "train_padded"):  # (model or config, steps, ...)
+            if hasattr(m, loop):
+                f = getattr(m, loop)
+                monkeypatch.setattr(
+                    m, loop, functools.partial(lambda f, x, steps, *a, **k: f(x, min(steps, 2), *a, **k), f)
+                )
+    finding = lab.get(name).fn(False)
+    assert finding.verdict in lab.VERDICTS and "seeds" in finding.summary
+    fig = plt.figure()
+    finding.plot(fig)
+    plt.close(fig)
