@@ -67,3 +67,26 @@ def write_gguf():
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ran(tmp_path_factory):
+    """The lab's quick runs, once per test session however many test files check them: ran(name) -> (Finding,
+    output directory)."""
+    import torch
+
+    from modernlm import lab
+
+    done: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in done:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)  # tiny runs: one thread is faster than two on a shared CPU
+            try:
+                done[name] = lab.run(name, quick=True, out=tmp_path_factory.mktemp(name))
+            finally:
+                torch.set_num_threads(before)
+        return done[name]
+
+    return get

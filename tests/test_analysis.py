@@ -21,6 +21,7 @@ VARIANTS = [
     dict(qkv_bias=True, out_bias=True, mlp_bias=True),
     dict(norm="layernorm", ffn="gelu"),
     dict(ffn="geglu", head_dim=32),
+    dict(norm="batchnorm", ffn="silu"),
 ]
 
 
@@ -110,6 +111,7 @@ MEMORY_CASES = [
     (dict(n_kv_heads=1, ffn="gelu", positions="alibi"), "flash"),
     (dict(shared_qk=True, n_kv_heads=4, positions="learned", ffn="geglu", resid_dropout=0.1), "flash"),
     (dict(attn_dropout=0.1, embed_dropout=0.1, positions="alibi"), "math"),
+    (dict(norm="batchnorm", ffn="silu"), "flash"),
 ]
 
 

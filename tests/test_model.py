@@ -164,7 +164,7 @@ def test_config_json_round_trip(tmp_path):
     [
         (dict(n_heads=6, n_kv_heads=4), "not divisible by n_kv_heads=4"),
         (dict(head_dim=15), "head_dim=15 is odd"),
-        (dict(norm="batchnorm"), "unknown norm 'batchnorm'; valid values: rmsnorm, layernorm"),
+        (dict(norm="groupnorm"), "unknown norm 'groupnorm'; valid values: rmsnorm, layernorm"),
         (dict(ffn="swish"), "unknown ffn 'swish'"),
         (dict(n_layers=0), "n_layers must be a positive integer"),
         (dict(dropout=1.5), "dropout must be in"),

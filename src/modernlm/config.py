@@ -16,12 +16,13 @@ from typing import Any
 from .fields import FieldError, check_fields, check_mapping
 from .text import read_strict
 
-NORMS = ("rmsnorm", "layernorm", "layernorm_nobias")  # layernorm_nobias: a gain only (ModernBERT)
+NORMS = ("rmsnorm", "layernorm", "layernorm_nobias", "batchnorm")  # layernorm_nobias: a gain only (ModernBERT)
+# batchnorm: statistics over every token of the batch, padding included (the lab's LayerNorm-vs-BatchNorm experiment)
 # gelu / geglu: GELU's tanh approximation (GPT-2, T5 v1.1); gelu_erf / geglu_erf: the exact GELU (BERT, ViT, ModernBERT)
-FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf")
+FFNS = ("swiglu", "geglu", "gelu", "relu", "gelu_erf", "geglu_erf", "silu")  # silu: a plain SiLU MLP (the lab)
 GATED_FFNS = ("swiglu", "geglu", "geglu_erf")
-POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none", "t5_relative")
-ABSOLUTE_POSITIONS = ("sinusoidal", "learned")  # added to the token embedding
+POSITIONS = ("rope", "alibi", "sinusoidal", "learned", "none", "t5_relative", "learned_concat")
+ABSOLUTE_POSITIONS = ("sinusoidal", "learned", "learned_concat")  # added to (or concatenated with) the token embedding
 MEMBER_POSITIONS = (
     "learned",
     "t5_relative",
@@ -268,6 +269,7 @@ class ModelConfig:
             why = {
                 "alibi": "ALiBi has no rotary frequencies to rescale (it extrapolates through its linear bias)",
                 "learned": "a learned table has no frequencies to rescale; it ends at max_seq_len",
+                "learned_concat": "a learned table has no frequencies to rescale; it ends at max_seq_len",
                 "sinusoidal": "the sinusoidal table is added to the embedding, not rotated into q and k",
                 "none": "there are no positions to scale",
                 "t5_relative": "T5's bucketed bias has no frequencies to rescale",
@@ -286,10 +288,16 @@ class ModelConfig:
                 f"d_model={self.d_model} is odd, but the sinusoidal table pairs a sine and a cosine per frequency: "
                 "use an even d_model"
             )
-        if self.positions == "learned" and self.max_seq_len > 1 << 20:
+        if self.positions == "learned_concat" and self.d_model % 4:
             raise ConfigError(
-                f"positions='learned' with max_seq_len={self.max_seq_len} would allocate a {self.max_seq_len} x "
-                f"{self.d_model} table that no training run fills; lower max_seq_len or use positions='rope' / 'alibi'"
+                f"d_model={self.d_model} is not a multiple of 4, but positions='learned_concat' gives positions the "
+                "last quarter of the embedding: use a d_model divisible by 4"
+            )
+        if self.positions in ("learned", "learned_concat") and self.max_seq_len > 1 << 20:
+            raise ConfigError(
+                f"positions={self.positions!r} with max_seq_len={self.max_seq_len} would allocate a "
+                f"{self.max_seq_len} x {self.d_model} table that no training run fills; lower max_seq_len or use "
+                "positions='rope' / 'alibi'"
             )
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")

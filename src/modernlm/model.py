@@ -146,8 +146,10 @@ class Transformer(nn.Module):
             x = x * math.sqrt(cfg.d_model)
         if cfg.positions in ABSOLUTE_POSITIONS:
             pos = absolute_positions(input_pos, attention_mask)  # (T,) or (B, T)
-            table = self.pos_embed(pos) if cfg.positions == "learned" else sinusoidal_table(pos, cfg.d_model, x.dtype)
-            x = x + table  # (B, T, D)
+            if self.pos_embed is not None:  # a table of the position registry: added or concatenated
+                x = self.pos_embed.add(x, pos)  # (B, T, D)
+            else:
+                x = x + sinusoidal_table(pos, cfg.d_model, x.dtype)  # (B, T, D)
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
 
     def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:

@@ -70,7 +70,7 @@ def layer_activation_bytes(
         attention = g["qkv"] * (3 * cfg.q_dim * e + scores) + keeps("o_proj") * cfg.q_dim * e
     if cfg.ffn in GATED_FFNS:  # act(gate) * up keeps the gate's input and each factor for the other's grad
         ffn = 2 * g["gate"] + g["up"] + keeps("down_proj")
-    elif cfg.ffn in ("gelu", "gelu_erf"):  # its input, and its output (the down projection's input)
+    elif cfg.ffn in ("gelu", "gelu_erf", "silu"):  # its input, and its output (the down projection's input)
         ffn = g["up"] + keeps("down_proj")
     else:  # relu: its output, for its own backward and the down projection's
         ffn = int(g["up"] or keeps("down_proj"))
@@ -92,8 +92,9 @@ def _keeps_input(adapters: dict[str, int] | None, name: str) -> bool:
 
 
 def _norm_own(cfg: ModelConfig, e: int) -> int:
-    """Bytes per token a norm keeps of its own: x̂ (RMSNorm) or its input (LayerNorm), and float32 statistics."""
-    return cfg.d_model * e + (1 if cfg.norm == "rmsnorm" else 2) * 4
+    """Bytes per token a norm keeps of its own: x̂ (RMSNorm) or its input (LayerNorm, BatchNorm), and float32
+    statistics per token (BatchNorm's are per feature, not per token)."""
+    return cfg.d_model * e + {"rmsnorm": 1, "batchnorm": 0}.get(cfg.norm, 2) * 4
 
 
 def _grad_flow(adapters: dict[str, int] | None, input_grad: bool) -> dict[str, bool]:

@@ -6,8 +6,8 @@ from ..config import GATED_FFNS, ModelConfig
 
 
 def norm_parameters(cfg: ModelConfig) -> int:
-    """One norm's parameters: a gain, and a bias for LayerNorm."""
-    return cfg.d_model * (2 if cfg.norm == "layernorm" else 1)  # a gain, and a bias for LayerNorm
+    """One norm's parameters: a gain, and a bias for LayerNorm and BatchNorm (whose running statistics are buffers)."""
+    return cfg.d_model * (2 if cfg.norm in ("layernorm", "batchnorm") else 1)
 
 
 def attention_parameters(cfg: ModelConfig) -> int:
@@ -24,10 +24,13 @@ def ffn_parameters(cfg: ModelConfig) -> int:
 
 
 def position_parameters(cfg: ModelConfig) -> int:
-    """A learned table (max_seq_len, D) or T5's relative bias (buckets, H); the other kinds have none."""
-    return {"learned": cfg.max_seq_len * cfg.d_model, "t5_relative": cfg.relative_buckets * cfg.n_heads}.get(
-        cfg.positions, 0
-    )
+    """A learned table (max_seq_len, D), or (max_seq_len, D/4) concatenated, or T5's relative bias (buckets, H); the
+    other kinds have none."""
+    return {
+        "learned": cfg.max_seq_len * cfg.d_model,
+        "learned_concat": cfg.max_seq_len * (cfg.d_model // 4),
+        "t5_relative": cfg.relative_buckets * cfg.n_heads,
+    }.get(cfg.positions, 0)
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:

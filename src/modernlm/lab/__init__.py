@@ -27,6 +27,9 @@ MODULES = (  # files of this package that hold experiments
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
     *("card_figures", "gqa_flops", "orthogonality", "qk_init", "decoding"),  # issue 16: the non-training claims
+    # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
+    *("activations", "heads", "regularisation", "stability", "depth_width", "lora", "block_effects"),
+    *("postnorm_depth", "batchnorm", "positions_concat"),
 )
 
 

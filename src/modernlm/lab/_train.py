@@ -12,6 +12,7 @@ import functools
 import math
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import Transformer
-from ..training.optim import build_optimizer, lr_at, set_lr
+from ..training.optim import build_optimizer, lr_at, param_groups, set_lr
+from ._seeds import mean_std
 
 VOCAB = 256
 
@@ -82,19 +84,36 @@ def train(
     warmup: int = 0,
     clip: float | None = 1.0,
     seed: int = 0,
+    weight_decay: float = 0.1,
+    optimizer: str = "adamw",
+    data: torch.Tensor | None = None,
 ) -> Run:
     """The trainer's AdamW (betas 0.9, 0.95, weight decay 0.1 on matrices) and schedule (linear warmup, then cosine to
-    10% of `lr` at the last step) on random windows of the corpus."""
+    10% of `lr` at the last step) on random windows of the corpus (or of `data`, a (N,) byte tensor).
+    `optimizer="adam_l2"`: torch's Adam with the same groups, where weight decay is an L2 term added to the gradient
+    (and so divided by Adam's second moment) instead of AdamW's decoupled shrinking of the weights."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     with one_thread():
-        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed)
+        return _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, weight_decay, optimizer, data)
 
 
-def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed) -> Run:
+OPTIMIZERS = ("adamw", "adam_l2")
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, kind: str) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) or Adam with L2 (decay in the gradient), over the trainer's groups (matrices decay)."""
+    if kind == "adamw":
+        return build_optimizer(model, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed, weight_decay, optimizer, data) -> Run:
     torch.manual_seed(seed)
     model = Transformer(cfg).train()
-    opt = build_optimizer(model, lr=lr, weight_decay=0.1)
+    opt = make_optimizer(model, lr, weight_decay, optimizer)
     g = torch.Generator().manual_seed(seed)
-    data = corpus()[0]
+    data = corpus()[0] if data is None else data
     run, start = Run(model), time.perf_counter()
     for step in range(steps):
         set_lr(opt, lr_at(step, lr, 0.1 * lr, warmup, steps))
@@ -113,16 +132,22 @@ def _train(cfg, steps, batch_size, seq_len, lr, warmup, clip, seed) -> Run:
     return run
 
 
-def evaluate(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> float:
-    """Mean next-byte cross-entropy (nats) over `windows` evenly spaced validation windows of `seq_len` tokens."""
-    return float(position_losses(model, seq_len, windows, batch_size).mean())
+def evaluate(
+    model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4, data: torch.Tensor | None = None
+) -> float:
+    """Mean next-byte cross-entropy (nats) over `windows` evenly spaced validation windows (or windows of `data`) of
+    `seq_len` tokens."""
+    return float(position_losses(model, seq_len, windows, batch_size, data).mean())
 
 
-def position_losses(model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4) -> torch.Tensor:
-    """(T,) mean next-byte cross-entropy at each position of `windows` evenly spaced validation windows."""
+def position_losses(
+    model: Transformer, seq_len: int, windows: int = 8, batch_size: int = 4, data: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(T,) mean next-byte cross-entropy at each position of `windows` evenly spaced validation windows (or windows of
+    `data`, a (N,) byte tensor)."""
     model.eval()
     with one_thread(), torch.no_grad():
-        data = corpus()[1]
+        data = corpus()[1] if data is None else data
         starts = torch.linspace(0, len(data) - seq_len - 2, windows).long().tolist()
         total = torch.zeros(seq_len, dtype=torch.float64)
         for i in range(0, windows, batch_size):
@@ -151,5 +176,39 @@ def compare(configs: dict[str, ModelConfig], steps: int | dict[str, int], seq_le
             losses=run.losses,
             seconds=run.seconds,
             val_loss=evaluate(run.model, seq_len),
+        )
+    return out
+
+
+def compare_seeds(
+    configs: dict[str, ModelConfig],
+    steps: int | dict[str, int],
+    seeds: tuple[int, ...],
+    seq_len: int = 64,
+    measure: Callable[[Transformer], dict[str, float]] | None = None,
+    **kw: Any,
+) -> dict:
+    """`compare` over several seeds (seed s: the same init seed and batches for every config). Per config: parameters,
+    steps, validation loss per seed (`val_losses`), their mean (`val_loss`) and std (`val_std`), the mean training
+    curve (`losses`), and `measure(model)` of each trained model as {key: [value per seed]} (`measured`)."""
+    out = {}
+    for label, cfg in configs.items():
+        n = steps[label] if isinstance(steps, dict) else steps
+        runs = [train(cfg, n, seq_len=seq_len, seed=s, **kw) for s in seeds]
+        vals = [evaluate(r.model, seq_len) for r in runs]
+        measured: dict[str, list] = {}
+        for r in runs if measure is not None else ():
+            for k, v in measure(r.model).items():
+                measured.setdefault(k, []).append(v)
+        mean, std = mean_std(vals)
+        out[label] = dict(
+            parameters=runs[0].model.num_parameters(),
+            steps=n,
+            val_losses=vals,
+            val_loss=mean,
+            val_std=std,
+            losses=[sum(c) / len(c) for c in zip(*(r.losses for r in runs), strict=True)],
+            seconds=sum(r.seconds for r in runs),
+            **({"measured": measured} if measure is not None else {}),
         )
     return out

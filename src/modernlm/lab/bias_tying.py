@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from ..analysis import parameter_counts
 from . import Finding, experiment
-from ._train import compare, tiny_config
+from ._seeds import difference, pm, rule, seeds
+from ._train import compare_seeds, tiny_config
+
+TOLERANCE = 0.02  # nats: what 'nothing' and 'little cost' allow
 
 
 @experiment(
@@ -22,28 +25,31 @@ def bias_and_tying(quick: bool) -> Finding:
         "biases, untied": tiny_config(**base, qkv_bias=True, out_bias=True, mlp_bias=True),
         "no bias, tied": tiny_config(**base, tie_embeddings=True),
     }
-    res = compare(configs, steps)
+    seed_list = seeds(quick)
+    res = compare_seeds(configs, steps, seed_list, batch_size=8 if quick else 16)
     for label, cfg in configs.items():
         res[label]["formula_parameters"] = parameter_counts(cfg)["total"]
     ref, bias, tied = (res[k] for k in configs)
     bias_share = bias["parameters"] / ref["parameters"] - 1
     saved = ref["parameters"] - tied["parameters"]
-    bias_gain, tie_cost = ref["val_loss"] - bias["val_loss"], tied["val_loss"] - ref["val_loss"]
-    bias_ok = bias_share < 0.02 and bias_gain < 0.02  # few parameters, no real gain
-    tie_ok = saved == 256 * d and tie_cost < 0.02
+    gain = difference(ref["val_losses"], bias["val_losses"])  # > 0: biases lower the loss
+    cost = difference(tied["val_losses"], ref["val_losses"])  # > 0: tying raises the loss
+    bias_ok = bias_share < 0.02 and (gain.mean <= 0 or gain.negligible(TOLERANCE))  # few parameters, no real gain
+    tie_ok = saved == 256 * d and (cost.mean <= 0 or cost.negligible(TOLERANCE))
     verdict = "confirmed" if bias_ok and tie_ok else "refuted" if not (bias_ok or tie_ok) else "depends"
     summary = (
-        f"{layers} layers, {d} wide, byte vocabulary V=256, {steps} AdamW steps: "
+        f"{layers} layers, {d} wide, byte vocabulary V=256, {steps} AdamW steps, {len(seed_list)} seeds: "
         + "; ".join(
             f"{k}: {v['parameters']:,} parameters (analysis: {v['formula_parameters']:,}), validation loss "
-            f"{v['val_loss']:.3f}"
+            f"{pm(v['val_losses'])}"
             for k, v in res.items()
         )
-        + f". Biases add {100 * bias_share:.2f}% parameters and change the loss by {-bias_gain:+.3f} nats; tying "
-        f"saves {saved:,} = V·D = 256·{d} parameters ({100 * saved / ref['parameters']:.0f}% of this small model, "
-        f"under 2% of a 7B one) and changes the loss by {tie_cost:+.3f} nats. Bias claim "
-        f"{'holds' if bias_ok else 'does not hold'}, tying claim {'holds' if tie_ok else 'does not hold'} (threshold: "
-        "0.02 nats, about the noise of runs this short)."
+        + f". Biases add {100 * bias_share:.2f}% parameters; the loss without them minus with them: {gain.text()}. "
+        f"Tying saves {saved:,} = V·D = 256·{d} parameters ({100 * saved / ref['parameters']:.0f}% of this small "
+        f"model, under 2% of a 7B one); tied minus untied: {cost.text()}. Bias claim "
+        f"{'holds' if bias_ok else 'does not hold'}, tying claim {'holds' if tie_ok else 'does not hold'}. "
+        + rule(len(seed_list))
+        + f" 'Nothing' / 'little cost' allows a real difference under {TOLERANCE} nats."
     )
 
     def plot(fig):
@@ -51,9 +57,12 @@ def bias_and_tying(quick: bool) -> Finding:
         for k, v in res.items():
             ax1.plot(v["losses"], label=k, lw=0.8)
         ax1.set_xlabel("step")
-        ax1.set_ylabel("training loss")
+        ax1.set_ylabel("training loss (mean over seeds)")
         ax1.legend()
-        ax2.bar(list(res), [v["parameters"] for v in res.values()])
-        ax2.set_ylabel("parameters")
+        ax2.bar(list(res), [v["val_loss"] for v in res.values()], yerr=[v["val_std"] for v in res.values()])
+        ax2.set_ylim(min(v["val_loss"] for v in res.values()) - 0.1, max(v["val_loss"] for v in res.values()) + 0.05)
+        ax2.set_ylabel(f"validation loss (mean ± std, {len(seed_list)} seeds)")
 
-    return Finding(verdict, summary, dict(d_model=d, layers=layers, steps=steps, runs=res), plot)
+    numbers = dict(d_model=d, layers=layers, steps=steps, seeds=seed_list, runs=res)
+    numbers.update(bias_gain=gain.to_dict(), tie_cost=cost.to_dict(), rule=rule(len(seed_list)))
+    return Finding(verdict, summary, numbers, plot)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from ..analysis import training_flops
 from ..config import preset
 from . import Finding, experiment
-from ._train import compare
+from ._seeds import difference, pm, rule, seeds
+from ._train import compare_seeds
 
 SEQ = 64
 
@@ -31,19 +32,22 @@ def gpt2017_vs_llama(quick: bool) -> Finding:
     per_token = {k: training_flops(c, SEQ)["per_token"] for k, c in configs.items()}
     budget = steps * 16 * SEQ * min(per_token.values())  # the cheaper block gets `steps` steps
     n_steps = {k: round(budget / (16 * SEQ * f)) for k, f in per_token.items()}
-    res = compare(configs, n_steps, seq_len=SEQ)
+    seed_list = seeds(quick)
+    res = compare_seeds(configs, n_steps, seed_list, seq_len=SEQ)
     old, new = res["2017 block"], res["2024 block"]
-    gap = old["val_loss"] - new["val_loss"]
-    verdict = "confirmed" if gap > 0.02 else "refuted" if gap < -0.02 else "depends"
+    gap = difference(old["val_losses"], new["val_losses"])  # > 0: the 2024 block is better
+    verdict = "confirmed" if gap.sign > 0 else "refuted" if gap.sign < 0 else "depends"
     summary = (
         f"Both at {d} wide, {layers} layers, 4 heads, byte vocabulary, batch 16 x {SEQ}, AdamW lr 3e-3 with clipping, "
-        f"a budget of {budget / 1e12:.3f} TFLOPs (training matmul FLOPs from modernlm.analysis): "
+        f"a budget of {budget / 1e12:.3f} TFLOPs (training matmul FLOPs from modernlm.analysis), {len(seed_list)} "
+        "seeds: "
         + "; ".join(
             f"{k}: {v['parameters']:,} parameters, {per_token[k] / 1e6:.2f} MFLOPs per token, {v['steps']} "
-            f"steps, validation loss {v['val_loss']:.3f} nats/byte"
+            f"steps, validation loss {pm(v['val_losses'])} nats/byte"
             for k, v in res.items()
         )
-        + f". The 2024 block is {gap:+.3f} nats better (threshold 0.02 nats, about the noise of runs this short)."
+        + f". The 2017 block's loss minus the 2024 block's: {gap.text()}. "
+        + rule(len(seed_list))
     )
 
     def plot(fig):
@@ -56,5 +60,17 @@ def gpt2017_vs_llama(quick: bool) -> Finding:
         ax.legend()
 
     return Finding(
-        verdict, summary, dict(d_model=d, layers=layers, flops_per_token=per_token, budget=budget, runs=res), plot
+        verdict,
+        summary,
+        dict(
+            d_model=d,
+            layers=layers,
+            flops_per_token=per_token,
+            budget=budget,
+            runs=res,
+            seeds=seed_list,
+            gap=gap.to_dict(),
+            rule=rule(len(seed_list)),
+        ),  # fmt: skip
+        plot,
     )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Finding, experiment
+from ._seeds import difference, pm, rule, seeds
 from ._train import corpus, one_thread, smooth, tiny_config, train
 
 
@@ -41,42 +42,50 @@ def _greedy(model, prompt: bytes, n: int) -> str:
     "study cards on causal masking; Radford et al. 2018 (GPT), Vaswani et al. 2017 section 3.2.3",
 )
 def causal_mask_leak(quick: bool) -> Finding:
-    steps, B, T = (100, 8, 64) if quick else (400, 16, 64)
+    steps, B, T = (80, 8, 64) if quick else (400, 16, 64)
     cfg = tiny_config(d_model=64, n_layers=2)
     leaky = replace(cfg, causal=False)
-    runs = {"causal": train(cfg, steps, batch_size=B), "no mask": train(leaky, steps, batch_size=B)}
-    res = {}
-    for label, run in runs.items():
+    seed_list = seeds(quick)
+    res, curves = {}, {}
+    for label, c in (("causal", cfg), ("no mask", leaky)):
+        runs = [train(c, steps, batch_size=B, seed=s) for s in seed_list]
+        curves[label] = runs[0].losses
         res[label] = dict(
-            train_loss=smooth(run.losses),
-            last_position_loss=_last_position_loss(run.model, T),
-            text=_greedy(run.model, b"def __init__(self", 40 if quick else 80),
+            train_losses=[smooth(r.losses) for r in runs],
+            last_position_losses=[_last_position_loss(r.model, T) for r in runs],
+            text=_greedy(runs[0].model, b"def __init__(self", 40 if quick else 80),
         )
     leak, causal = res["no mask"], res["causal"]
-    cheats = leak["train_loss"] < causal["train_loss"] - 0.3  # far lower training loss than the honest model
-    lies = leak["last_position_loss"] - leak["train_loss"] > 0.5  # and it does not hold where no future is visible
+    cheat = difference(causal["train_losses"], leak["train_losses"])  # > 0: the leaky model's training loss is lower
+    lie = difference(leak["last_position_losses"], leak["train_losses"])  # > 0: it does not hold without a future
+    cheats = cheat.sign > 0 and cheat.mean > 0.3  # far lower training loss than the honest model
+    lies = lie.sign > 0 and lie.mean > 0.5
     verdict = "confirmed" if cheats and lies else "refuted" if not cheats else "depends"
     summary = (
         f"The same 2-layer byte model trained {steps} steps of {B} x 64 bytes with and without the causal mask "
-        "(the mask removed with ModelConfig(causal=False)). "
+        f"(the mask removed with ModelConfig(causal=False)), {len(seed_list)} seeds. "
         "Training loss (last 10 steps): "
-        f"causal {causal['train_loss']:.3f}, no mask {leak['train_loss']:.3f} nats/byte. Loss of the next byte after "
-        f"held-out windows of {T} bytes, where no future is visible: causal {causal['last_position_loss']:.3f}, no "
-        f"mask {leak['last_position_loss']:.3f}: the leaky model's low training loss "
+        f"causal {pm(causal['train_losses'])}, no mask {pm(leak['train_losses'])} nats/byte (causal minus no mask "
+        f"{cheat.text()}). Loss of the next byte after held-out windows of {T} bytes, where no future is visible: "
+        f"causal {pm(causal['last_position_losses'])}, no mask {pm(leak['last_position_losses'])} (no mask, there "
+        f"minus in training: {lie.text()}): the leaky model's low training loss "
         + ("does not carry over to prediction" if lies else "partly carries over")
-        + f". Greedy text after 'def __init__(self': causal {causal['text']!r}; "
-        f"no mask {leak['text']!r}."
+        + f". Greedy text after 'def __init__(self' (seed {seed_list[0]}): causal {causal['text']!r}; "
+        f"no mask {leak['text']!r}. "
+        + rule(len(seed_list))
+        + " Cheating needs the gap to count and exceed 0.3 nats, failing to predict 0.5 nats."
     )
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        for label, run in runs.items():
-            ax1.plot(run.losses, label=label, lw=0.8)
+        for label, curve in curves.items():
+            ax1.plot(curve, label=label, lw=0.8)
         ax1.set_xlabel("step")
         ax1.set_ylabel("training loss")
         ax1.legend()
         labels = list(res)
-        ax2.bar(labels, [res[k]["last_position_loss"] for k in labels])
+        ax2.bar(labels, [sum(res[k]["last_position_losses"]) / len(seed_list) for k in labels])
         ax2.set_ylabel("loss at the last position (no future visible)")
 
-    return Finding(verdict, summary, dict(steps=steps, runs=res, curves={k: r.losses for k, r in runs.items()}), plot)
+    numbers = dict(steps=steps, seeds=seed_list, runs=res, curves=curves, rule=rule(len(seed_list)))
+    return Finding(verdict, summary, dict(numbers, cheat=cheat.to_dict(), fails_to_predict=lie.to_dict()), plot)

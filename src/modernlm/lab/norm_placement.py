@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..model import Transformer
 from . import Finding, experiment
+from ._seeds import difference, mean_std, pm, rule, seeds
 from ._train import batch, corpus, one_thread, smooth, tiny_config, train
 
 LR = 1e-2
@@ -18,23 +19,24 @@ INITS = {"init std 0.02": 0.02, "init std 1/sqrt(D)": 0.125}  # the library's de
 
 
 @one_thread()
-def _layer_gradients(placement: str, depth: int, init_std: float) -> list[float]:
+def _layer_gradients(placement: str, depth: int, init_std: float, seed: int = 0) -> list[float]:
     """|grad| of each block's parameters after one backward pass at initialisation (B=8, T=64 of the corpus)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Transformer(tiny_config(n_layers=depth, norm_placement=placement, init_std=init_std)).train()
-    ids = batch(corpus()[0], 8, 64, torch.Generator().manual_seed(0))  # (B, T + 1)
+    ids = batch(corpus()[0], 8, 64, torch.Generator().manual_seed(seed))  # (B, T + 1)
     F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
     return [math.sqrt(sum(float(p.grad.pow(2).sum()) for p in b.parameters())) for b in model.blocks]
 
 
-def _runs(depth: int, steps: int) -> dict[str, list[float]]:
-    """Loss curves at lr LR (B=8, T=64) without clipping, with no warmup and with warmup over a quarter of the steps."""
+def _runs(depth: int, steps: int, seed_list) -> dict[str, list[list[float]]]:
+    """Loss curves (one per seed) at lr LR (B=8, T=64) without clipping, with no warmup and with warmup over a
+    quarter of the steps."""
     out = {}
     for placement in ("pre", "post"):
         for warmup in (0, steps // 4):
             cfg = tiny_config(n_layers=depth, norm_placement=placement)
-            run = train(cfg, steps, batch_size=8, lr=LR, warmup=warmup, clip=None, seed=0)
-            out[f"{placement}-norm, warmup {warmup}"] = run.losses
+            runs = [train(cfg, steps, batch_size=8, lr=LR, warmup=warmup, clip=None, seed=s) for s in seed_list]
+            out[f"{placement}-norm, warmup {warmup}"] = [r.losses for r in runs]
     return out
 
 
@@ -46,25 +48,33 @@ def _runs(depth: int, steps: int) -> dict[str, list[float]]:
 )
 def prenorm_vs_postnorm(quick: bool) -> Finding:
     depths = [2, 4, 8] if quick else [2, 4, 8, 16, 32, 48]
-    grads = {
-        f"{p}, {i}": {d: _layer_gradients(p, d, std) for d in depths}
+    seed_list = seeds(quick)
+    per_seed = {  # per-layer gradients, one list per seed
+        f"{p}, {i}": {d: [_layer_gradients(p, d, std, s) for s in seed_list] for d in depths}
         for i, std in INITS.items()
         for p in ("pre", "post")
     }
-    spread = {k: {d: g[-1] / g[0] for d, g in v.items()} for k, v in grads.items()}  # last layer / first layer
-    depth, steps = (4, 20) if quick else (16, 150)
-    curves = _runs(depth, steps)
-    final = {k: smooth(v) for k, v in curves.items()}
+    grads = {k: {d: g[0] for d, g in v.items()} for k, v in per_seed.items()}  # the first seed's, for the plot
+    spreads = {k: {d: [g[-1] / g[0] for g in per] for d, per in v.items()} for k, v in per_seed.items()}
+    spread = {k: {d: mean_std(v)[0] for d, v in per.items()} for k, per in spreads.items()}
+    depth, steps = (4, 12) if quick else (16, 150)
+    curves = _runs(depth, steps, seed_list)
+    final = {k: [smooth(c) for c in v] for k, v in curves.items()}
+    first = {k: [c[0] for c in v] for k, v in curves.items()}
     deep = depths[-1]
     grows = {i: spread[f"post, {i}"][deep] > 1.5 and spread[f"pre, {i}"][deep] < 1.5 for i in INITS}
-    post = curves["post-norm, warmup 0"]
-    post_diverges = math.isnan(final["post-norm, warmup 0"]) or final["post-norm, warmup 0"] > post[0] - 0.5
-    pre_ok = final["pre-norm, warmup 0"] < curves["pre-norm, warmup 0"][0] - 1.0
+    w = steps // 4
+    post0, post_w = final["post-norm, warmup 0"], final[f"post-norm, warmup {w}"]
+    warmup_gain = difference(post0, post_w)  # > 0: warmup helps post-norm
+    post_fails = any(math.isnan(x) or x > f - 0.5 for x, f in zip(post0, first["post-norm, warmup 0"], strict=True))
+    post_diverges = post_fails or warmup_gain.sign > 0
+    pre_ok = all(x < f - 1.0 for x, f in zip(final["pre-norm, warmup 0"], first["pre-norm, warmup 0"], strict=True))
     verdict = "confirmed" if all(grows.values()) and post_diverges and pre_ok else "depends"
     if not any(grows.values()) and not post_diverges:
         verdict = "refuted"
     summary = (
-        "Gradient norm of the last block over the first at initialisation (64 wide, byte-level, B=8, T=64), "
+        f"Gradient norm of the last block over the first at initialisation (64 wide, byte-level, B=8, T=64; mean over "
+        f"{len(seed_list)} seeds), "
         + "; ".join(
             f"{i}: "
             + ", ".join(
@@ -72,13 +82,14 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
             )
             for i in INITS
         )
-        + f". Training {depth} layers for {steps} steps at lr {LR:g}, no gradient clipping (first -> final loss): "
-        + ", ".join(f"{k}: {v[0]:.2f} -> {final[k]:.2f}" for k, v in curves.items())
-        + ". Post-norm's gradients grow toward the output (last/first > 1.5 while pre-norm's do not): "
-        + ", ".join(f"{i}: {'yes' if g else 'no'}" for i, g in grows.items())
-        + "; "
-        f"without warmup post-norm {'diverges or stalls' if post_diverges else 'still trains'} at depth {depth}; "
-        f"pre-norm {'trains' if pre_ok else 'does NOT train'} without warmup."
+        + f". Training {depth} layers for {steps} steps at lr {LR:g}, no gradient clipping, {len(seed_list)} seeds "
+        "(final loss): "
+        + ", ".join(f"{k}: {pm(v)}" for k, v in final.items())
+        + f" (all start at {first['pre-norm, warmup 0'][0]:.2f}). Post-norm without warmup minus with warmup: "
+        f"{warmup_gain.text()}. Post-norm's gradients grow toward the output (last/first > 1.5 while pre-norm's do "
+        "not): " + ", ".join(f"{i}: {'yes' if g else 'no'}" for i, g in grows.items()) + "; "
+        f"without warmup post-norm {'diverges, stalls or trails warmup' if post_diverges else 'trains as well'} at "
+        f"depth {depth}; pre-norm {'trains' if pre_ok else 'does NOT train'} without warmup. " + rule(len(seed_list))
     )
 
     def plot(fig):
@@ -91,15 +102,19 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
         ax1.set_ylabel("gradient norm at init")
         ax1.legend(fontsize=7)
         for k, v in curves.items():
-            ax2.plot(v, label=k, lw=0.8)
+            ax2.plot([sum(c) / len(c) for c in zip(*v, strict=True)], label=k, lw=0.8)
         ax2.set_xlabel("step")
-        ax2.set_ylabel(f"training loss ({depth} layers)")
+        ax2.set_ylabel(f"training loss ({depth} layers, mean of seeds)")
         ax2.legend(fontsize=7)
 
     numbers = dict(
         depths=depths,
         layer_gradients={p: {str(d): g for d, g in v.items()} for p, v in grads.items()},
         last_over_first={k: {str(d): r for d, r in v.items()} for k, v in spread.items()},
+        last_over_first_per_seed={k: {str(d): r for d, r in v.items()} for k, v in spreads.items()},
+        seeds=seed_list,
+        warmup_gain=warmup_gain.to_dict(),
+        rule=rule(len(seed_list)),
         train_depth=depth,
         steps=steps,
         final_loss=final,

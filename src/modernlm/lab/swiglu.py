@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..analysis import parameter_counts
 from . import Finding, experiment
-from ._train import compare, tiny_config
+from ._seeds import difference, pm, rule, seeds
+from ._train import compare_seeds, tiny_config
 
 
 def _configs(d: int, layers: int) -> dict:
@@ -25,25 +26,28 @@ def _configs(d: int, layers: int) -> dict:
 def swiglu_vs_gelu(quick: bool) -> Finding:
     d, layers, steps = (64, 2, 30) if quick else (96, 3, 400)
     configs = _configs(d, layers)
-    res = compare(configs, steps)
+    seed_list = seeds(quick)
+    res = compare_seeds(configs, steps, seed_list, batch_size=8 if quick else 16)
     for label, cfg in configs.items():
         res[label]["ffn_parameters"] = parameter_counts(cfg)["ffn"]
         res[label]["ffn_hidden"] = cfg.ffn_hidden
     swi, gelu, wide = res["SwiGLU 8/3"], res["GELU 4x"], res["SwiGLU 4x"]
     same_params = abs(swi["ffn_parameters"] / gelu["ffn_parameters"] - 1) < 0.05
-    gap = gelu["val_loss"] - swi["val_loss"]
-    verdict = "confirmed" if same_params and gap > 0.01 else "refuted" if gap < -0.01 else "depends"
+    gap = difference(gelu["val_losses"], swi["val_losses"])  # > 0: SwiGLU 8/3 is better
+    wide_gap = difference(gelu["val_losses"], wide["val_losses"])
+    verdict = "confirmed" if same_params and gap.sign > 0 else "refuted" if gap.sign < 0 else "depends"
     summary = (
-        f"{layers} layers, {d} wide, byte-level, {steps} AdamW steps of 16 x 64 tokens: "
+        f"{layers} layers, {d} wide, byte-level, {steps} AdamW steps of {8 if quick else 16} x 64 tokens, "
+        f"{len(seed_list)} seeds: "
         + "; ".join(
             f"{k}: F={v['ffn_hidden']}, FFN parameters {v['ffn_parameters']:,} (model {v['parameters']:,}), "
-            f"validation loss {v['val_loss']:.3f}"
+            f"validation loss {pm(v['val_losses'])}"
             for k, v in res.items()
         )
         + f". SwiGLU 8/3 has {100 * (swi['ffn_parameters'] / gelu['ffn_parameters'] - 1):+.1f}% the FFN parameters "
-        f"of GELU 4x (3·D·F with F = 8/3·D rounded up to a multiple of 8, against 2·D·4D) and its validation loss is "
-        f"{gap:+.3f} nats lower (SwiGLU 4x, with 1.5x the FFN parameters: {gelu['val_loss'] - wide['val_loss']:+.3f}). "
-        "(The rule: a difference under 0.01 nats counts as the noise of runs this short, verdict 'depends'.)"
+        f"of GELU 4x (3·D·F with F = 8/3·D rounded up to a multiple of 8, against 2·D·4D); GELU 4x minus SwiGLU 8/3: "
+        f"{gap.text()} (GELU 4x minus SwiGLU 4x, which has 1.5x the FFN parameters: {wide_gap.text()}). "
+        + rule(len(seed_list))
     )
 
     def plot(fig):
@@ -53,8 +57,9 @@ def swiglu_vs_gelu(quick: bool) -> Finding:
         ax1.set_xlabel("step")
         ax1.set_ylabel("training loss (nats/byte)")
         ax1.legend()
-        ax2.bar(list(res), [v["val_loss"] for v in res.values()])
+        ax2.bar(list(res), [v["val_loss"] for v in res.values()], yerr=[v["val_std"] for v in res.values()])
         ax2.set_ylim(min(v["val_loss"] for v in res.values()) - 0.1, max(v["val_loss"] for v in res.values()) + 0.05)
-        ax2.set_ylabel("validation loss")
+        ax2.set_ylabel(f"validation loss (mean ± std, {len(seed_list)} seeds)")
 
-    return Finding(verdict, summary, dict(d_model=d, layers=layers, steps=steps, runs=res), plot)
+    numbers = dict(d_model=d, layers=layers, steps=steps, seeds=seed_list, runs=res, gap=gap.to_dict())
+    return Finding(verdict, summary, dict(numbers, wide_gap=wide_gap.to_dict(), rule=rule(len(seed_list))), plot)

@@ -16,6 +16,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "gelu_erf": F.gelu,  # the exact GELU, x * Phi(x) (BERT, ViT)
     "geglu_erf": F.gelu,  # GeGLU with the exact GELU (ModernBERT)
+    "silu": F.silu,  # a plain MLP with SiLU, x * sigmoid(x) (the lab's activation comparison)
 }
 
 

@@ -1,4 +1,5 @@
-"""Normalisation layers: RMSNorm (the modern block) and LayerNorm (the 2017 block), chosen by `ModelConfig.norm`."""
+"""Normalisation layers: RMSNorm (the modern block) and LayerNorm (the 2017 block), chosen by `ModelConfig.norm`; and
+BatchNorm over tokens, for the lab's comparison (its statistics mix the batch's sequences and padding)."""
 
 from __future__ import annotations
 
@@ -70,10 +71,22 @@ class LayerNormNoBias(LayerNorm):
         nn.LayerNorm.__init__(self, dim, eps=eps, bias=False)
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """(x - mean) / std * g + b with the mean and variance of each feature over every token of the batch (B·T rows,
+    padding included) in training, and over running averages (`momentum`) in evaluation (Ioffe & Szegedy 2015)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(dim, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)  # (B·T, D) rows
+
+
 NORM_CLASSES: dict[str, type[nn.Module]] = {
     "rmsnorm": RMSNorm,
     "layernorm": LayerNorm,
     "layernorm_nobias": LayerNormNoBias,
+    "batchnorm": BatchNorm,
 }
 
 

@@ -3,6 +3,8 @@
 - sinusoidal (Vaswani et al. 2017, section 3.5): PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(p / 10000^(2i/D)).
   Computed on the fly from the positions, so there is no buffer to restore after a meta-device load.
 - learned (GPT-2): an (max_seq_len, D) embedding table, a parameter like any other.
+- learned_concat: a (max_seq_len, D/4) table concatenated with the token embedding's first 3D/4 dimensions instead of
+  added to all D of them (the lab's add-vs-concatenate comparison).
 - t5_relative (Raffel et al. 2020, T5): no embedding; each head adds a learned scalar per bucket of the key's offset
   from the query to its scores. Offsets below half the buckets get one bucket each, larger ones share logarithmically
   wider buckets up to `max_distance`; a bidirectional (encoder) bias gives keys before and after the query separate
@@ -100,6 +102,19 @@ class LearnedPositions(nn.Embedding, PositionModule):
         return x + self(positions)  # (B, T, D)
 
 
+class ConcatPositions(nn.Embedding, PositionModule):
+    """Positions concatenated instead of added: a learned (max_seq_len, D/4) table fills the last quarter of the
+    embedding, [token (3D/4) ; position (D/4)], so position and token never share a dimension. The token table keeps
+    its (V, D) shape (one embedding layout for every kind); its last D/4 columns go unused on the input side."""
+
+    def __init__(self, max_seq_len: int, dim: int) -> None:  # dim % 4 == 0: ModelConfig.validate checks it
+        super().__init__(max_seq_len, dim // 4)
+
+    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B, T, D), (T,) or (B, T)
+        pos = self(positions).expand(*x.shape[:-1], self.embedding_dim)  # (B, T, D/4)
+        return torch.cat([x[..., : x.shape[-1] - self.embedding_dim], pos.to(x.dtype)], dim=-1)  # (B, T, D)
+
+
 def relative_bucket(offset: torch.Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> torch.Tensor:
     """T5's bucket of each (key position - query position) offset, as long integers in [0, n_buckets)."""
     bucket = torch.zeros_like(offset)
@@ -170,6 +185,7 @@ POSITION_MODULES = {
     "none": lambda cfg, bidirectional: NoPositions(),
     "rope": lambda cfg, bidirectional: RotaryPositions(cfg),
     "learned": lambda cfg, bidirectional: LearnedPositions(cfg.max_seq_len, cfg.d_model),
+    "learned_concat": lambda cfg, bidirectional: ConcatPositions(cfg.max_seq_len, cfg.d_model),
     "t5_relative": lambda cfg, bidirectional: RelativePositionBias(
         cfg.relative_buckets, cfg.relative_max_distance, cfg.n_heads, bidirectional
     ),
@@ -184,5 +200,6 @@ POSITION_KINDS: dict[str, str] = {
     "learned": "a trained table added to the token embedding",
     "none": "nothing: only the causal mask orders the tokens",
     "t5_relative": "a learned per-head bias on the scores for each bucket of key-query offsets (T5)",
+    "learned_concat": "a trained table concatenated with the token embedding (its last quarter)",
 }
-PARAMETER_KINDS = ("learned", "t5_relative")
+PARAMETER_KINDS = ("learned", "t5_relative", "learned_concat")
