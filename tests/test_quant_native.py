@@ -71,3 +71,18 @@ def test_bf16_inputs_and_the_plain_twin():
     with kernels.plain():
         twin = w.matmul(x)
     torch.testing.assert_close(y.double(), twin.double(), rtol=2e-2, atol=2e-2 * float(twin.abs().max()))
+
+
+@pytest.mark.slow  # two builds of the extension, about a minute each
+@pytest.mark.parametrize("march,isa", [("-march=haswell", "avx2"), ("-march=x86-64", "scalar")])
+def test_the_avx2_and_plain_paths_equal_float64_too(tmp_path, monkeypatch, march, isa):
+    """The same source built for an AVX2-only CPU and for none of the vector extensions (this machine may have
+    AVX-512 VNNI, which the default build uses): each path held to the float64 reference."""
+    module = native.compile_module(tmp_path, march, name=f"modernlm_qgemv_{isa}")
+    assert module.isa() == isa
+    monkeypatch.setattr(native, "_module", module)
+    for cls, group in CASES:
+        w = cls.quantize(torch.randn(80, 256, generator=G), group)
+        x = torch.randn(5, 256, generator=G)
+        want = rounded_reference(x, w)
+        torch.testing.assert_close(w.matmul(x).double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

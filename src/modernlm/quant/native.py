@@ -62,24 +62,26 @@ def load(build: bool = True):
     if not build and not any(directory.glob("*.so")):
         return None
     try:
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime": not needed
-        from torch.utils.cpp_extension import load as build_extension
-
-        directory.mkdir(parents=True, exist_ok=True)
         if not any(directory.glob("*.so")):
             log.info("building modernlm's quantized decode kernels once for this CPU (about a minute)...")
-        _module = build_extension(
-            name="modernlm_qgemv",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native"],
-            build_directory=str(directory),
-            verbose=False,
-        )
+        _module = compile_module(directory, "-march=native")
     except Exception as e:  # no compiler, no ninja, a failed build: torch's kernels do the work
         _failed = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
         log.info("modernlm's quantized decode kernels could not be built (%s); using torch's kernels", _failed)
         return None
     return _module
+
+
+def compile_module(directory: Path, march: str, name: str = "modernlm_qgemv"):
+    """Build (or load, if built) the extension for the instruction set `march` names (e.g. -march=native, or
+    -march=haswell for the AVX2 path, -march=x86-64 for the plain loop, as the tests do) in `directory`."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime": not needed here
+    from torch.utils.cpp_extension import load as build_extension
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return build_extension(
+        name=name, sources=[str(SOURCE)], extra_cflags=["-O3", march], build_directory=str(directory), verbose=False
+    )
 
 
 def usable(x: torch.Tensor, in_features: int) -> bool:
