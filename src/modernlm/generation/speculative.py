@@ -28,7 +28,7 @@ import torch
 
 from ..layers.kv_cache import KVCache
 from .compiled import compile_decode, decode_step
-from .generate import _check_max_new_tokens, _device, _eos_set, make_generator, prepare_prompts, token_budget
+from .inputs import check_max_new_tokens, device_of, eos_set, make_generator, prepare_prompts, token_budget
 from .sampling import SamplingParams, process_logits
 
 NGRAM = 3
@@ -75,7 +75,7 @@ class ModelDraft:
         self.pending = 0
 
     def _forward(self, ids: list[int], start: int) -> torch.Tensor:  # -> (V,) logits of the last position
-        device = _device(self.model)
+        device = device_of(self.model)
         x = torch.tensor([ids], device=device)
         pos = torch.arange(start, start + len(ids), device=device)
         step = decode_step(self.model) if len(ids) == 1 else self.model  # compiled, if compile_decode(draft) ran
@@ -194,7 +194,7 @@ def speculative_generate(
     """The new token ids for one prompt, decoded speculatively with `draft` proposing `num_draft_tokens` per round.
     Greedy output equals `generate`'s; sampled output has its distribution."""
     params = SamplingParams(temperature, top_k, top_p, min_p)
-    _check_max_new_tokens(max_new_tokens)
+    check_max_new_tokens(max_new_tokens)
     if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
     prompts = prepare_prompts(input_ids)
@@ -204,11 +204,11 @@ def speculative_generate(
     steps = token_budget(model, len(context), max_new_tokens)
     max_len = min(model.config.max_seq_len, len(context) + steps + num_draft_tokens)
     drafter = make_draft(model, draft, max_len)
-    device = _device(model)
+    device = device_of(model)
     generator = make_generator(seed if seed is not None else int(torch.randint(2**62, ())), device)
     stats = stats if stats is not None else SpecStats()
     cache = KVCache.for_model(model, 1, max_len)
-    eos, new = _eos_set(eos_token_id), []
+    eos, new = eos_set(eos_token_id), []
     feed, start = context, 0  # tokens the target has not seen yet, and the position of the first
     while len(new) < steps:
         room = min(num_draft_tokens, steps - len(new) - 1, max_len - len(context) - 1)

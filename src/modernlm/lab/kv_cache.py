@@ -10,7 +10,7 @@ import torch
 
 from ..analysis import kv_cache_bytes
 from ..config import ModelConfig
-from ..generation.generate import generate, generate_naive
+from ..generation import generate, generate_naive
 from ..layers.kv_cache import KVCache
 from ..model import Transformer
 from . import Finding, experiment

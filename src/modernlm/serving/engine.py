@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generation.generate import IncrementalDecoder, make_generator
+from ..generation.inputs import make_generator
 from ..generation.sampling import SamplingParams, next_token
+from ..generation.stops import IncrementalDecoder
 from ..layers.kv_cache import KVCache
 from .metrics import Metrics
 from .prefix_cache import PrefixCache
