@@ -41,6 +41,7 @@ def _check_mappable(cfg) -> str:
         "out_bias": (cfg.out_bias, False),
         "mlp_bias": (cfg.mlp_bias, False),
         "scale_embeddings": (cfg.scale_embeddings, False),
+        "sliding_window": (cfg.sliding_window, 0),  # llama.cpp's llama architecture attends to every key
     }
     bad = {k: v for k, (v, want) in wrong.items() if v != want}
     if bad:
