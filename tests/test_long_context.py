@@ -112,7 +112,8 @@ def test_dynamic_ntk_equals_transformers_at_each_length(length, factor, head_dim
 @pytest.mark.parametrize("length", [None, 1024, 1025])
 def test_longrope_equals_transformers(length, max_pos, head_dim):
     rope = dict(rope_type="longrope", original_max_position_embeddings=1024, **longrope_factors(head_dim, head_dim))
-    want, want_factor = ROPE_INIT_FUNCTIONS["longrope"](hf_config(head_dim, rope, max_pos=max_pos), "cpu", seq_len=length)
+    hf = hf_config(head_dim, rope, max_pos=max_pos)
+    want, want_factor = ROPE_INIT_FUNCTIONS["longrope"](hf, "cpu", seq_len=length)
     got, got_factor = ours(head_dim, rope, max_pos=max_pos, length=length)
     torch.testing.assert_close(got, want.float(), rtol=2e-6, atol=0)
     assert math.isclose(got_factor, want_factor, rel_tol=1e-7)
@@ -179,8 +180,13 @@ SCALED = {  # kind -> (rope_scaling, max_position_embeddings)
     "dynamic": (dict(rope_type="dynamic", factor=4.0), OLD),  # HF's dynamic scales from max_position_embeddings
     "yarn": (dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=OLD), 128),
     "llama3": (
-        dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
-             original_max_position_embeddings=OLD),
+        dict(
+            rope_type="llama3",
+            factor=4.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=OLD,
+        ),
         128,
     ),  # fmt: skip
     "longrope": (dict(rope_type="longrope", original_max_position_embeddings=OLD, **longrope_factors(8, 0)), 128),
@@ -263,8 +269,13 @@ WINDOWS = {
     ),
     "qwen2-dynamic": (
         "qwen2",
-        dict(use_sliding_window=True, sliding_window=16, max_window_layers=0, max_position_embeddings=OLD,
-             rope_scaling=dict(rope_type="dynamic", factor=4.0)),
+        dict(
+            use_sliding_window=True,
+            sliding_window=16,
+            max_window_layers=0,
+            max_position_embeddings=OLD,
+            rope_scaling=dict(rope_type="dynamic", factor=4.0),
+        ),
     ),  # fmt: skip
 }
 
