@@ -137,7 +137,8 @@ def test_passkey_beyond_the_context_or_memory_is_refused_before_starting(tiny, m
 
 
 def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys):
-    text = "the quick brown fox jumps over the lazy dog. " * 40 + "".join(f"line {i} of the text.\n" for i in range(300))
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    text += "".join(f"line {i} of the text.\n" for i in range(300))
     model = save_tiny_chat_model(tmp_path / "m", text, max_seq_len=160)
     (tmp_path / "long.txt").write_text(text)
     args = ["eval", "context", "--model", str(model), "--scaling", "dynamic,none", "--factor", "2"]

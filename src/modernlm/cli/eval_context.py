@@ -75,7 +75,8 @@ def run_context(args) -> int:
     tokenizer = load_tokenizer(args.model)
     ids = tokenizer.encode(lc.long_text(args.text)) if args.skip != "perplexity" else []
     if ids and len(ids) < max(lengths) + 1:
-        raise lc.LongContextError(f"the text has {len(ids)} tokens, fewer than {max(lengths) + 1}; give a longer --text")
+        need = max(lengths) + 1
+        raise lc.LongContextError(f"the text has {len(ids)} tokens, fewer than {need}; give a longer --text")
     result = {"model": args.model, "trained_length": base.max_seq_len, "factor": args.factor, "lengths": lengths}
     result["scalings"] = {}
     for kind in kinds:

@@ -65,8 +65,8 @@ def apply_scaling(model, kind: str, factor: float):
         )
     if getattr(cfg, "family", "decoder") != "decoder" or cfg.positions != "rope":
         raise LongContextError(
-            f"--scaling {kind} rescales RoPE frequencies, but this model's positions are {cfg.positions!r}; evaluate it "
-            "with --scaling none (its positions extrapolate, or not, as they are)"
+            f"--scaling {kind} rescales RoPE frequencies, but this model's positions are {cfg.positions!r}; evaluate "
+            "it with --scaling none (its positions extrapolate, or not, as they are)"
         )
     if cfg.rope_scaling is not None:
         raise LongContextError(
