@@ -187,3 +187,17 @@ def test_cli_lists_and_runs(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith("rope: ") and str(tmp_path / "verdict.md") in out
     assert main(["lab", "run", "no-such-experiment"]) == 2
+
+
+def test_rope_scalings_obey_what_the_scalings_are(ran):
+    from modernlm.lab.long_context import FINETUNED, SCALINGS
+
+    finding = ran("rope-scalings")[0]
+    past = finding.numbers["past"]
+    assert set(past) == {*SCALINGS, *(f"{k} + fine-tune" for k in FINETUNED), "sinusoidal", "learned", "alibi",
+                         "rope 100k"}  # fmt: skip
+    # dynamic NTK is the plain model up to the training length: equal at 1x, to the bit
+    assert past["dynamic"][0] == past["none"][0]
+    assert all(1 < p < 256 for v in past.values() for p in v)  # better than a uniform guess over bytes
+    assert set(finding.numbers["positions"].values()) <= {"confirmed", "refuted", "depends"}
+    assert "RoPE extrapolates worse than ALiBi" in finding.summary

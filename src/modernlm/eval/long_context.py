@@ -75,13 +75,19 @@ def apply_scaling(model, kind: str, factor: float):
         )
     if not factor > 1:
         raise LongContextError(f"--scaling {kind} needs --factor > 1 (1 is the model unscaled), got {factor!r}")
-    scaling = {"rope_type": kind, "factor": float(factor), **SCALING_DEFAULTS[kind]}
-    if kind != "linear" and kind != "ntk":
-        scaling["original_max_position_embeddings"] = cfg.max_seq_len
+    scaling = scaling_for(kind, factor, cfg.max_seq_len)
     data = {**cfg.to_dict(), "rope_scaling": scaling, "max_seq_len": math.ceil(cfg.max_seq_len * factor)}
     model.config = ModelConfig.from_dict(data, f"--scaling {kind} --factor {factor}").validate()
     model.reset_rope()
     return model
+
+
+def scaling_for(kind: str, factor: float, original: int) -> dict:
+    """The rope_scaling dict of `kind` stretching a model trained at `original` tokens by `factor`."""
+    scaling = {"rope_type": kind, "factor": float(factor), **SCALING_DEFAULTS[kind]}
+    if kind not in ("linear", "ntk"):
+        scaling["original_max_position_embeddings"] = original
+    return scaling
 
 
 def new_cache(model, batch_size: int, length: int) -> KVCache:
