@@ -334,3 +334,20 @@ def test_generation_with_a_window_equals_the_naive_reference(tmp_path):
     prompts = [ids_of(12, seed=3)[0].tolist(), ids_of(5, seed=4)[0].tolist()]
     got = modernlm.generate(model, prompts, 30)
     assert got == generate_naive(model, prompts, 30)
+
+
+def test_dynamic_ntk_rows_at_their_own_lengths_equal_each_row_alone():
+    """A serving batch steps rows at different positions (B, T): each row takes the frequencies of its own length."""
+    torch.manual_seed(0)
+    scaling = dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=16)
+    model = modernlm.Transformer(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64,
+                                             rope_scaling=scaling)).eval()  # fmt: skip
+    ids = [torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    cache = KVCache.for_model(model, 2, 64)
+    with torch.no_grad():
+        model(ids[0][:, :39], cache=cache.narrow(0, 1, 64))  # row 0 past the original length, row 1 below it
+        model(ids[1][:, :12], cache=cache.narrow(1, 1, 64))
+        step = torch.cat([ids[0][:, 39:40], ids[1][:, 12:13]])  # (2, 1)
+        got = model(step, input_pos=torch.tensor([[39], [12]]), cache=cache)[:, -1]
+        want = torch.cat([model(ids[0])[:, 39], model(ids[1][:, :13])[:, 12]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
