@@ -12,7 +12,9 @@ from torch import nn
 import modernlm
 from modernlm.cli.__main__ import main
 from modernlm.config import ModelConfig
+from modernlm.analysis.kv_cache import kv_cache_bytes
 from modernlm.eval import long_context as lc
+from modernlm.layers.kv_cache import RollingKVCache
 from tiny_chat import save_tiny_chat_model
 
 V = 128
@@ -106,7 +108,13 @@ def test_kv_cache_report_beside_the_formula(tmp_path):
     windowed = modernlm.Transformer(
         ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, sliding_window=32)
     )
-    assert [r["measured"] for r in lc.kv_cache_report(windowed, [64, 256])] == [2 * 2 * 4 * 8 * 32 * 4] * 2
+    rows = lc.kv_cache_report(windowed, [16, 256])
+    assert [r["measured"] for r in rows] == [r["formula"] for r in rows] == [2 * 2 * 4 * 8 * n * 4 for n in (16, 32)]
+    assert rows[1]["without_window"] == 2 * 2 * 4 * 8 * 256 * 4
+    mixed = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, sliding_window=32,
+                        layer_types=["full_attention", "sliding_attention"])  # fmt: skip
+    cache = RollingKVCache(mixed, 1, 256, torch.float32)
+    assert cache.nbytes() == kv_cache_bytes(mixed, 256, rolling=True) == 2 * (256 + 32) * 4 * 8 * 4
 
 
 @pytest.mark.parametrize(

@@ -351,3 +351,27 @@ def test_dynamic_ntk_rows_at_their_own_lengths_equal_each_row_alone():
         got = model(step, input_pos=torch.tensor([[39], [12]]), cache=cache)[:, -1]
         want = torch.cat([model(ids[0])[:, 39], model(ids[1][:, :13])[:, 12]])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=OLD),
+        dict(rope_type="ntk", factor=4.0),
+        dict(rope_type="ntk_by_parts", factor=4.0, original_max_position_embeddings=OLD),
+    ],
+    ids=["dynamic", "ntk", "ntk_by_parts"],
+)
+def test_scalings_transformers_has_no_name_for_save_as_their_equivalents(scaling, tmp_path):
+    """ntk saves as a raised rope_theta, ntk_by_parts as yarn at temperature 1, dynamic with the original length as
+    max_position_embeddings (what transformers' dynamic scales from): transformers reads the same logits."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128,
+                      rope_scaling=scaling)  # fmt: skip
+    model = modernlm.Transformer(cfg).eval()
+    modernlm.save_model(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 64, (1, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=0)
+    assert modernlm.load_model(tmp_path).config.max_seq_len == 128

@@ -119,7 +119,10 @@ def _report(result: dict, args) -> None:
                 cells = " ".join(f"{a:.2f}" for a in row)
                 print(f"{kind:>12} passkey @ {n:>6}, depths {k['depths']}: {cells}")
     for row in result["kv_cache"]:
-        print(f"KV cache @ {row['length']}: {row['measured']:,} bytes allocated, formula {row['formula']:,}")
+        print(
+            f"KV cache @ {row['length']}: {row['measured']:,} bytes allocated, formula {row['formula']:,} "
+            f"(every position kept: {row['without_window']:,})"
+        )
 
 
 def _plots(result: dict, out: Path) -> None:

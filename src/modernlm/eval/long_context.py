@@ -108,10 +108,7 @@ def check_memory(model, length: int, chunk: int, what: str) -> dict:
     available; return the estimate."""
     cfg = model.config
     param = next(model.parameters())
-    kv = kv_cache_bytes(cfg, min(length, cfg.sliding_window or length), 1, param.dtype)
-    if cfg.sliding_window:  # full-attention layers of a mixed stack keep every position
-        full = sum(1 for i in range(cfg.n_layers) if not cfg.layer_window(i))
-        kv += kv_cache_bytes(cfg, length, 1, param.dtype) * full // cfg.n_layers
+    kv = kv_cache_bytes(cfg, length, 1, param.dtype, rolling=bool(cfg.sliding_window))
     scores = 4 * cfg.n_heads * chunk * length  # float32 scores of one chunk against every key
     logits = 4 * chunk * cfg.vocab_size * 2  # logits and their log-softmax
     need = kv + scores + logits
@@ -244,12 +241,16 @@ def passkey(model, tokenizer, lengths: list[int], depths: list[float], trials: i
 
 def kv_cache_report(model, lengths: list[int]) -> list[dict]:
     """At each length: the KV-cache bytes of the cache this evaluation allocates, beside the formula's
-    2 x layers x kv heads x head dim x tokens x bytes (the window, not the length, on windowed layers)."""
+    2 x layers x kv heads x head dim x tokens x bytes (the window, not the length, on windowed layers), and the
+    formula without the window (what a cache of every position would take)."""
     dtype = next(model.parameters()).dtype
     rows = []
     for n in lengths:
         cache = new_cache(model, 1, n)
-        rows.append(dict(length=n, measured=cache.nbytes(), formula=kv_cache_bytes(model.config, n, 1, dtype)))
+        rolling = bool(model.config.sliding_window)
+        formula = kv_cache_bytes(model.config, n, 1, dtype, rolling=rolling)
+        full = kv_cache_bytes(model.config, n, 1, dtype)
+        rows.append(dict(length=n, measured=cache.nbytes(), formula=formula, without_window=full))
         del cache
     return rows
 

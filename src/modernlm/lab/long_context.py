@@ -75,7 +75,7 @@ def _position_verdicts(growth: dict[str, list[float]]) -> dict[str, str]:
     "study cards on long context (RoPE vs sinusoidal, vs ALiBi)",
 )
 def rope_scalings(quick: bool) -> Finding:
-    T, steps, ft_steps, ft_batch = (32, 30, 4, 2) if quick else (128, 400, 100, 4)
+    T, steps, ft_steps, ft_batch = (32, 30, 4, 2) if quick else (128, 300, 60, 4)
     numbers = _measure(T, steps, ft_steps, ft_batch)
     past = numbers["past"]
     growth = {k: [p / v[0] for p in v[1:]] for k, v in past.items()}  # at 2x, 4x, 8x over the 1x reference

@@ -51,7 +51,8 @@ class KVCache:
 
 
 class RollingKVCache(KVCache):
-    """A cache whose sliding-window layers keep only their last W = cfg.sliding_window positions (slot = position % W),
+    """A cache whose sliding-window layers keep only their last W = cfg.sliding_window positions (slot = position % W;
+    min(W, max_len) slots),
     so its memory stays flat however long the sequence grows; full-attention layers keep (B, K, max_len, Dh).
 
     It only appends: each forward continues at the next position (no rewinding, which speculative decoding and
@@ -66,13 +67,14 @@ class RollingKVCache(KVCache):
             raise ValueError("a rolling KV cache needs a model with a sliding window (sliding_window > 0)")
         self._max_len = max_len
         self.ks, self.vs = [], []
+        held = min(self.window, max_len)  # slot = position % window < max_len when the cache is shorter
         for i in range(cfg.n_layers):
-            slots = self.window if cfg.layer_window(i) else max_len
+            slots = held if cfg.layer_window(i) else max_len
             shape = (batch_size, cfg.n_kv_heads, slots, cfg.head_dim)
             self.ks.append(torch.zeros(shape, dtype=dtype, device=device))
             self.vs.append(torch.zeros(shape, dtype=dtype, device=device))
         self.rolling = [bool(cfg.layer_window(i)) for i in range(cfg.n_layers)]
-        self.slot_pos = torch.full((self.window,), -1, dtype=torch.long, device=device)
+        self.slot_pos = torch.full((held,), -1, dtype=torch.long, device=device)
 
     @property
     def batch_size(self) -> int:
