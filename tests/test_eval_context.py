@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import modernlm
+from modernlm.analysis.kv_cache import kv_cache_bytes
 from modernlm.cli.__main__ import main
 from modernlm.config import ModelConfig
-from modernlm.analysis.kv_cache import kv_cache_bytes
 from modernlm.eval import long_context as lc
 from modernlm.layers.kv_cache import RollingKVCache
 from tiny_chat import save_tiny_chat_model
