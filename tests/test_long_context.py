@@ -375,3 +375,21 @@ def test_scalings_transformers_has_no_name_for_save_as_their_equivalents(scaling
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf_logits(hf, ids), atol=1e-4, rtol=0)
     assert modernlm.load_model(tmp_path).config.max_seq_len == 128
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(rope_scaling="yarn"), "rope_scaling must be an object or null"),
+        (dict(rope_scaling=dict(rope_type="dynamic", factor="4")), "needs a numeric factor"),
+        (dict(rope_scaling=dict(rope_type="yarn", factor=4.0, finetuned=True)), r"does not take \['finetuned'\]"),
+        (dict(rope_scaling=dict(rope_type="proportional", factor=2.0)), "unknown rope_scaling.rope_type"),
+        (dict(architectures=["Qwen2ForCausalLM"], use_sliding_window=True, max_window_layers="1"), "max_window_layers"),
+    ],
+)
+def test_bad_long_context_fields_in_config_json_are_refused(fields, message, tmp_path):
+    from modernlm.checkpoints.hf import config_from_hf
+
+    hf = dict(architectures=["LlamaForCausalLM"], **BASE, num_attention_heads=4, max_position_embeddings=128)
+    with pytest.raises(ValueError, match=message):  # CheckpointError or ConfigError (load_hf names the file)
+        config_from_hf({**hf, **fields})

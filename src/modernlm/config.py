@@ -410,7 +410,7 @@ def normalize_rope_scaling(
         raise ConfigError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
     scaling = dict(scaling)
     spelled = {k: scaling.pop(k) for k in ("rope_type", "type") if k in scaling}
-    if len(set(spelled.values())) > 1:
+    if len(spelled) == 2 and spelled["rope_type"] != spelled["type"]:
         raise ConfigError(f"rope_scaling gives two kinds, {spelled}: keep one of rope_type / type")
     kind = next(iter(spelled.values()), None) or "default"
     _check_choice("rope_scaling.rope_type", kind, ROPE_SCALINGS)

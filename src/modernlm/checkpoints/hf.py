@@ -100,7 +100,10 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     is_qwen2 = SUPPORTED[arch] == "qwen2"
     attention_bias = bool(hf.get("attention_bias", False))
     context = hf.get("max_position_embeddings", 2048)
-    if scaling and scaling.get("rope_type") == "dynamic":  # HF's dynamic NTK scales from max_position_embeddings
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) == "dynamic":  # HF's dynamic scales from here
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not isinstance(context, int):
+            raise CheckpointError(f"{where}: dynamic rope scaling needs a numeric factor, got {factor!r}")
         scaling["original_max_position_embeddings"] = context
         context = math.ceil(context * float(scaling["factor"]))  # the length the factor was chosen for
     window, layer_types = _window_from_hf(hf, SUPPORTED[arch], context)
@@ -131,6 +134,9 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
 def _rope_from_hf(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
     """rope_theta and the scaling, from transformers 5's `rope_parameters` (theta and scaling together) or the older
     `rope_theta` + `rope_scaling`; a top-level original_max_position_embeddings (Phi-3) goes into the scaling."""
+    for name in ("rope_parameters", "rope_scaling"):
+        if hf.get(name) is not None and not isinstance(hf[name], dict):
+            raise CheckpointError(f"{where}: {name} must be an object or null, got {hf[name]!r:.80}")
     rope = dict(hf.get("rope_parameters") or {})
     if any(isinstance(v, dict) for v in rope.values()):
         raise CheckpointError(f"{where}: per-layer-type rope_parameters {sorted(rope)} are not supported")
@@ -156,11 +162,15 @@ def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[s
     elif kind == "qwen2" and hf.get("use_sliding_window", False):
         window, n = hf.get("sliding_window", 4096), hf["num_hidden_layers"]
         first = hf.get("max_window_layers", 28)
+        if not isinstance(first, int) or not isinstance(n, int):
+            raise CheckpointError(f"max_window_layers must be an integer, got {first!r}; fix config.json")
         types = hf.get("layer_types") or [
             "sliding_attention" if window is not None and i >= first else "full_attention" for i in range(n)
         ]
     else:
         return 0, None
+    if types is not None and not isinstance(types, list):
+        raise CheckpointError(f"layer_types must be a list of full_attention / sliding_attention, got {types!r:.80}")
     if window is None or (isinstance(context, int) and isinstance(window, int) and window >= context):
         return 0, None
     if types is not None and "sliding_attention" not in types:
