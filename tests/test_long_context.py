@@ -393,3 +393,21 @@ def test_bad_long_context_fields_in_config_json_are_refused(fields, message, tmp
     hf = dict(architectures=["LlamaForCausalLM"], **BASE, num_attention_heads=4, max_position_embeddings=128)
     with pytest.raises(ValueError, match=message):  # CheckpointError or ConfigError (load_hf names the file)
         config_from_hf({**hf, **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(sliding_window=16), "sliding_window=16"),
+        (dict(rope_scaling=dict(rope_type="yarn", factor=4.0, beta_fast=16.0)), r"YaRN keys \['beta_fast'\]"),
+        (dict(rope_scaling=dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=32)), "'dynamic'"),
+    ],
+)
+def test_gguf_export_refuses_what_it_cannot_write(fields, message, tmp_path):
+    from modernlm.checkpoints.gguf import GGUFError
+    from modernlm.checkpoints.gguf_export import export_gguf
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, max_seq_len=128, **fields)
+    with pytest.raises(GGUFError, match=message):
+        export_gguf(modernlm.Transformer(cfg), None, tmp_path / "m.gguf", kind="f16")
+    assert not (tmp_path / "m.gguf").exists()
