@@ -67,6 +67,8 @@ def run_context(args) -> int:
     from ..eval import long_context as lc
     from ..loading import load_model, load_tokenizer
 
+    if args.compile:
+        raise lc.LongContextError("--compile compiles the one-token decode step; eval context prefills in chunks")
     if args.text is not None and not Path(args.text).is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file; give a UTF-8 text file")
     model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
