@@ -119,7 +119,7 @@ def _report(result: dict, args) -> None:
             k = entry["passkey"]
             for n, row in zip(k["lengths"], k["accuracy"], strict=True):
                 cells = " ".join(f"{a:.2f}" for a in row)
-                print(f"{kind:>12} passkey @ {n:>6}, depths {k['depths']}: {cells}")
+                print(f"{kind:>12} passkey @ {n:>6}, depths {k['depths']}: {cells} (chance {k['chance']:.0e})")
     for row in result["kv_cache"]:
         print(
             f"KV cache @ {row['length']}: {row['measured']:,} bytes allocated, formula {row['formula']:,} "

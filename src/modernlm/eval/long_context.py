@@ -213,6 +213,7 @@ class Passkey:
     depths: list[float]
     trials: int
     accuracy: list[list[float]]  # [length][depth]
+    chance: float = 1 / 90000  # a uniform guess among the 5-digit keys
 
 
 def passkey(model, tokenizer, lengths: list[int], depths: list[float], trials: int = 2, chunk: int = 512, seed=0):
