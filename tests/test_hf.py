@@ -190,23 +190,3 @@ def test_missing_source():
         modernlm.load_model("/nonexistent/model.gguf")
     with pytest.raises(FileNotFoundError, match="unknown model source"):
         modernlm.load_model("not-a-model")
-
-
-def test_sliding_window_caps_the_context_where_full_attention_is_exact(tmp_path, caplog):
-    """Mistral's sliding window is not implemented: the context is capped at the window, inside which transformers'
-    windowed attention equals full attention (checked), and longer inputs are refused instead of silently wrong."""
-    torch.manual_seed(0)
-    config = transformers.MistralConfig(
-        **{**BASE, "num_attention_heads": 4, "num_key_value_heads": 2}, sliding_window=32
-    )
-    config._attn_implementation = "eager"
-    hf_model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
-    hf_model.save_pretrained(tmp_path, safe_serialization=True)
-    with caplog.at_level("WARNING", logger="modernlm"):
-        ours = modernlm.load_model(tmp_path)
-    assert ours.config.max_seq_len == 32 and "sliding_window=32 is not implemented" in caplog.text
-    ids = torch.randint(0, BASE["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(ids), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
-        with pytest.raises(ValueError, match="exceeds the model's max_seq_len 32"):
-            ours(torch.zeros(1, 33, dtype=torch.long))

@@ -288,3 +288,31 @@ def test_kv_cache_generations_match_and_count_tokens(ran):
     assert all(g["same_tokens"])  # the cached generation equals the recomputing reference
     for N, cached, naive in zip(g["new_tokens"], g["cached_tokens"], g["recompute_tokens"], strict=True):
         assert cached == 16 + N - 1 and naive == sum(16 + i for i in range(N))
+
+
+def test_rope_scalings_obey_what_the_scalings_are(ran):
+    from modernlm.lab.long_context import FINETUNED, SCALINGS
+
+    finding = ran("rope-scalings")[0]
+    past = finding.numbers["past"]
+    assert set(past) == {*SCALINGS, *(f"{k} + fine-tune" for k in FINETUNED), "sinusoidal", "learned", "alibi",
+                         "rope 100k"}  # fmt: skip
+    # dynamic NTK is the plain model up to the training length: equal at 1x, to the bit
+    assert past["dynamic"][0] == past["none"][0]
+    assert all(1 < p < 256 for v in past.values() for p in v)  # better than a uniform guess over bytes
+    assert set(finding.numbers["positions"].values()) <= {"confirmed", "refuted", "depends"}
+    assert "RoPE extrapolates worse than ALiBi" in finding.summary
+
+
+def test_position_verdicts_need_a_margin():
+    from modernlm.lab.long_context import _position_verdicts
+
+    def growth(rope, sinusoidal, alibi):
+        return {"none": rope, "rope 100k": rope, "sinusoidal": sinusoidal, "alibi": alibi}
+
+    clear = _position_verdicts(growth([1.2, 1.5, 2.0], [2.0, 4.0, 9.0], [1.0, 1.0, 1.0]))
+    assert set(clear.values()) == {"confirmed"}
+    tied = _position_verdicts(growth([1.0, 1.0, 1.0], [1.01, 0.99, 1.0], [1.0, 1.01, 0.99]))
+    assert set(tied.values()) == {"refuted"}  # no difference: not "more stable", not "worse"
+    opposite = _position_verdicts(growth([3.0, 5.0, 9.0], [1.0, 1.0, 1.0], [4.0, 6.0, 12.0]))
+    assert set(opposite.values()) == {"refuted"}

@@ -30,14 +30,24 @@ MEMBER_POSITIONS = (
     "rope",
 )  # the kinds the encoder / seq2seq / vit stacks are built with
 NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (Vaswani et al. 2017)
-ROPE_SCALINGS = ("default", "linear", "llama3", "yarn")
-# Keys each RoPE scaling needs, besides "rope_type".
-ROPE_SCALING_KEYS = {
-    "default": (),
-    "linear": ("factor",),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-    "yarn": ("factor", "original_max_position_embeddings"),
+# RoPE scalings (layers/rope_scaling.py has one function per kind): HF's rope_type names, and "ntk" (NTK-aware, the
+# static base change) and "ntk_by_parts" (YaRN's frequencies without its temperature), which HF has no name for.
+ROPE_SCALINGS = ("default", "linear", "ntk", "dynamic", "ntk_by_parts", "yarn", "llama3", "longrope")
+# Keys of each scaling besides "rope_type": (required, optional).
+_RAMP = ("beta_fast", "beta_slow", "truncate")
+ROPE_SCALING_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "default": ((), ()),
+    "linear": (("factor",), ()),
+    "ntk": (("factor",), ()),
+    "dynamic": (("factor", "original_max_position_embeddings"), ()),
+    "ntk_by_parts": (("factor", "original_max_position_embeddings"), _RAMP),
+    "yarn": (("factor", "original_max_position_embeddings"), (*_RAMP, "attention_factor", "mscale", "mscale_all_dim")),
+    "llama3": (("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"), ()),
+    "longrope": (("short_factor", "long_factor", "original_max_position_embeddings", "factor"), ("attention_factor",)),
 }
+# Kinds whose original length defaults to max_seq_len when a config leaves it out (transformers' standardize rule).
+_ORIGINAL_DEFAULTS = ("ntk_by_parts", "yarn", "llama3", "longrope")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # per-layer attention of a decoder with a sliding window
 
 
 DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
@@ -76,7 +86,9 @@ class ModelConfig:
     norm_placement: str = "pre"  # "post": no final norm, each sub-layer's sum is normalised
     positions: str = "rope"
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
+    rope_scaling: dict[str, Any] | None = None  # HF's rope_scaling spelling; kinds in ROPE_SCALINGS
+    sliding_window: int = 0  # >0: a causal layer sees only its last sliding_window keys (itself included; Mistral)
+    layer_types: list[str] | None = None  # per layer: full_attention | sliding_attention; None: all sliding if windowed
     qkv_bias: bool = False  # Qwen2 has q/k/v biases
     out_bias: bool = False
     mlp_bias: bool = False
@@ -123,7 +135,7 @@ class ModelConfig:
         if self.ffn_hidden is None:
             self.ffn_hidden = default_ffn_hidden(self.d_model, self.ffn, self.ffn_multiple_of)
         if self.rope_scaling is not None:
-            self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+            self.rope_scaling = normalize_rope_scaling(self.rope_scaling, self.max_seq_len, self.head_dim)
         for name in DROPOUTS:
             if getattr(self, name) is None:
                 setattr(self, name, self.dropout)
@@ -208,6 +220,8 @@ class ModelConfig:
             # the members' assemblies do not scale embeddings or recompute blocks
             "scale_embeddings": (False, ("decoder",)),
             "activation_checkpointing": (False, ("decoder",)),
+            "sliding_window": (0, ("decoder",)),  # encoders have local_window (both ways)
+            "layer_types": (None, ("decoder",)),
         }
         for name, (default, families) in only.items():
             if getattr(self, name) != default and self.family not in families:
@@ -265,6 +279,7 @@ class ModelConfig:
 
     def _check_combinations(self) -> None:
         """Choices that are valid alone but cannot work together."""
+        self._check_window()
         if self.rope_scaling is not None and self.positions != "rope":
             why = {
                 "alibi": "ALiBi has no rotary frequencies to rescale (it extrapolates through its linear bias)",
@@ -301,6 +316,33 @@ class ModelConfig:
             )
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+
+    def _check_window(self) -> None:
+        window, types = self.sliding_window, self.layer_types
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise ConfigError(f"sliding_window must be an integer >= 0 (0: full attention), got {window!r}")
+        if window > self.max_seq_len:
+            raise ConfigError(
+                f"sliding_window={window} is larger than the context max_seq_len={self.max_seq_len}: every key is "
+                "inside the window, which is full attention; set sliding_window=0 or a window below max_seq_len"
+            )
+        if window and not self.causal:
+            raise ConfigError("sliding_window is a causal window; a bidirectional stack uses local_window")
+        if types is None:
+            return
+        if len(types) != self.n_layers or any(t not in LAYER_TYPES for t in types):
+            raise ConfigError(
+                f"layer_types must list one of {', '.join(LAYER_TYPES)} for each of the {self.n_layers} layers, "
+                f"got {types!r}"
+            )
+        if "sliding_attention" in types and not window:
+            raise ConfigError("layer_types has sliding_attention layers but sliding_window is 0; set the window")
+
+    def layer_window(self, i: int) -> int:
+        """The sliding window of layer i (0: full attention)."""
+        if not self.sliding_window or (self.layer_types is not None and self.layer_types[i] != "sliding_attention"):
+            return 0
+        return self.sliding_window
 
     # ---- derived sizes ------------------------------------------------------------------------------------------
     @property
@@ -366,24 +408,88 @@ def default_ffn_hidden(d_model: int, ffn: str, multiple_of: int) -> int:
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
-def normalize_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any]:
-    """Accept HF's spellings ("type" or "rope_type"), check the kind and its keys, return a clean dict."""
+def normalize_rope_scaling(
+    scaling: dict[str, Any], max_seq_len: int | None = None, head_dim: int | None = None
+) -> dict[str, Any]:
+    """Accept HF's spellings ("type" or "rope_type"), check the kind, its keys and their values, fill what
+    transformers fills (the original length of yarn / llama3 / longrope from max_seq_len, LongRoPE's factor from the
+    two lengths), and return a clean dict. Unknown keys are refused: an ignored key is a silently wrong model."""
     if not isinstance(scaling, dict):
         raise ConfigError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
     scaling = dict(scaling)
-    kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
-    scaling.pop("type", None)
-    if kind == "dynamic":
-        raise ConfigError(
-            "rope_scaling 'dynamic' (dynamic NTK) is not supported yet; supported: " + ", ".join(ROPE_SCALINGS)
-        )
+    spelled = {k: scaling.pop(k) for k in ("rope_type", "type") if k in scaling}
+    if len(spelled) == 2 and spelled["rope_type"] != spelled["type"]:
+        raise ConfigError(f"rope_scaling gives two kinds, {spelled}: keep one of rope_type / type")
+    kind = next(iter(spelled.values()), None) or "default"
     _check_choice("rope_scaling.rope_type", kind, ROPE_SCALINGS)
-    missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in scaling]
+    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError(
+            f"rope_scaling partial_rotary_factor={scaling['partial_rotary_factor']} (RoPE on part of each head) is "
+            "not implemented; only whole-head RoPE (1.0) is"
+        )
+    scaling.pop("partial_rotary_factor", None)
+    required, optional = ROPE_SCALING_KEYS[kind]
+    if kind in _ORIGINAL_DEFAULTS and max_seq_len is not None:
+        scaling.setdefault("original_max_position_embeddings", max_seq_len)
+    old = scaling.get("original_max_position_embeddings")
+    if kind == "longrope" and scaling.get("factor") is None and max_seq_len and isinstance(old, int) and old > 0:
+        scaling["factor"] = max_seq_len / old
+    missing = [k for k in required if scaling.get(k) is None]
     if missing:
-        raise ConfigError(f"rope_scaling of type {kind!r} needs the key(s) {missing}")
-    if "factor" in scaling and not float(scaling["factor"]) > 0:
-        raise ConfigError(f"rope_scaling factor must be > 0, got {scaling['factor']}")
+        raise ConfigError(
+            f"rope_scaling of type {kind!r} needs the key(s) {missing}"
+            + (" (the length the model was trained at; max_seq_len is the length to reach)" * (kind == "dynamic"))
+        )
+    unknown = sorted(set(scaling) - set(required) - set(optional))
+    if unknown:
+        allowed = ", ".join([*required, *optional]) or "none besides rope_type"
+        raise ConfigError(f"rope_scaling of type {kind!r} does not take {unknown}; its keys: {allowed}")
+    _check_scaling_values(kind, scaling, head_dim)
     return {"rope_type": kind, **scaling}
+
+
+def _check_scaling_values(kind: str, s: dict[str, Any], head_dim: int | None) -> None:
+    def number(name: str) -> float:
+        value = s[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"rope_scaling {name} must be a number, got {value!r}")
+        return float(value)
+
+    if "factor" in s:
+        factor, least = number("factor"), 0.0 if kind == "longrope" else 1.0
+        if not factor > least:
+            raise ConfigError(
+                f"rope_scaling {kind} factor must be > {least:g}, got {s['factor']!r}: the factor is the new context "
+                "over the trained one (a factor of 1 changes nothing: drop rope_scaling)"
+            )
+    old = s.get("original_max_position_embeddings")
+    if old is not None and (not isinstance(old, int) or isinstance(old, bool) or old < 1):
+        raise ConfigError(f"rope_scaling original_max_position_embeddings must be a positive integer, got {old!r}")
+    for name in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+        if s.get(name) is not None and not number(name) > 0:
+            raise ConfigError(f"rope_scaling {name} must be > 0, got {s[name]!r}")
+    if not s.get("beta_fast", 32) > s.get("beta_slow", 1):
+        fast, slow = s.get("beta_fast", 32), s.get("beta_slow", 1)
+        raise ConfigError(f"rope_scaling beta_fast={fast} must exceed beta_slow={slow} (turns: fast > slow)")
+    if "truncate" in s and not isinstance(s["truncate"], bool):
+        raise ConfigError(f"rope_scaling truncate must be true or false, got {s['truncate']!r}")
+    if kind == "llama3" and not number("high_freq_factor") > number("low_freq_factor") > 0:
+        raise ConfigError(
+            f"rope_scaling llama3 needs high_freq_factor > low_freq_factor > 0, got {s['high_freq_factor']!r} and "
+            f"{s['low_freq_factor']!r}"
+        )
+    for name in ("short_factor", "long_factor"):
+        if name in s:
+            value = s[name]
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in value
+            )
+            if not ok or (head_dim and len(value) != head_dim // 2):
+                raise ConfigError(
+                    f"rope_scaling {name} must be a list of head_dim/2 = {head_dim and head_dim // 2} positive "
+                    f"numbers (one per frequency), got {value!r:.80}"
+                )
+            s[name] = [float(x) for x in value]
 
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:

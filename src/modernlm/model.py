@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ABSOLUTE_POSITIONS, ModelConfig
 from .layers.block import Block
-from .layers.kv_cache import KVCache
+from .layers.kv_cache import KVCache, RollingKVCache
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
 from .layers.positions import (
@@ -25,6 +25,7 @@ from .layers.positions import (
     sinusoidal_table,
 )
 from .layers.rope import inverse_frequencies, rope_cos_sin
+from .layers.rope_scaling import is_length_dependent
 
 
 class Transformer(nn.Module):
@@ -43,6 +44,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.register_buffer("alibi_slopes", torch.empty(config.n_heads), persistent=False)
         self.attention_factor = 1.0
+        self.windows = sorted({config.layer_window(i) for i in range(config.n_layers)})  # 0: full attention
         self.reset_rope()
         if not self.embed.weight.is_meta:
             self.init_weights()
@@ -111,25 +113,23 @@ class Transformer(nn.Module):
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
         x = self._embed(input_ids, input_pos, attention_mask)  # (B, T, D)
-        rope = None
-        if self.config.positions == "rope":
-            rope = rope_cos_sin(input_pos, self.inv_freq, self.attention_factor, x.dtype)  # (T or B, T, Dh) each
-        # With a cache, queries attend over all S = cache.max_len slots; the mask hides the slots past each query's
-        # position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
-        S = cache.max_len if cache is not None else T
-        mask = self._mask(input_pos, cache is not None, attention_mask, S)
-        if self.config.positions in ("alibi", "t5_relative"):  # slot distances equal token distances (padding masked)
-            key_pos = torch.arange(S, device=input_pos.device) if cache is not None else input_pos  # (S,) or (B, S)
-            if self.config.positions == "alibi":
-                mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
-            else:
-                mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, x.dtype)  # (B or 1, H, T, S)
+        rolling = isinstance(cache, RollingKVCache)
+        if rolling:
+            self._check_rolling(cache, input_pos)
+        inputs = self._layer_inputs(input_pos, cache, attention_mask, x.dtype)  # window -> (rope, mask, key_pos)
         recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            rope, mask, _ = inputs[self.config.layer_window(i)]
             if recompute:  # keep only each block's input; recompute its insides in the backward pass
                 x = checkpoint(block, x, rope, mask, use_reentrant=False)
-            else:
-                x = block(x, rope, mask, cache.layer(i) if cache is not None else None, input_pos)
+                continue
+            kv = cache.layer(i) if cache is not None else None
+            if rolling and cache.rolling[i]:  # the last min(T, W) new keys overwrite their slots
+                kv = (*kv, input_pos[-min(T, cache.window) :] % cache.window)
+            x = block(x, rope, mask, kv, input_pos)
+        if rolling:  # the slots now hold the newest positions (read by every layer above, so written last)
+            new = input_pos[-min(T, cache.window) :]
+            cache.slot_pos.index_copy_(0, new % cache.window, new)
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
@@ -152,18 +152,76 @@ class Transformer(nn.Module):
                 x = x + sinusoidal_table(pos, cfg.d_model, x.dtype)  # (B, T, D)
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
 
-    def _mask(self, input_pos, cached: bool, attention_mask, S: int) -> torch.Tensor | None:
-        """bool (B or 1, 1, T, S): key j is visible to query t if j is a real token written so far and, in a causal
-        model, pos(j) <= pos(t); None: plain causal attention over T (SDPA's is_causal). Positions (T,) are shared by
-        the rows; (B, T) gives each row its own (a serving batch of sequences at different lengths).
+    def _layer_inputs(self, input_pos, cache, attention_mask, dtype) -> dict[int, tuple]:
+        """For each window size in the stack (0: full attention): the RoPE tables, the mask and the key positions.
+
+        With a cache, queries attend over all S = cache.max_len slots; the mask hides the slots past each query's
+        position (empty or stale). Shapes stay fixed from step to step, so a compiled decode step never recompiles.
+        A rolling cache's windowed layers attend over their W slots and the T new keys."""
+        cfg, out = self.config, {}
+        rope = self._rope(input_pos) if cfg.positions == "rope" else None  # (inv_freq, factor, cos, sin)
+        for window in self.windows:
+            rolling = isinstance(cache, RollingKVCache) and window > 0
+            if rolling:
+                key_pos = torch.cat((cache.slot_pos, input_pos))  # (W + T,)
+            else:
+                key_pos = torch.arange(cache.max_len, device=input_pos.device) if cache is not None else input_pos
+            padding = attention_mask
+            if rolling and attention_mask is not None:
+                padding = attention_mask[:, key_pos.clamp(min=0)]  # (B, W + T)
+            mask = self._mask(input_pos, cache is not None, padding, len(key_pos), window, key_pos)
+            if cfg.positions == "alibi":  # slot distances equal token distances (padding masked)
+                mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S)
+            elif cfg.positions == "t5_relative":
+                mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S)
+            tables = None
+            if rope is not None:
+                inv_freq, factor, cos, sin = rope
+                tables = (cos.to(dtype), sin.to(dtype))
+                if cache is not None and is_length_dependent(cfg.rope_scaling):  # keys cached unrotated
+                    key_tables = rope_cos_sin(key_pos.clamp(min=0), inv_freq, factor, dtype)  # (S, Dh) or (B, S, Dh)
+                    tables = (*tables, *key_tables)
+            out[window] = (tables, mask, key_pos)
+        return out
+
+    def _rope(self, input_pos: torch.Tensor):
+        """(inv_freq, factor, cos, sin) for the queries at input_pos: the frequencies of the config's scaling, at the
+        current length (the last position + 1, per row) if they depend on it (dynamic NTK, LongRoPE)."""
+        cfg = self.config
+        inv_freq, factor = self.inv_freq, self.attention_factor
+        if is_length_dependent(cfg.rope_scaling):
+            length = input_pos.amax(-1) + 1  # () or (B,)
+            inv_freq, factor = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, length)
+            inv_freq = inv_freq if length.dim() == 0 else inv_freq[:, None]  # (Dh/2,) or (B, 1, Dh/2)
+        cos, sin = rope_cos_sin(input_pos, inv_freq, factor, torch.float32)  # (T, Dh) or (B, T, Dh)
+        return inv_freq, factor, cos, sin
+
+    def _check_rolling(self, cache: RollingKVCache, input_pos: torch.Tensor) -> None:
+        if input_pos.dim() != 1:
+            raise ValueError("a rolling KV cache takes positions shared by the rows, (T,); use KVCache for (B, T)")
+        if not torch.compiler.is_compiling() and int(input_pos[0]) != cache.next_pos:
+            raise ValueError(
+                f"a rolling KV cache only appends: it holds positions up to {cache.next_pos - 1}, but this step starts "
+                f"at {int(input_pos[0])}; continue at {cache.next_pos}, or use KVCache to rewind"
+            )
+
+    def _mask(self, input_pos, cached: bool, attention_mask, S: int, window: int = 0, key_pos=None):
+        """bool (B or 1, 1, T, S): key j (at key_pos[j]; -1: an empty slot) is visible to query t if it is a real
+        token written so far and, in a causal model, pos(j) <= pos(t) (and pos(j) > pos(t) - window with a sliding
+        window); None: plain causal attention over T (SDPA's is_causal). Positions (T,) are shared by the rows; (B, T)
+        gives each row its own (a serving batch of sequences at different lengths).
 
         A query always sees itself, so a padding query never has an empty row (its output is never read)."""
-        if self.config.causal and not cached and attention_mask is None and input_pos.dim() == 1:
+        if self.config.causal and not cached and attention_mask is None and input_pos.dim() == 1 and not window:
             return None
         query_pos = input_pos if input_pos.dim() == 2 else input_pos[None]  # (B or 1, T)
-        key_pos = torch.arange(S, device=input_pos.device)[None] if cached else query_pos  # (B or 1, S)
+        if key_pos is None:  # slot j holds position j
+            key_pos = torch.arange(S, device=input_pos.device) if cached else query_pos
+        key_pos = key_pos if key_pos.dim() == 2 else key_pos[None]  # (B or 1, S)
         if self.config.causal:
-            visible = key_pos[:, None, :] <= query_pos[:, :, None]  # (B or 1, T, S)
+            visible = (key_pos[:, None, :] <= query_pos[:, :, None]) & (key_pos[:, None, :] >= 0)  # (B or 1, T, S)
+            if window:
+                visible = visible & (key_pos[:, None, :] > query_pos[:, :, None] - window)
         else:  # every slot written so far (all of them without a cache)
             last = query_pos.amax(-1)[:, None, None]  # (B or 1, 1, 1)
             visible = (key_pos[:, None, :] <= last).expand(-1, query_pos.shape[1], -1)  # (B or 1, T, S)

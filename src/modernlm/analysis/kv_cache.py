@@ -1,4 +1,5 @@
-"""KV-cache size: 2 (K and V) x layers x kv heads x head dim x tokens x bytes per element."""
+"""KV-cache size: 2 (K and V) x layers x kv heads x head dim x tokens x bytes per element; with a rolling cache
+(layers/kv_cache.RollingKVCache) a sliding-window layer holds min(tokens, window) positions instead of tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import torch
 from ..config import ModelConfig
 
 
-def kv_cache_bytes(cfg: ModelConfig, tokens: int = 1, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> int:
+def kv_cache_bytes(
+    cfg: ModelConfig, tokens: int = 1, batch_size: int = 1, dtype: torch.dtype = torch.float32, rolling: bool = False
+) -> int:
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * tokens * batch_size * element
+    held = sum(min(tokens, cfg.layer_window(i)) if rolling and cfg.layer_window(i) else tokens
+               for i in range(cfg.n_layers))  # fmt: skip
+    return 2 * held * cfg.n_kv_heads * cfg.head_dim * batch_size * element

@@ -41,6 +41,7 @@ def _check_mappable(cfg) -> str:
         "out_bias": (cfg.out_bias, False),
         "mlp_bias": (cfg.mlp_bias, False),
         "scale_embeddings": (cfg.scale_embeddings, False),
+        "sliding_window": (cfg.sliding_window, 0),  # llama.cpp's llama architecture attends to every key
     }
     bad = {k: v for k, (v, want) in wrong.items() if v != want}
     if bad:
@@ -211,6 +212,9 @@ def _rope_scaling(writer, scaling: dict | None) -> None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     elif kind == "yarn":
+        extra = sorted(set(scaling) - {"rope_type", "factor", "original_max_position_embeddings"})
+        if extra:  # the writer here has no key for them: refused rather than dropped
+            raise GGUFError(f"YaRN keys {extra} have no GGUF metadata here; export supports factor and original length")
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))

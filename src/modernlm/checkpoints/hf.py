@@ -8,7 +8,7 @@ Weights are read with safetensors, never with pickle.
 
 from __future__ import annotations
 
-import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,22 +82,19 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         return gpt2.config_from_gpt2(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported for {arch}; expected 'silu'")
-    rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 keeps theta and scaling together here
-    theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
-    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    theta, scaling = _rope_from_hf(hf, where)
     heads = positive_field(hf, "num_attention_heads", where)
     positive_field(hf, "hidden_size", where)
     is_qwen2 = SUPPORTED[arch] == "qwen2"
     attention_bias = bool(hf.get("attention_bias", False))
     context = hf.get("max_position_embeddings", 2048)
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", not is_qwen2) else None
-    if isinstance(window, int) and isinstance(context, int) and 0 < window < context:
-        # Sliding-window attention is not implemented: within the window it equals full attention, past it not.
-        logging.getLogger("modernlm").warning(
-            "%s: sliding_window=%d is not implemented; the context is capped at %d tokens (where full attention "
-            "gives the same logits) instead of %d", where, window, window, context,
-        )  # fmt: skip
-        context = window
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) == "dynamic":  # HF's dynamic scales from here
+        factor = scaling.get("factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not isinstance(context, int):
+            raise CheckpointError(f"{where}: dynamic rope scaling needs a numeric factor, got {factor!r}")
+        scaling["original_max_position_embeddings"] = context
+        context = math.ceil(context * float(scaling["factor"]))  # the length the factor was chosen for
+    window, layer_types = _window_from_hf(hf, SUPPORTED[arch], context)
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -116,12 +113,61 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=context,
+        sliding_window=window,
+        layer_types=layer_types,
         extra={"architecture": arch},
     ).validate()
 
 
+def _rope_from_hf(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None]:
+    """rope_theta and the scaling, from transformers 5's `rope_parameters` (theta and scaling together) or the older
+    `rope_theta` + `rope_scaling`; a top-level original_max_position_embeddings (Phi-3) goes into the scaling."""
+    for name in ("rope_parameters", "rope_scaling"):
+        if hf.get(name) is not None and not isinstance(hf[name], dict):
+            raise CheckpointError(f"{where}: {name} must be an object or null, got {hf[name]!r:.80}")
+    rope = dict(hf.get("rope_parameters") or {})
+    if any(isinstance(v, dict) for v in rope.values()):
+        raise CheckpointError(f"{where}: per-layer-type rope_parameters {sorted(rope)} are not supported")
+    theta = rope.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
+    scaling = dict(hf.get("rope_scaling") or rope)
+    scaling.pop("rope_theta", None)
+    if (scaling.get("rope_type") or scaling.get("type") or "default") == "default":
+        if set(scaling) - {"rope_type", "type", "partial_rotary_factor"}:
+            raise CheckpointError(f"{where}: rope scaling {scaling} has keys but no rope_type; name its kind")
+        return theta, None
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind in ("llama3", "yarn", "longrope") and hf.get("original_max_position_embeddings"):
+        scaling["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+    return theta, scaling
+
+
+def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[str] | None]:
+    """The sliding window and per-layer types as transformers builds them: Mistral windows every layer (4096 when
+    config.json does not say; null: none); Qwen2 only with use_sliding_window, on layer_types or the layers from
+    max_window_layers on; Llama has none (transformers ignores the field). A window as long as the context is none."""
+    if kind == "mistral":
+        window, types = hf.get("sliding_window", 4096), None
+    elif kind == "qwen2" and hf.get("use_sliding_window", False):
+        window, n = hf.get("sliding_window", 4096), hf["num_hidden_layers"]
+        first = hf.get("max_window_layers", 28)
+        if not isinstance(first, int) or not isinstance(n, int):
+            raise CheckpointError(f"max_window_layers must be an integer, got {first!r}; fix config.json")
+        types = hf.get("layer_types") or [
+            "sliding_attention" if window is not None and i >= first else "full_attention" for i in range(n)
+        ]
+    else:
+        return 0, None
+    if types is not None and not isinstance(types, list):
+        raise CheckpointError(f"layer_types must be a list of full_attention / sliding_attention, got {types!r:.80}")
+    if window is None or (isinstance(context, int) and isinstance(window, int) and window >= context):
+        return 0, None
+    if types is not None and "sliding_attention" not in types:
+        return 0, None
+    return window, None if types is None or "full_attention" not in types else list(types)
+
+
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    if not gpt2.gpt2_mismatches(cfg):
+    if not gpt2.gpt2_mismatches(cfg) and not cfg.sliding_window:
         return gpt2.config_to_gpt2(cfg, dtype)
     not_llama = {
         "norm": (cfg.norm, "rmsnorm"),
@@ -153,15 +199,48 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "intermediate_size": cfg.ffn_hidden,
         "hidden_act": "silu",
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": cfg.rope_scaling,
         "tie_word_embeddings": cfg.tie_embeddings,
         "max_position_embeddings": cfg.max_seq_len,
         "torch_dtype": str(dtype).removeprefix("torch."),
+        **_rope_to_hf(cfg),
     }
     if not qwen2:
         hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    if cfg.sliding_window:
+        hf.update(_window_to_hf(cfg, qwen2))
     return hf
+
+
+def _rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """rope_theta, rope_scaling (and for dynamic NTK the original length as max_position_embeddings, which HF's
+    dynamic scales from). ntk is HF's default RoPE with the raised base; ntk_by_parts is yarn without temperature."""
+    scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
+    kind = (scaling or {}).get("rope_type")
+    out: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_scaling": scaling}
+    if kind == "ntk":
+        dim = cfg.head_dim
+        return {"rope_theta": cfg.rope_theta * float(scaling["factor"]) ** (dim / (dim - 2)), "rope_scaling": None}
+    if kind == "ntk_by_parts":
+        scaling.update(rope_type="yarn", attention_factor=1.0)
+    if kind == "dynamic":
+        out["max_position_embeddings"] = scaling.pop("original_max_position_embeddings")
+    return out
+
+
+def _window_to_hf(cfg: ModelConfig, qwen2: bool) -> dict[str, Any]:
+    """Mistral's one window for every layer, or Qwen2's window on the layers from max_window_layers on."""
+    types = cfg.layer_types or ["sliding_attention"] * cfg.n_layers
+    if not qwen2:
+        if cfg.qkv_bias or cfg.mlp_bias:
+            raise CheckpointError("cannot save: Mistral (a sliding window on every layer) has no biases")
+        if cfg.layer_types is not None and "full_attention" in types:
+            raise CheckpointError(
+                "cannot save: full and sliding layers mixed without q/k/v biases, which neither Mistral (every layer "
+                "windowed) nor Llama expresses; save_native writes any config"
+            )
+        return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": cfg.sliding_window}
+    first = types.index("sliding_attention")
+    return dict(use_sliding_window=True, sliding_window=cfg.sliding_window, max_window_layers=first, layer_types=types)
 
 
 # ---- weights ----------------------------------------------------------------------------------------------------

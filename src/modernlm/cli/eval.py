@@ -2,6 +2,7 @@
 against references.
 
 modernlm eval perplexity --model M [--quantize Q] [--text FILE]    (held-out English shipped in modernlm/eval/)
+modernlm eval context --model M --scaling yarn,dynamic,none --factor 4   (long context: cli/eval_context.py)
 modernlm eval task --model runs/digits-vit --task digits            (accuracy, macro F1)
 modernlm eval task --model runs/dates-t5 --task dates               (exact match, chrF, BLEU)
 modernlm eval scores --predictions out.txt --references ref.txt --metrics exact_match,chrf,bleu,rouge
@@ -31,6 +32,9 @@ def add_parser(sub) -> None:
     ppl.add_argument("--stride", type=positive_int, default=256, help="window step; the overlap is context (256)")
     ppl.add_argument("--json", action="store_true", help="print JSON")
     ppl.set_defaults(func=run_perplexity)
+    from .eval_context import add_context_parser
+
+    add_context_parser(kinds)
     task = kinds.add_parser("task", help="a trained member on its task: digits (a ViT), dates (a seq2seq run)")
     task.add_argument("--model", "-m", required=True, help="a model source (a run directory)")
     task.add_argument("--task", required=True, choices=TASKS)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..layers.kv_cache import KVCache
+from ..layers.kv_cache import KVCache, RollingKVCache
 from .beam import beam_search
 from .compiled import decode_step
 from .inputs import (
@@ -150,7 +150,9 @@ def generate(
             params=params,
         )
     generator = make_generator(seed, device)
-    cache = KVCache.for_model(model, len(prompts.rows), prompts.length + steps - 1)
+    # a sliding-window model keeps only its window per windowed layer: memory stays flat however long it generates
+    cache_class = RollingKVCache if model.config.sliding_window else KVCache
+    cache = cache_class.for_model(model, len(prompts.rows), prompts.length + steps - 1)
     rows = FinishedRows(len(prompts.rows), eos, stops, tokenizer)
     out: list[list[int]] = [[] for _ in prompts.rows]
     seen = seen_mask(prompts, model.config.vocab_size, params)

@@ -30,6 +30,7 @@ MODULES = (  # files of this package that hold experiments
     # round two, training experiments (lab/_seeds.py: seeds and the verdict rule)
     *("activations", "heads", "regularisation", "stability", "depth_width", "lora", "block_effects"),
     *("postnorm_depth", "batchnorm", "positions_concat"),
+    "long_context",  # issue 15: RoPE scalings and positions at 8x the training length
 )
 
 

@@ -4,6 +4,7 @@ NTK-aware scaling (a larger base) applied at evaluation time only, with no fine-
 
 from __future__ import annotations
 
+import functools
 import math
 
 from ..config import ModelConfig
@@ -18,41 +19,60 @@ MULTIPLES = (1, 2, 4, 8)
 def _rescaled(model: Transformer, factor: float, kind: str) -> Transformer:
     """The same weights with RoPE rescaled for `factor` x the training length: 'pi' divides the frequencies by the
     factor (Chen et al. 2023); 'ntk' raises the base to base·factor^(Dh/(Dh-2)) (bloc97's NTK-aware scaling)."""
+    return scaled_copy(model, {"pi": "linear", "ntk": "ntk"}[kind] if factor > 1 else "none", factor)
+
+
+def scaled_copy(model: Transformer, kind: str, factor: float, original: int | None = None) -> Transformer:
+    """A new model with the same weights and RoPE scaling `kind` ('none': unchanged) for `factor` x `original`
+    (layers/rope_scaling.py's registry; eval.long_context.scaling_for spells the config)."""
+    from ..eval.long_context import scaling_for
+
     cfg = ModelConfig.from_dict(model.config.to_dict())
-    if factor > 1 and kind == "pi":
-        cfg.rope_scaling = {"rope_type": "linear", "factor": factor}
-    elif factor > 1 and kind == "ntk":
-        cfg.rope_theta = cfg.rope_theta * factor ** (cfg.head_dim / (cfg.head_dim - 2))
-    out = Transformer(cfg)
+    if kind != "none":
+        cfg.rope_scaling = scaling_for(kind, factor, original or cfg.max_seq_len)
+    out = Transformer(ModelConfig.from_dict(cfg.to_dict()))
     out.load_state_dict(model.state_dict())
     return out
+
+
+KINDS = {  # label -> config fields besides the lab's tiny defaults
+    "sinusoidal": dict(positions="sinusoidal"),
+    "learned": dict(positions="learned"),
+    "alibi": dict(positions="alibi"),
+    "rope 10k": dict(positions="rope"),
+    "rope 100k": dict(positions="rope", rope_theta=100000.0),
+}
+
+
+@functools.lru_cache(maxsize=4)
+def trained_models(T: int, steps: int, seed: int = 0) -> dict[str, Transformer]:
+    """One model of each position kind, trained `steps` steps at length T (room for 8T positions)."""
+    return {
+        label: train(tiny_config(max_seq_len=8 * T, **fields), steps, seq_len=T, seed=seed).model
+        for label, fields in KINDS.items()
+    }
 
 
 def _perplexities(T: int, steps: int, seed: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Validation perplexity at each multiple of the training length T, for each kind of position: over the whole
     window, and over the positions past T only (at 1x: the last half of the window, for reference)."""
-    kinds = {
-        "sinusoidal": {},
-        "learned": {},
-        "alibi": {},
-        "rope 10k": dict(positions="rope"),
-        "rope 100k": dict(positions="rope", rope_theta=100000.0),
-    }
     whole, beyond = {}, {}
-    for label, fields in kinds.items():
-        cfg = tiny_config(positions=fields.pop("positions", label), max_seq_len=8 * T, **fields)
-        model = train(cfg, steps, seq_len=T, seed=seed).model
+    for label, model in trained_models(T, steps, seed).items():
         variants = {label: lambda m, model=model: model}
         if label == "rope 10k":
             for kind in ("pi", "ntk"):
                 variants[f"rope 10k + {kind} at eval"] = lambda m, model=model, kind=kind: _rescaled(model, m, kind)
         for name, make in variants.items():
-            losses = [position_losses(make(m), m * T) for m in MULTIPLES]  # (m T,) each
-            whole[name] = [math.exp(float(x.mean())) for x in losses]
-            beyond[name] = [
-                math.exp(float(x[T if m > 1 else T // 2 :].mean())) for m, x in zip(MULTIPLES, losses, strict=True)
-            ]
+            whole[name], beyond[name] = whole_and_past(make, T)
     return whole, beyond
+
+
+def whole_and_past(make, T: int) -> tuple[list[float], list[float]]:
+    """Perplexity over whole windows of each multiple m x T, and over the positions past T (at 1x: the last half)."""
+    losses = [position_losses(make(m), m * T) for m in MULTIPLES]  # (m T,) each
+    whole = [math.exp(float(x.mean())) for x in losses]
+    past = [math.exp(float(x[T if m > 1 else T // 2 :].mean())) for m, x in zip(MULTIPLES, losses, strict=True)]
+    return whole, past
 
 
 @experiment(

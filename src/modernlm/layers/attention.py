@@ -37,10 +37,12 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, T, D)
-        rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin: (T, Dh), or (B, T, Dh) with per-row positions
+        rope: tuple[torch.Tensor, ...] | None,  # cos, sin: (T, Dh), or (B, T, Dh) with per-row positions; then the
+        # keys' cos, sin (S, Dh) or (B, S, Dh) if the cache holds unrotated keys
         mask: torch.Tensor | None,  # bool (B or 1, 1, T, S), True = may attend, or a float bias (B or 1, H, T, S)
         # added to the scores (ALiBi, -inf where hidden); None = plain causal over T
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cache buffers (B, K, S, Dh)
+        kv: tuple[torch.Tensor, ...] | None = None,  # cache buffers (B, K, S, Dh), and the slots to write (n,) if
+        # they are a rolling window (see _write_cache)
         input_pos: torch.Tensor | None = None,  # (T,) positions written in the cache, or (B, T): one row each
         memory: tuple[torch.Tensor, torch.Tensor]
         | None = None,  # cross-attention: (B, K, S, Dh) x2 from project_memory
@@ -54,21 +56,20 @@ class Attention(nn.Module):
         if self.k_proj is not None:
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        # rope of 4 tables with a cache: the frequencies depend on the current length (dynamic NTK, LongRoPE), so keys
+        # are cached unrotated and the keys read back are rotated with this step's tables (2 and 3)
+        late = rope is not None and len(rope) == 4 and kv is not None
         if rope is not None:  # rotated before the heads move forward: the (B, T, heads, Dh) layout SDPA reads best
             cos, sin = rope[0].unsqueeze(-2), rope[1].unsqueeze(-2)  # (T, 1, Dh) or (B, T, 1, Dh)
-            q = apply_rope(q, cos, sin)
-            k = q if self.k_proj is None else apply_rope(k, cos, sin)
+            q_rotated = apply_rope(q, cos, sin)
+            k = k if late else q_rotated if self.k_proj is None else apply_rope(k, cos, sin)
+            q = q_rotated
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Dh), (B, K, T, Dh)
         if kv is not None:
-            k_cache, v_cache = kv
-            if input_pos.dim() == 1:
-                k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-                v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-            else:  # each row at its own positions (a serving batch): rows (B, 1) x positions (B, T) pick (B, T, K, Dh)
-                rows = torch.arange(B, device=input_pos.device)[:, None]  # (B, 1)
-                k_cache[rows, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)
-                v_cache[rows, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
-            k, v = k_cache, v_cache  # (B, K, S, Dh)
+            k, v = _write_cache(kv, k, v, input_pos)  # (B, K, S, Dh)
+        if late:
+            key_cos, key_sin = rope[2].unsqueeze(-2), rope[3].unsqueeze(-2)  # (S, 1, Dh) or (B, S, 1, Dh)
+            k = apply_rope(k.transpose(1, 2), key_cos, key_sin).transpose(1, 2)  # (B, K, S, Dh)
         y = self._attend(q, k, v, mask, causal=mask is None and T > 1 and self.causal)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, D)
 
@@ -98,3 +99,28 @@ class Attention(nn.Module):
                 scale=self.scale,
             )
         return y.to(out_dtype)
+
+
+def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the new keys and values (B, K, T, Dh) into the cache and return the keys and values to attend over.
+
+    kv = (k_cache, v_cache), (B, K, S, Dh) indexed by position: written at input_pos, all S slots returned.
+    kv = (k_cache, v_cache, slots), a rolling window of W slots: the window's keys followed by the new ones
+    (B, K, W + T, Dh) are returned, then the last len(slots) new ones overwrite the slots (position % W)."""
+    k_cache, v_cache = kv[0], kv[1]
+    k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
+    if len(kv) == 3:
+        slots = kv[2]  # (n,)
+        keys, values = torch.cat((k_cache, k), 2), torch.cat((v_cache, v), 2)  # (B, K, W + T, Dh)
+        n = slots.shape[0]
+        k_cache.index_copy_(2, slots, k[:, :, k.shape[2] - n :])
+        v_cache.index_copy_(2, slots, v[:, :, v.shape[2] - n :])
+        return keys, values
+    if input_pos.dim() == 1:
+        k_cache.index_copy_(2, input_pos, k)
+        v_cache.index_copy_(2, input_pos, v)
+    else:  # each row at its own positions (a serving batch): rows (B, 1) x positions (B, T) pick (B, T, K, Dh)
+        rows = torch.arange(k.shape[0], device=input_pos.device)[:, None]  # (B, 1)
+        k_cache[rows, :, input_pos] = k.transpose(1, 2)
+        v_cache[rows, :, input_pos] = v.transpose(1, 2)
+    return k_cache, v_cache
