@@ -328,7 +328,7 @@ def test_windowed_models_save_as_transformers_reads_them(arch, fields, tmp_path)
 
 def test_generation_with_a_window_equals_the_naive_reference(tmp_path):
     """generate() keeps a rolling cache for a windowed model; its tokens equal the full recompute's, past the window."""
-    from modernlm.generation.generate import generate_naive
+    from modernlm.generation import generate_naive
 
     _, model = hf_model("mistral", tmp_path, sliding_window=8)
     prompts = [ids_of(12, seed=3)[0].tolist(), ids_of(5, seed=4)[0].tolist()]
