@@ -87,7 +87,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     notice that says what was wrong and which step the run goes back to."""
     root = Path(run_dir) / CHECKPOINTS
     problems = []
-    for directory in _candidates(root):
+    for directory in checkpoint_dirs(root):
         try:
             state = json.loads((directory / STATE_NAME).read_text())
             tensors = load_file(directory / OPTIMIZER_NAME)
@@ -106,7 +106,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     raise CheckpointError(f"no readable checkpoint to resume in {run_dir}{found}; start without resume")
 
 
-def _candidates(root: Path) -> list[Path]:
+def checkpoint_dirs(root: Path) -> list[Path]:
     """Checkpoint directories, the one `latest` names first, then the others newest first."""
     steps = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
     latest = _latest_name(root)
@@ -126,7 +126,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def latest_step(run_dir: str | os.PathLike) -> int | None:
     """The step of the latest checkpoint, or None when there is none."""
-    candidates = _candidates(Path(run_dir) / CHECKPOINTS)
+    candidates = checkpoint_dirs(Path(run_dir) / CHECKPOINTS)
     return int(candidates[0].name.split("-")[1]) if candidates else None
 
 

@@ -1,0 +1,173 @@
+"""Distributed checkpoints: torch.distributed.checkpoint (DCP) for the model and the optimizer, each process writing
+its own shards; resumable on any number of processes (DCP reshards on load), and convertible to the ordinary
+single-file run directory.
+
+A distributed checkpoint directory (beside the ordinary ones, under checkpoints/, named the same):
+    step-0000100/.metadata, __0_0.distcp, __1_0.distcp ...   DCP: model and optimizer state, keyed by parameter name
+    step-0000100/rng-0.safetensors, rng-1...                 each process's RNG states
+    step-0000100/state.json                                  the run state (step, data position, ...), rank 0's
+    step-0000100/model.safetensors, modernlm_config.json     the full weights, gathered to rank 0 (training runs)
+The processes write into one staging directory (rank 0 names it, the others are told the name), rank 0 renames it
+into place after every process has finished, then points `latest` at it: a kill at any moment leaves the previous
+checkpoint the latest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ..checkpoints.native import save_native
+from ..files import atomic_path, write_json, write_text
+from ..training.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    STATE_NAME,
+    CheckpointError,
+    _prune,
+    _python_rng,
+    checkpoint_dirs,
+    load_checkpoint,
+    publish_latest,
+)
+from .setup import all_agree, broadcast_text
+
+log = logging.getLogger("modernlm")
+
+
+def _options(trainable_only: bool, full: bool = False):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # ignore_frozen_params: a LoRA run keeps only its adapters (and their optimizer states), as on one process
+    return StateDictOptions(full_state_dict=full, ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def save_distributed(trainer, state: dict, plain) -> Path:
+    """Every process writes its shards of `trainer`'s model and optimizer at step `state["step"]`; rank 0 adds the
+    run state (and, for runs that publish weights, the full weights from `plain()`, a collective), commits and
+    prunes. Returns the checkpoint directory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = Path(trainer.run_dir) / CHECKPOINTS
+    final = root / f"step-{int(state['step']):07d}"
+    device, main = trainer.parallel.ctx.device, dist.get_rank() == 0
+    weights = plain() if trainer.inputs.publish_weights else None  # every process: FSDP gathers to rank 0
+    with atomic_path(final) if main else _elsewhere() as tmp:
+        staging = Path(broadcast_text(str(tmp) if main else "", device))
+        trainable_only = trainer.inputs.save_trainable_only
+        model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer, options=_options(trainable_only))
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=staging)
+        save_file(_rng_tensors(), staging / f"rng-{dist.get_rank()}.safetensors")
+        if not all_agree(True, device):  # every process has written its files
+            raise RuntimeError("a process failed to write its part of the checkpoint")
+        if main:
+            groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
+            meta = {**state, "world_size": dist.get_world_size(), "param_groups": _plain(groups), "rng": _python_rng()}
+            write_json(staging / STATE_NAME, meta, indent=1)
+            if weights is not None:
+                save_native(weights, staging)
+    if main:
+        write_text(root / LATEST, final.name + "\n")
+        if weights is not None:
+            publish_latest(trainer.run_dir)
+        _prune(root, trainer.cfg.keep_checkpoints)
+    dist.barrier()  # committed on every process's return: none goes on (or stops) before rank 0 has renamed it
+    return final
+
+
+class _elsewhere:
+    """The staging directory of a process other than rank 0: rank 0 creates, commits and cleans it."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    return tensors
+
+
+def _plain(groups: list[dict]) -> list[dict]:
+    return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
+
+
+def latest_dir(run_dir: str | os.PathLike) -> Path:
+    candidates = checkpoint_dirs(Path(run_dir) / CHECKPOINTS)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint to resume in {run_dir}; start without --resume")
+    return candidates[0]
+
+
+def load_distributed(directory: Path, model, optimizer, trainable_only: bool) -> dict:
+    """Load a DCP checkpoint into `model` and `optimizer` (plain, DDP or FSDP, on any number of processes, or none:
+    DCP then reads in this process alone); restore this rank's RNGs; return the run state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    options = _options(trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    target = {"model": model_state, "optim": optim_state}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, without a group
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(target, checkpoint_id=directory)
+    set_state_dict(
+        model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"], options=options
+    )
+    state = json.loads((directory / STATE_NAME).read_text())
+    _restore_rng(directory, state)
+    state.pop("param_groups", None)
+    return state
+
+
+def _restore_rng(directory: Path, state: dict) -> None:
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    path = directory / f"rng-{rank}.safetensors"
+    if not path.is_file():  # more processes than the run was saved with: a new process starts from the seed's state
+        log.info("no RNG state for rank %d in %s (saved by %s processes)", rank, directory, state.get("world_size"))
+        return
+    tensors = load_file(path)
+    torch.set_rng_state(tensors["cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = state["rng"]
+    random.setstate((version, tuple(internal), gauss))
+    if state.get("world_size") not in (None, dist.get_world_size() if dist.is_initialized() else 1):
+        log.info("resuming a run saved by %s processes on a different number: dropout masks differ from a straight "
+                 "run's (losses match without dropout)", state["world_size"])  # fmt: skip
+
+
+def load_single_file(run_dir: Path, model, optimizer, trainable_only: bool) -> dict:
+    """Load an ordinary (single-file) checkpoint into a DDP or FSDP model and its optimizer, every process reading
+    the full tensors and keeping its shard (set_state_dict with full state dicts)."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    from ..training.checkpoint import restore_rng
+    from .wrap import unwrap
+
+    weights, optimizer_state, state = load_checkpoint(run_dir)
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {
+        "state": {order[int(i)]: values for i, values in optimizer_state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in optimizer_state["param_groups"]],
+    }
+    options = _options(trainable_only, full=True)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=by_name, options=options)
+    restore_rng(state)
+    return state

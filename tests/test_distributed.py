@@ -1,0 +1,165 @@
+"""Distributed training on CPU with gloo: DDP and FSDP on 2 processes give the losses of 1 process at the same global
+batch; a distributed checkpoint resumes on another number of processes (and converts to the ordinary run
+directory) with the losses of a straight run; a bad launch says so before any work.
+
+The reference is the ordinary single-process trainer (itself checked for exact resume in test_training.py). The
+processes are started the way torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and run
+`modernlm train`; they are forked from a server that imported torch and modernlm once, so each starts in
+milliseconds. A real `torchrun` launch and the killed-rank test are slow-marked.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TEXT = "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex.\n" * 30
+CHILD = """
+import os, sys
+os.environ.update(ENV)
+from modernlm.cli.__main__ import main
+sys.exit(main(ARGS))
+"""
+_SERVER = multiprocessing.get_context("forkserver")
+_SERVER.set_forkserver_preload(["torch", "modernlm.cli.__main__", "modernlm.training", "modernlm.distributed"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], env: dict, world: int | None, timeout: float = 300) -> list[int]:
+    """Run `modernlm ARGS` on `world` processes as torchrun would (None: one process, no torchrun variables);
+    their exit codes."""
+    port, children = free_port(), []
+    for rank in range(world or 1):
+        ranks = {} if world is None else dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world)
+        ranks |= {} if world is None else dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        child_env = {**env, **{k: str(v) for k, v in ranks.items()}}
+        child = _SERVER.Process(target=exec, args=(CHILD, {"ARGS": args, "ENV": child_env}))
+        child.start()
+        children.append(child)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.join(timeout=max(deadline - time.monotonic(), 1))
+        if child.is_alive():
+            child.kill()
+    return [c.exitcode for c in children]
+
+
+def train_args(out: Path, data: Path, *extra: str, steps: int = 6) -> list[str]:
+    args = ["train", "--out", str(out), "--data", str(data), "--vocab-size", "300", "--model", "llama-tiny"]
+    args += ["--max-steps", str(steps), "--seq-len", "32", "--batch-size", "4", "--save-interval", "2"]
+    args += ["--log-interval", "1", "--eval-interval", "0", "--sample-tokens", "0", "--no-progress"]
+    args += ["--num-threads", "1", "--val-fraction", "0", "--warmup-steps", "2", "--lr", "3e-3"]
+    return args + ["--model-override", "d_model=32", "--model-override", "max_seq_len=64", *extra]
+
+
+def losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(data file, env, the straight single-process run directory) shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("dist")
+    data = tmp / "zen.txt"
+    data.write_text(TEXT)
+    env = {"MODERNLM_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    straight = tmp / "straight"
+    assert launch(train_args(straight, data), env, None) == [0]
+    return data, env, straight
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_give_the_losses_of_one_at_the_same_global_batch(run, tmp_path, mode):
+    data, env, straight = run
+    out = tmp_path / mode
+    assert launch(train_args(out, data, "--parallel", mode, "--grad-accum", "2"), env, 2) == [0, 0]
+    one = tmp_path / "one"
+    assert launch(train_args(one, data, "--grad-accum", "2"), env, None) == [0]
+    torch.testing.assert_close(losses(out), losses(one), rtol=2e-5, atol=2e-5)  # float reduction order only
+    weights, reference = load_file(out / "model.safetensors"), load_file(one / "model.safetensors")
+    assert weights.keys() == reference.keys()
+    for name, value in weights.items():  # six AdamW steps apart only by the order of float sums
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("first, second", [(("fsdp", 2), ("fsdp", None)), (("ddp", None), ("fsdp", 2))])
+def test_a_distributed_checkpoint_resumes_on_another_number_of_processes(run, tmp_path, first, second):
+    """Save with 2 processes, resume with 1 (a group of one), and the reverse: the losses of the straight run."""
+    data, env, straight = run
+    out = tmp_path / "run"
+    (mode, world), (mode2, world2) = first, second
+    assert launch(train_args(out, data, "--parallel", mode, "--stop-at-step", "3"), env, world) == [0] * (world or 1)
+    assert (out / "checkpoints" / "step-0000003" / ".metadata").is_file()
+    resumed = launch(train_args(out, data, "--parallel", mode2, "--resume"), env, world2)
+    assert resumed == [0] * (world2 or 1)
+    torch.testing.assert_close(losses(out), losses(straight), rtol=2e-5, atol=2e-5)
+
+
+def test_a_single_file_checkpoint_resumes_under_fsdp_and_a_distributed_one_converts(run, tmp_path):
+    from modernlm.distributed import to_single_file
+
+    data, env, straight = run
+    plain = tmp_path / "plain"
+    assert launch(train_args(plain, data, "--stop-at-step", "2"), env, None) == [0]
+    assert launch(train_args(plain, data, "--parallel", "fsdp", "--stop-at-step", "4", "--resume"), env, 2) == [0, 0]
+    converted = to_single_file(plain, tmp_path / "converted")
+    assert launch(train_args(converted, data, "--resume"), env, None) == [0]
+    torch.testing.assert_close(losses(converted), losses(straight), rtol=2e-5, atol=2e-5)
+    for name, value in load_file(straight / "model.safetensors").items():
+        torch.testing.assert_close(load_file(converted / "model.safetensors")[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_launches_fail_clearly_before_any_work(run, tmp_path, capsys):
+    from modernlm.cli.__main__ import main
+    from modernlm.training import TrainConfig, train
+
+    data, env, _ = run
+    out = tmp_path / "bad"
+    assert launch(train_args(out, data, "--parallel", "ddp", "--batch-size", "3"), env, 2) == [2, 2]
+    assert not (out / "checkpoints").exists()
+    assert main(train_args(out, data, "--parallel", "pipeline")) == 2
+    assert "unknown parallel 'pipeline'" in capsys.readouterr().err
+    assert main(train_args(out, data, "--parallel", "ddp", "--cpu-offload")) == 2
+    assert "cpu_offload" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="modernlm.distributed.train"):
+        train(TrainConfig(out_dir=str(out), parallel="ddp"))
+    if not torch.cuda.is_available():
+        assert main(train_args(out, data, "--parallel", "ddp", "--device", "cuda")) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_message_of_a_split_that_does_not_divide():
+    from modernlm.distributed.hooks import check_batch
+
+    with pytest.raises(ValueError, match=r"batch_size 6 does not split over 4 processes.*multiple of 4, e.g. 4"):
+        check_batch(6, 4)
+
+
+# ---- slow: a real torchrun, a killed rank --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_launches_modernlm_train(run, tmp_path):
+    data, env, straight = run
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port"]
+    command += [str(free_port()), "-m", "modernlm", *train_args(out, data, "--parallel", "ddp")]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "done: 6 steps" in done.stdout and done.stdout.count("done:") == 1  # rank 0 reports, once
+    torch.testing.assert_close(losses(out), losses(straight), rtol=2e-5, atol=2e-5)
