@@ -123,8 +123,8 @@ def failure_message(ctx: Context, error: BaseException, timeout_s: int, run_dir:
     from ..training.checkpoint import latest_step
 
     step = latest_step(run_dir)
-    kept = f"the last complete checkpoint (step {step}) is kept in {run_dir}" if step else "no checkpoint was saved"
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    kept = f"The last complete checkpoint (step {step}) is kept in {run_dir}" if step else "No checkpoint was saved"
+    first = str(error).strip().splitlines()[0][:300].rstrip(". ") if str(error).strip() else type(error).__name__
     return (
         f"rank {ctx.rank} of {ctx.world_size} stopped: a collective with the other processes failed (another "
         f"process was killed or crashed, see its own message, or did not answer within --dist-timeout {timeout_s} s): "
