@@ -168,6 +168,63 @@ def test_the_message_of_a_split_that_does_not_divide():
         check_batch(6, 4)
 
 
+MEASURE = """
+import json, os
+os.environ.update(ENV)
+import torch
+from modernlm.config import preset
+from modernlm.distributed.measure import local_state_bytes, padding_bound
+from modernlm.distributed.setup import init, teardown
+from modernlm.distributed.wrap import shard_model
+from modernlm.model import Transformer
+from modernlm.training.optim import build_optimizer
+ctx = init("cpu", 60)
+torch.manual_seed(0)
+model = shard_model(Transformer(preset("llama-tiny", **OVERRIDES)), "fp32", cpu_offload=False)
+optimizer = build_optimizer(model, 1e-3, 0.1)
+model(torch.randint(0, 100, (2, 16))).float().mean().backward()
+optimizer.step()
+found = {**local_state_bytes(model, optimizer), "padding": padding_bound(model, ctx.world_size)}
+with open(os.path.join(OUT, f"rank{ctx.rank}.json"), "w") as f:
+    json.dump(found, f)
+teardown()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_per_rank_bytes_match_the_accounting(tmp_path):
+    """Parameters, gradients and optimizer states on each of 2 processes against `per_rank_memory` (the totals
+    divided by 2): each process's storages are within FSDP2's padding (at most one row of each tensor) of it, and
+    the two together hold the whole. Odd sizes (vocabulary 301, width 36) make the shards uneven."""
+    from modernlm.analysis.memory import per_rank_memory, training_memory
+    from modernlm.config import preset
+
+    overrides = dict(vocab_size=301, d_model=36, n_heads=2, n_kv_heads=1, max_seq_len=64, ffn_hidden=50)
+    port = free_port()
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    children = []
+    for rank in range(2):
+        scope = {
+            "ENV": {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            "OUT": str(tmp_path),
+            "OVERRIDES": overrides,
+        }
+        children.append(_SERVER.Process(target=exec, args=(MEASURE, scope)))
+        children[-1].start()
+    for child in children:
+        child.join(timeout=120)
+    assert [c.exitcode for c in children] == [0, 0]
+    cfg = preset("llama-tiny", **overrides)
+    whole, share = training_memory(cfg, 2, 16), per_rank_memory(cfg, 2, 16, world_size=2, parallel="fsdp")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for part, copies in (("parameters", 1), ("gradients", 1), ("optimizer_states", 2)):
+        pad = 4 * copies * ranks[0]["padding"]
+        for found in ranks:
+            assert share[part] - pad <= found[part] <= share[part] + pad, (part, found[part], share[part], pad)
+        assert sum(r[part] for r in ranks) >= whole[part]  # nothing is lost to the split
+        assert share[part] == -(-whole[part] // 2)
+
+
 # ---- slow: a real torchrun, a killed rank, a signal to one rank ---------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_others_with_a_clear_error_and_the_checkpoint_survives(run, tmp_path):
@@ -198,6 +255,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resume_fi
     assert (out / "checkpoints" / "step-0000002" / ".metadata").is_file()
     assert launch(args + ["--resume"], env, 2) == [0, 0]
     torch.testing.assert_close(losses(out), losses(straight), rtol=2e-5, atol=2e-5)
+
 
 @pytest.mark.slow
 def test_torchrun_launches_modernlm_train(run, tmp_path):
