@@ -267,3 +267,39 @@ def test_torchrun_launches_modernlm_train(run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "done: 4 steps" in done.stdout and done.stdout.count("done:") == 1  # rank 0 reports, once
     torch.testing.assert_close(losses(out), losses(straight), rtol=2e-5, atol=2e-5)
+
+
+# ---- fine-tuning: chat rows of different lengths, padding and prompts without loss --------------------------------
+@pytest.mark.parametrize("mode", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, tmp_path, mode):
+    """LoRA fine-tuning where the two halves of a batch hold different numbers of target tokens: each process's loss
+    is weighted by its share, so the step is the one-process step (unweighted means would differ here)."""
+    from tiny_chat import save_tiny_chat_model
+
+    _, env, _ = run
+    save_tiny_chat_model(tmp_path / "base", TEXT)
+    pairs = [("Is simple better?", "Simple is better than complex, and much better than complicated."),
+             ("Flat?", "Yes."), ("What counts?", "Readability counts."), ("Errors?", "Never silently.")]  # fmt: skip
+    lines = "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs * 4)
+    (tmp_path / "train.jsonl").write_text(lines)
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return ["finetune", "--model", str(tmp_path / "base"), "--train", str(tmp_path / "train.jsonl"), "--val",
+                str(tmp_path / "train.jsonl"), "--out", str(out), "--max-steps", "4", "--batch-size", "4",
+                "--max-len", "32", "--save-interval", "2", "--eval-interval", "2", "--compare-prompts", "1",
+                "--no-progress", "--num-threads", "1", "--lr", "1e-2", *extra]  # fmt: skip
+
+    assert launch(args(tmp_path / "one"), env, None) == [0]
+    assert launch(args(tmp_path / mode, "--parallel", mode), env, 2) == [0, 0]
+    records = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+               for d in ("one", mode)]  # fmt: skip
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]]
+    for a, b in zip(*records, strict=True):
+        torch.testing.assert_close(
+            a.get("loss", a.get("val_loss")), b.get("loss", b.get("val_loss")), rtol=2e-5, atol=2e-5
+        )
+    adapter = "adapter/adapter_model.safetensors"
+    reference = load_file(tmp_path / "one" / adapter)
+    for name, value in load_file(tmp_path / mode / adapter).items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / mode / "before_after.md").is_file() and (tmp_path / mode / "merged" / "config.json").is_file()
