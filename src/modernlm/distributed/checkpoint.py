@@ -7,7 +7,10 @@ A distributed checkpoint directory (beside the ordinary ones, under checkpoints/
     step-0000100/rng-0.safetensors, rng-1...                 each process's RNG states
     step-0000100/state.json                                  the run state (step, data position, ...), rank 0's
     step-0000100/model.safetensors, modernlm_config.json     the full weights, gathered to rank 0 (training runs)
-The processes write into one staging directory (rank 0 names it, the others are told the name), rank 0 renames it
+Only tensors go into DCP's files (the optimizer's hyperparameters go to state.json), and DCP's `.metadata`, which
+torch writes with pickle, is read back by an unpickler that builds only DCP's own metadata classes, torch.Size and
+dtypes: a checkpoint directory from elsewhere cannot run code (modernlm loads no pickles). The processes write into
+one staging directory (rank 0 names it, the others are told the name), rank 0 renames it
 into place after every process has finished, then points `latest` at it: a kill at any moment leaves the previous
 checkpoint the latest complete one.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle  # only for DCP's metadata, through an unpickler that builds nothing but its metadata classes
 import random
 import warnings
 from pathlib import Path
@@ -24,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from ..checkpoints.native import save_native
 from ..files import atomic_path, write_json, write_text
@@ -65,13 +71,13 @@ def save_distributed(trainer, state: dict, plain) -> Path:
         staging = Path(broadcast_text(str(tmp) if main else "", device))
         trainable_only = trainer.inputs.save_trainable_only
         model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer, options=_options(trainable_only))
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=staging)
+        dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}}, checkpoint_id=staging)
         save_file(_rng_tensors(), staging / f"rng-{dist.get_rank()}.safetensors")
         if not all_agree(True, device):  # every process has written its files
             raise RuntimeError("a process failed to write its part of the checkpoint")
         if main:
-            groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
-            meta = {**state, "world_size": dist.get_world_size(), "param_groups": _plain(groups), "rng": _python_rng()}
+            groups = _plain(optim_state["param_groups"])  # hyperparameters, and parameter names in place of tensors
+            meta = {**state, "world_size": dist.get_world_size(), "param_groups": groups, "rng": _python_rng()}
             write_json(staging / STATE_NAME, meta, indent=1)
             if weights is not None:
                 save_native(weights, staging)
@@ -120,18 +126,63 @@ def load_distributed(directory: Path, model, optimizer, trainable_only: bool) ->
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     options = _options(trainable_only)
+    state = json.loads((directory / STATE_NAME).read_text())
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    target = {"model": model_state, "optim": optim_state}
+    target = {"model": model_state, "optim": {"state": optim_state["state"]}}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, without a group
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(target, checkpoint_id=directory)
-    set_state_dict(
-        model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"], options=options
-    )
-    state = json.loads((directory / STATE_NAME).read_text())
+        dcp.load(target, storage_reader=SafeReader(directory), planner=TensorsOnlyPlanner())
+    optim = {"state": target["optim"]["state"], "param_groups": state["param_groups"]}
+    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=optim, options=options)
     _restore_rng(directory, state)
     state.pop("param_groups", None)
     return state
+
+
+# DCP's metadata classes, and what their pickle names of torch and pathlib (found by unpickling a saved .metadata)
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+}  # fmt: skip
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata and nothing else: any other class or function named in the file is refused."""
+
+    def find_class(self, module: str, name: str):
+        if name in _METADATA_CLASSES.get(module, ()) or (module == "torch" and name == "Size"):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout)):
+            return getattr(torch, name)
+        raise CheckpointError(f"the checkpoint metadata names {module}.{name}, which is not DCP metadata: refused")
+
+
+class SafeReader(FileSystemReader):
+    """torch's DCP file reader, with the metadata read by `_MetadataUnpickler` instead of pickle.load."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{path} is not DCP metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class TensorsOnlyPlanner(DefaultLoadPlanner):
+    """DCP's planner, refusing the pickled (non-tensor) values torch would otherwise load with weights_only=False."""
+
+    def load_bytes(self, read_item, value) -> None:
+        raise CheckpointError(f"the checkpoint holds a pickled value ({read_item.dest_index.fqn}): refused")
 
 
 def _restore_rng(directory: Path, state: dict) -> None:

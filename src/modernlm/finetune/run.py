@@ -17,6 +17,7 @@ import torch
 
 from .. import load_model, load_tokenizer, save_model
 from ..files import clean_stale, write_text
+from ..loading import parse_device
 from ..training.parallel import Parallel
 from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
@@ -71,6 +72,9 @@ def finetune(
         raise ValueError(f"parallel={cfg.train.parallel!r} runs under modernlm.distributed.finetune (the CLI's "
                          "--parallel does that), not modernlm.finetune.run.finetune")  # fmt: skip
     parallel = parallel or Parallel()
+    device = parse_device(parallel.device or cfg.train.device)  # cuda without a GPU: said here, before any work
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
     check_run_dir(cfg.run_dir, cfg, CONFIG_NAME, resume, extend)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
