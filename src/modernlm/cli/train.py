@@ -168,6 +168,8 @@ def run_objective(args) -> int:
 
     if args.resume or args.stop_at_step is not None:
         raise ValueError(f"--objective {args.objective} runs are short and not resumable; drop --resume/--stop-at-step")
+    if args.parallel not in (None, "none"):
+        raise ValueError(f"--objective {args.objective} runs on one process; drop --parallel (it is for lm runs)")
     values = build_config(args).to_dict()
     for name, value in OBJECTIVE_DEFAULTS[args.objective].items():
         if getattr(args, name, None) is None:

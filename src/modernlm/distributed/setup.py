@@ -52,14 +52,16 @@ def launch_env() -> tuple[int, int, int]:
 
 def process_device(device: str, local_rank: int) -> torch.device:
     """`cpu`, or the CUDA device of this process: "cuda" means cuda:LOCAL_RANK (one GPU per process)."""
-    asked = torch.device(device)
+    asked = parse_device(device)  # a clear error for an unknown name or CUDA without a GPU
     if asked.type == "cuda":
-        if asked.index is not None and asked.index != local_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise DistributedError(
-                f"--device {device} with several processes: give --device cuda, and each process takes the GPU of "
-                "its LOCAL_RANK (limit them with CUDA_VISIBLE_DEVICES)"
-            )
-        return parse_device(f"cuda:{local_rank}")  # a clear error without CUDA or with too few GPUs
+        if asked.index is not None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise DistributedError(
+                    f"--device {device} with several processes: give --device cuda, and each process takes the GPU "
+                    "of its LOCAL_RANK (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+                )
+            return asked
+        return parse_device(f"cuda:{local_rank}")  # a clear error with fewer GPUs than processes on this machine
     if asked.type != "cpu":
         raise DistributedError(f"distributed training runs on cpu (gloo) or cuda (NCCL), not {device!r}")
     return asked
