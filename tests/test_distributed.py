@@ -112,10 +112,14 @@ def test_two_processes_give_the_losses_of_one_at_the_same_global_batch(run, tmp_
 
 @pytest.mark.parametrize(
     "first, second",
-    [(("fsdp", 2), ("ddp", None)), pytest.param(("ddp", None), ("fsdp", 2), marks=pytest.mark.slow)],
+    [
+        (("fsdp", 2), ("ddp", None)),
+        pytest.param(("ddp", None), ("fsdp", 2), marks=pytest.mark.slow),
+        pytest.param(("fsdp", 2), ("fsdp", 4), marks=pytest.mark.slow),  # one row of each micro-batch per process
+    ],
 )
 def test_a_distributed_checkpoint_resumes_on_another_number_of_processes(run, tmp_path, first, second):
-    """Save with 2 processes, resume with 1 (a group of one), and the reverse: the losses of the straight run."""
+    """Save with 2 processes, resume with 1 (a group of one), and the reverse, and with 4: the straight run's losses."""
     data, env, straight = run
     out = tmp_path / "run"
     (mode, world), (mode2, world2) = first, second
@@ -191,18 +195,19 @@ teardown()
 
 
 @pytest.mark.slow
-def test_fsdp_per_rank_bytes_match_the_accounting(tmp_path):
-    """Parameters, gradients and optimizer states on each of 2 processes against `per_rank_memory` (the totals
-    divided by 2): each process's storages are within FSDP2's padding (at most one row of each tensor) of it, and
-    the two together hold the whole. Odd sizes (vocabulary 301, width 36) make the shards uneven."""
+@pytest.mark.parametrize("world", [2, 4])
+def test_fsdp_per_rank_bytes_match_the_accounting(tmp_path, world):
+    """Parameters, gradients and optimizer states on each of 2 (4) processes against `per_rank_memory` (the totals
+    divided by 2 (4)): each process's storages are within FSDP2's padding (at most world - 1 rows of each tensor)
+    of it, and together they hold the whole. Odd sizes (vocabulary 301, width 36) make the shards uneven."""
     from modernlm.analysis.memory import per_rank_memory, training_memory
     from modernlm.config import preset
 
     overrides = dict(vocab_size=301, d_model=36, n_heads=2, n_kv_heads=1, max_seq_len=64, ffn_hidden=50)
     port = free_port()
-    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
     children = []
-    for rank in range(2):
+    for rank in range(world):
         scope = {
             "ENV": {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             "OUT": str(tmp_path),
@@ -212,16 +217,16 @@ def test_fsdp_per_rank_bytes_match_the_accounting(tmp_path):
         children[-1].start()
     for child in children:
         child.join(timeout=120)
-    assert [c.exitcode for c in children] == [0, 0]
+    assert [c.exitcode for c in children] == [0] * world
     cfg = preset("llama-tiny", **overrides)
-    whole, share = training_memory(cfg, 2, 16), per_rank_memory(cfg, 2, 16, world_size=2, parallel="fsdp")
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    whole, share = training_memory(cfg, 4, 16), per_rank_memory(cfg, 4, 16, world_size=world, parallel="fsdp")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for part, copies in (("parameters", 1), ("gradients", 1), ("optimizer_states", 2)):
         pad = 4 * copies * ranks[0]["padding"]
         for found in ranks:
             assert share[part] - pad <= found[part] <= share[part] + pad, (part, found[part], share[part], pad)
         assert sum(r[part] for r in ranks) >= whole[part]  # nothing is lost to the split
-        assert share[part] == -(-whole[part] // 2)
+        assert share[part] == -(-whole[part] // world)
 
 
 # ---- slow: a real torchrun, a killed rank, a signal to one rank ---------------------------------------------------
@@ -269,10 +274,18 @@ def test_torchrun_launches_modernlm_train(run, tmp_path):
 
 
 # ---- fine-tuning: chat rows of different lengths, padding and prompts without loss --------------------------------
-@pytest.mark.parametrize("mode", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
-def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, tmp_path, mode):
+@pytest.mark.parametrize(
+    "mode, paused",
+    [
+        ("fsdp", False),
+        pytest.param("fsdp", True, marks=pytest.mark.slow),
+        pytest.param("ddp", False, marks=pytest.mark.slow),
+    ],
+)
+def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, tmp_path, mode, paused):
     """LoRA fine-tuning where the two halves of a batch hold different numbers of target tokens: each process's loss
-    is weighted by its share, so the step is the one-process step (unweighted means would differ here)."""
+    is weighted by its share, so the step is the one-process step (unweighted means would differ here). `paused`:
+    stopped at step 2 and resumed (a checkpoint of the adapters alone and their AdamW states)."""
     from tiny_chat import save_tiny_chat_model
 
     _, env, _ = run
@@ -289,14 +302,22 @@ def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, t
                 "--no-progress", "--num-threads", "1", "--lr", "1e-2", *extra]  # fmt: skip
 
     assert launch(args(tmp_path / "one"), env, None) == [0]
-    assert launch(args(tmp_path / mode, "--parallel", mode), env, 2) == [0, 0]
-    records = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-               for d in ("one", mode)]  # fmt: skip
-    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]]
-    for a, b in zip(*records, strict=True):
-        torch.testing.assert_close(
-            a.get("loss", a.get("val_loss")), b.get("loss", b.get("val_loss")), rtol=2e-5, atol=2e-5
-        )
+    if paused:
+        assert launch(args(tmp_path / mode, "--parallel", mode, "--stop-at-step", "2"), env, 2) == [0, 0]
+        assert launch(args(tmp_path / mode, "--parallel", mode, "--resume"), env, 2) == [0, 0]
+    else:
+        assert launch(args(tmp_path / mode, "--parallel", mode), env, 2) == [0, 0]
+    records = [
+        {(r["step"], k): v for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+         for r in [json.loads(line)] for k, v in r.items() if k in ("loss", "val_loss")}
+        for d in ("one", mode)
+    ]  # fmt: skip
+    if paused:  # a pause logs the loss of the steps since the last record, and the next record starts after it
+        records[1] = {key: value for key, value in records[1].items() if key[1] == "val_loss" or key[0] > 4}
+        records[0] = {key: value for key, value in records[0].items() if key[1] == "val_loss"}
+    assert records[0].keys() == records[1].keys() and len(records[0]) >= 3
+    for key, value in records[0].items():
+        torch.testing.assert_close(records[1][key], value, rtol=2e-5, atol=2e-5)
     adapter = "adapter/adapter_model.safetensors"
     reference = load_file(tmp_path / "one" / adapter)
     for name, value in load_file(tmp_path / mode / adapter).items():
