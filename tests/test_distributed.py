@@ -157,6 +157,10 @@ def test_bad_launches_fail_clearly_before_any_work(run, tmp_path, capsys):
     assert "unknown parallel 'pipeline'" in capsys.readouterr().err
     assert main(train_args(out, data, "--parallel", "ddp", "--cpu-offload")) == 2
     assert "cpu_offload" in capsys.readouterr().err
+    assert main(train_args(out, data, "--parallel", "fsdp", "--precision", "fp16")) == 2
+    assert "use --precision bf16" in capsys.readouterr().err
+    assert main(train_args(out, data, "--objective", "mlm", "--parallel", "ddp")) == 2
+    assert "drop --parallel" in capsys.readouterr().err
     with pytest.raises(ValueError, match="modernlm.distributed.train"):
         train(TrainConfig(out_dir=str(out), parallel="ddp"))
     if not torch.cuda.is_available():

@@ -93,7 +93,7 @@ class DistributedParallel(Parallel):
         state = get_model_state_dict(model, options=options)  # a collective: the full tensors on rank 0 only
         if not self.is_main:
             return None
-        return plain_from_state(self._shell, state, self.ctx.device)
+        return plain_from_state(self._shell, state, torch.device("cpu"))  # no second copy on rank 0's GPU
 
     def barrier(self) -> None:
         dist.barrier()

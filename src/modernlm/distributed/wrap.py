@@ -60,7 +60,8 @@ def skeleton(model: nn.Module) -> nn.Module:
 
 
 def plain_from_state(shell: nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
-    """The skeleton filled with a full state dict (on CPU), moved to `device`."""
+    """The skeleton filled with a full state dict (on CPU), moved to `device` (FSDP's plain model: the CPU, so that
+    publishing and sampling on rank 0 never hold a second whole model on its GPU)."""
     shell.load_state_dict(state, assign=True)
     missing = [n for n, p in shell.named_parameters() if p.is_meta]
     if missing:

@@ -131,6 +131,9 @@ class TrainConfig(JsonConfig):
         if self.cpu_offload and (self.parallel != "fsdp" or not self.device.startswith("cuda")):
             raise ValueError("cpu_offload keeps FSDP's shards in CPU memory for a GPU run: use it with "
                              "--parallel fsdp --device cuda, or drop --cpu-offload")  # fmt: skip
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ValueError("fsdp trains in bf16 or fp32 (fp16's grad scaler is not wired to sharded gradients): "
+                             "use --precision bf16")  # fmt: skip
         if self.dist_timeout < 1:
             raise ValueError(f"dist_timeout must be at least 1 second, got {self.dist_timeout}")
         if not self.data:
