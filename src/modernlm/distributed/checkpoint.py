@@ -72,9 +72,16 @@ def save_distributed(trainer, state: dict, plain) -> Path:
         trainable_only = trainer.inputs.save_trainable_only
         model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer, options=_options(trainable_only))
         dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}}, checkpoint_id=staging)
-        save_file(_rng_tensors(), staging / f"rng-{dist.get_rank()}.safetensors")
-        if not all_agree(True, device):  # every process has written its files
-            raise RuntimeError("a process failed to write its part of the checkpoint")
+        error = None
+        try:
+            save_file(_rng_tensors(), staging / f"rng-{dist.get_rank()}.safetensors")
+        except OSError as e:  # told to every process below, so none waits for it
+            error = e
+        if not all_agree(error is None, device):  # every process has written its files
+            raise error or CheckpointError(
+                f"another process could not write its part of checkpoint {final.name} (its message says why); "
+                "the previous checkpoint stays the latest"
+            )
         if main:
             groups = _plain(optim_state["param_groups"])  # hyperparameters, and parameter names in place of tensors
             meta = {**state, "world_size": dist.get_world_size(), "param_groups": groups, "rng": _python_rng()}
