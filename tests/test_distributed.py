@@ -329,6 +329,19 @@ def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, t
     assert (tmp_path / mode / "before_after.md").is_file() and (tmp_path / mode / "merged" / "config.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_damaged_newest_distributed_checkpoint_falls_back_to_the_older_one(run, tmp_path):
+    data, env, straight = run
+    out = tmp_path / "damaged"
+    assert launch(train_args(out, data, "--parallel", "ddp", "--stop-at-step", "4"), env, None) == [0]
+    shard = out / "checkpoints" / "step-0000004" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # a disk error in the newest checkpoint
+    resumed = launch(train_args(out, data, "--parallel", "ddp", "--resume"), {**env, "LOG_DIR": str(tmp_path)}, None)
+    assert resumed == [0]
+    assert "resuming from the older complete one, step-0000002" in (tmp_path / "rank0.err").read_text()
+    torch.testing.assert_close(losses(out), losses(straight), rtol=2e-5, atol=2e-5)
+
+
 def test_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
     """DCP writes `.metadata` with pickle; modernlm reads it with an unpickler that builds only DCP's metadata."""
     import pickle

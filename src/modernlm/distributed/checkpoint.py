@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from ..checkpoints.native import save_native
@@ -41,8 +42,8 @@ from ..training.checkpoint import (
     _prune,
     _python_rng,
     checkpoint_dirs,
-    load_checkpoint,
     publish_latest,
+    read_checkpoint,
 )
 from .setup import all_agree, broadcast_text
 
@@ -71,7 +72,10 @@ def save_distributed(trainer, state: dict, plain) -> Path:
         staging = Path(broadcast_text(str(tmp) if main else "", device))
         trainable_only = trainer.inputs.save_trainable_only
         model_state, optim_state = get_state_dict(trainer.model, trainer.optimizer, options=_options(trainable_only))
-        dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}}, checkpoint_id=staging)
+        try:
+            dcp.save({"model": model_state, "optim": {"state": optim_state["state"]}}, checkpoint_id=staging)
+        except CheckpointException as e:  # raised on every process: the staging directory is removed
+            raise CheckpointError(f"checkpoint {final.name} could not be written: {_first_failure(e)}") from None
         error = None
         try:
             save_file(_rng_tensors(), staging / f"rng-{dist.get_rank()}.safetensors")
@@ -95,6 +99,15 @@ def save_distributed(trainer, state: dict, plain) -> Path:
         _prune(root, trainer.cfg.keep_checkpoints)
     dist.barrier()  # committed on every process's return: none goes on (or stops) before rank 0 has renamed it
     return final
+
+
+def _first_failure(error: CheckpointException) -> str:
+    """The first process's error of a DCP failure, in one line."""
+    failures = getattr(error, "failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        inner = getattr(failure, "exc", failure)
+        return f"rank {rank}: {type(inner).__name__}: {str(inner).strip().splitlines()[0][:200] if str(inner) else ''}"
+    return str(error).splitlines()[0][:200]
 
 
 class _elsewhere:
@@ -138,7 +151,10 @@ def load_distributed(directory: Path, model, optimizer, trainable_only: bool) ->
     target = {"model": model_state, "optim": {"state": optim_state["state"]}}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, without a group
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(target, storage_reader=SafeReader(directory), planner=TensorsOnlyPlanner())
+        try:
+            dcp.load(target, storage_reader=SafeReader(directory), planner=TensorsOnlyPlanner())
+        except CheckpointException as e:  # a BaseException in torch: one clear error instead (on every process)
+            raise CheckpointError(f"{directory} cannot be read: {_first_failure(e)}") from None
     optim = {"state": target["optim"]["state"], "param_groups": state["param_groups"]}
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=optim, options=options)
     _restore_rng(directory, state)
@@ -175,8 +191,11 @@ class SafeReader(FileSystemReader):
     def read_metadata(self, *args, **kwargs) -> Metadata:
         rank = kwargs.get("rank")
         path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
-        with open(path, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
+            raise CheckpointError(f"{path} is damaged: {type(e).__name__}: {e}") from None
         if not isinstance(metadata, Metadata):
             raise CheckpointError(f"{path} is not DCP metadata")
         if getattr(metadata, "storage_meta", None) is None:
@@ -210,15 +229,15 @@ def _restore_rng(directory: Path, state: dict) -> None:
                  "run's (losses match without dropout)", state["world_size"])  # fmt: skip
 
 
-def load_single_file(run_dir: Path, model, optimizer, trainable_only: bool) -> dict:
-    """Load an ordinary (single-file) checkpoint into a DDP or FSDP model and its optimizer, every process reading
-    the full tensors and keeping its shard (set_state_dict with full state dicts)."""
+def load_single_file(directory: Path, model, optimizer, trainable_only: bool) -> dict:
+    """Load an ordinary (single-file) checkpoint directory into a DDP or FSDP model and its optimizer, every process
+    reading the full tensors and keeping its shard (set_state_dict with full state dicts)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     from ..training.checkpoint import restore_rng
     from .wrap import unwrap
 
-    weights, optimizer_state, state = load_checkpoint(run_dir)
+    weights, optimizer_state, state = read_checkpoint(directory)
     names = {id(p): n for n, p in unwrap(model).named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     by_name = {

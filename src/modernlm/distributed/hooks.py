@@ -9,16 +9,22 @@ losses and updates as one process at the same global batch, up to the order of f
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
-from ..training.parallel import Parallel, is_distributed_checkpoint
+from ..training.checkpoint import CHECKPOINTS, CheckpointError, checkpoint_dirs
+from ..training.parallel import DCP_METADATA, Parallel
 from .checkpoint import latest_dir, load_distributed, load_single_file, save_distributed
 from .setup import Context
 from .wrap import plain_from_state, skeleton, unwrap, wrap_model
+
+log = logging.getLogger("modernlm")
 
 
 def check_batch(batch_size: int, world_size: int) -> None:
@@ -76,13 +82,23 @@ class DistributedParallel(Parallel):
         return save_distributed(trainer, state, lambda: self.plain_model(trainer.model))
 
     def restore(self, trainer) -> dict:
-        trainable_only = trainer.inputs.save_trainable_only
-        if is_distributed_checkpoint(trainer.run_dir):
-            state = load_distributed(latest_dir(trainer.run_dir), trainer.model, trainer.optimizer, trainable_only)
-        else:
-            state = load_single_file(trainer.run_dir, trainer.model, trainer.optimizer, trainable_only)
-        self._saved_step = state["step"]
-        return state
+        """The latest readable checkpoint, distributed or single-file; a damaged newest one falls back to the older
+        complete one with a notice, as on one process (every process reads the same files: the same outcome)."""
+        problems = []
+        for directory in checkpoint_dirs(Path(trainer.run_dir) / CHECKPOINTS):
+            load = load_distributed if (directory / DCP_METADATA).is_file() else load_single_file
+            try:
+                state = load(directory, trainer.model, trainer.optimizer, trainer.inputs.save_trainable_only)
+            except (OSError, ValueError, KeyError, SafetensorError) as e:  # CheckpointError is a ValueError
+                problems.append(f"{directory.name}: {type(e).__name__}: {e}")
+                continue
+            if problems and self.is_main:
+                log.warning("the newest checkpoint of %s cannot be read (%s); resuming from the older complete "
+                            "one, %s", trainer.run_dir, "; ".join(problems), directory.name)  # fmt: skip
+            self._saved_step = state["step"]
+            return state
+        found = f": {'; '.join(problems)}" if problems else ""
+        raise CheckpointError(f"no readable checkpoint to resume in {trainer.run_dir}{found}; start without resume")
 
     def plain_model(self, model: torch.nn.Module) -> torch.nn.Module | None:
         if self.mode == "ddp":
