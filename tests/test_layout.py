@@ -15,6 +15,7 @@ FLOORS = [  # lowest first; a top-level module or package of modernlm belongs to
     {"layers"},
     {"model", "encoder", "seq2seq", "vit", "embedding", "tokenizer"},
     {"checkpoints", "loading", "generation", "quant", "training", "finetune", "eval", "serving", "analysis", "lab"},
+    {"distributed"},  # fills in the trainer's hooks (training/parallel.py)
     {"cli", "__main__", "__init__"},
 ]
 

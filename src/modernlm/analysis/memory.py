@@ -294,3 +294,47 @@ def quantized_weight_bytes(cfg: ModelConfig, quantize: str, kernels: str | None 
     stored += head + 4 * float_params
     largest = max([cfg.vocab_size * cfg.d_model, *(i * o for i, o in shapes.values())])
     return {"stored": stored, "kernels": layouts, "transient": layouts + 4 * largest}
+
+
+PARALLEL_MODES = ("none", "ddp", "fsdp")
+
+
+def per_rank_memory(
+    cfg: ModelConfig, batch_size: int, seq_len: int, world_size: int, parallel: str = "fsdp", **kw
+) -> dict[str, int]:
+    """`training_memory` on each of `world_size` processes training with the global batch `batch_size` (each runs
+    batch_size / world_size rows, as `modernlm train --parallel` does); `kw` as training_memory's.
+
+    ddp: every process holds the whole model, its gradients (DDP's buckets are the gradients' storage,
+    gradient_as_bucket_view) and optimizer states; only the activations shrink, with the rows. fsdp: parameters,
+    gradients and optimizer states are divided by world_size (FSDP2 pads each tensor's first dimension to a multiple
+    of it: at most world_size - 1 rows more per tensor), activations are not (they follow the rows); on top,
+    `gathered_units`: the full parameters of the units in flight (the root's embedding, final norm and head for the
+    whole step, two blocks: the one running and the one prefetched) in the compute dtype, and one block's full
+    gradients before their reduce-scatter. Autocast's weight copies are then those of the gathered units only."""
+    from .params import attention_parameters, ffn_parameters, norm_parameters, parameter_counts
+
+    _check("parallel", parallel, PARALLEL_MODES)
+    if world_size < 1 or batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} does not split over world_size {world_size}: give a multiple")
+    parts = training_memory(cfg, batch_size // world_size, seq_len, **kw)
+    if parallel != "fsdp" or kw.get("trainable_parameters") is not None or kw.get("quantize"):
+        if parallel == "fsdp":
+            raise ValueError("the fsdp accounting covers full training of a float model, not LoRA or QLoRA")
+        return parts
+    e = PRECISIONS[kw.get("precision", "fp32")]
+    block = attention_parameters(cfg) + ffn_parameters(cfg) + 2 * norm_parameters(cfg)
+    root = parameter_counts(cfg)["total"] - cfg.n_layers * block
+    recompute = parts["activations_recompute_peak"] - parts["activations"]
+    for name in ("parameters", "gradients", "optimizer_states"):
+        parts[name] = -(-parts[name] // world_size)  # ceil
+    parts["weight_copies"] = 0
+    in_flight = min(cfg.n_layers, 2)  # the running block and the prefetched one
+    parts["gathered_units"] = (root + in_flight * block) * e + 4 * block if world_size > 1 else 0
+    parts["total"] = sum(parts[k] for k in ("parameters", "gradients", "optimizer_states", "gathered_units"))
+    parts["total"] += parts["activations"] + recompute
+    backward_end = parts["gradients"] + recompute
+    persistent = parts["parameters"] + parts["optimizer_states"] + parts["gathered_units"]
+    parts["step_peak"] = persistent + max(parts["activations"] + parts["loss_backward"], backward_end)
+    first = ("parameters", "gradients", "optimizer_states", "weight_copies", "gathered_units")
+    return {k: parts[k] for k in (*first, *(k for k in parts if k not in first))}

@@ -35,6 +35,11 @@ FLAGS = {
     "--save-interval": ("train.save_interval", int, "steps between checkpoints (default 50)"),
     "--seed": ("train.seed", int, "seed of the adapter initialisation and the batch order (default 0)"),
     "--num-threads": ("train.num_threads", int, "torch threads (default: torch's)"),
+    "--grad-accum": ("train.grad_accum", int, "micro-batches per optimizer step (default 1)"),
+    "--device": ("train.device", str, "cpu or cuda (under torchrun: each process takes cuda:LOCAL_RANK)"),
+    "--precision": ("train.precision", str, "fp32, bf16 (autocast) or fp16 (CUDA) (default fp32)"),
+    "--parallel": ("train.parallel", str, "none, ddp or fsdp under torchrun; --batch-size stays the global batch"),
+    "--dist-timeout": ("train.dist_timeout", int, "seconds a process waits for the others (default 600)"),
     "--compare-prompts": ("compare_prompts", int, "held-out prompts answered before and after (default 4)"),
 }
 
@@ -88,13 +93,17 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.run import finetune
-    from .train import already_finished, stopped_early
+    from .train import already_finished, is_main_process, stopped_early
 
     cfg = build_config(args)
     if args.print_config:
         print(cfg.to_json())
         return 0
+    if cfg.train.parallel != "none":
+        from ..distributed import finetune
     result = finetune(cfg, resume=args.resume, stop_at_step=args.stop_at_step, extend=args.extend)
+    if not is_main_process():
+        return 0 if result.status in ("done", "finished", "paused") else 130
     if result.status == "finished":
         return already_finished(result, "finetune", cfg.train.max_steps)
     if result.status != "done":

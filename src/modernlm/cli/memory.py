@@ -4,12 +4,13 @@ encoder-decoder or a ViT, its step's parameters, gradients, optimizer states and
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
 
 from ..analysis import kv_cache_bytes, training_memory
-from ..analysis.memory import OPTIMIZER_STATES, PRECISIONS
+from ..analysis.memory import OPTIMIZER_STATES, PARALLEL_MODES, PRECISIONS, per_rank_memory
 from ..analysis.params import adapter_parameters
 from ..config import PRESETS, ModelConfig
 from . import positive_int
@@ -31,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lora", metavar="TARGETS", help="LoRA fine-tuning: the adapted projections, e.g. q_proj,v_proj")
     p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--quantize", default=None, metavar="Q", help="QLoRA: the frozen base in int8 or int4 (with --lora)")
+    p.add_argument("--parallel", default="none", choices=list(PARALLEL_MODES), help="per-rank bytes under ddp or fsdp")
+    p.add_argument("--world-size", type=positive_int, default=1, help="processes (--batch-size is the global batch)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -45,10 +48,19 @@ def memory_report(
     kv_dtype: str,
     adapters: dict[str, int] | None = None,
     quantize: str | None = None,
+    parallel: str = "none",
+    world_size: int = 1,
 ) -> dict:
+    """Training memory (per process of `world_size` under `parallel`, `batch_size` the global batch) and KV-cache
+    bytes."""
     kw = dict(precision=precision, optimizer=optimizer, device=device, adapters=adapters, quantize=quantize)
     if adapters is not None:
         kw["trainable_parameters"] = adapter_parameters(cfg, adapters)
+    if parallel == "none" and world_size > 1:
+        raise ValueError(f"--world-size {world_size} needs --parallel ddp or fsdp")
+    memory = training_memory
+    if parallel != "none":
+        memory = functools.partial(per_rank_memory, world_size=world_size, parallel=parallel)
     dtype = getattr(torch, kv_dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown kv dtype {kv_dtype!r}; use e.g. float32, bfloat16, float16")
@@ -57,8 +69,10 @@ def memory_report(
         "seq_len": seq_len,
         "precision": precision,
         "optimizer": optimizer,
-        "training": training_memory(cfg, batch_size, seq_len, activation_checkpointing=False, **kw),
-        "training_checkpointed": training_memory(cfg, batch_size, seq_len, activation_checkpointing=True, **kw),
+        "parallel": parallel,
+        "world_size": world_size,
+        "training": memory(cfg, batch_size, seq_len, activation_checkpointing=False, **kw),
+        "training_checkpointed": memory(cfg, batch_size, seq_len, activation_checkpointing=True, **kw),
         "kv_cache_bytes": kv_cache_bytes(cfg, tokens=seq_len, batch_size=batch_size, dtype=dtype),
         "kv_cache_bytes_per_token": kv_cache_bytes(cfg, dtype=dtype),
     }
@@ -88,6 +102,8 @@ def run(args) -> int:
         args.kv_dtype,
         adapters,
         args.quantize,
+        args.parallel,
+        args.world_size,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -95,6 +111,9 @@ def run(args) -> int:
     lora = f", LoRA r={args.lora_r} on {','.join(adapters)}" if adapters else ""
     lora += f" over a {args.quantize} base" if args.quantize else ""
     print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}{lora}")
+    if args.parallel != "none":
+        rows = args.batch_size // args.world_size
+        print(f"  per process of {args.world_size} under {args.parallel} ({rows} rows of the batch each)")
     print(f"  {'training memory':<28} {'plain':>12} {'checkpointed':>14}")
     plain, ckpt = report["training"], report["training_checkpointed"]
     for part in plain:

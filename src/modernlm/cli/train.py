@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,10 @@ HELP = {
     "precision": "fp32, bf16 (autocast) or fp16 (CUDA, with a grad scaler)",
     "grad_clip": "max gradient norm; 0 disables clipping",
     "sample_prompts": "prompts sampled from at the end",
+    "parallel": "none, ddp or fsdp: data-parallel under torchrun (batch_size and grad_accum stay the global batch)",
+    "cpu_offload": "fsdp on CUDA: keep the shards in CPU memory",
+    "dist_timeout": "seconds a process waits for the others before it stops with an error",
+    "device": "cpu or cuda (under torchrun: each process takes cuda:LOCAL_RANK)",
 }
 _NONE_DEFAULT_TYPES = {"tokenizer": str, "num_threads": int}
 
@@ -41,6 +46,10 @@ def add_parser(sub) -> None:
         "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    p.add_argument(
+        "--to-single-file", type=Path, default=None, metavar="NEW_DIR",
+        help="convert the distributed run in --out to an ordinary run directory NEW_DIR and exit",
+    )  # fmt: skip
     p.add_argument("--objective", default="lm", choices=OBJECTIVES, help="lm (default), or another member's task")
     g = p.add_argument_group("settings (TrainConfig fields)")
     for f in dataclasses.fields(TrainConfig):
@@ -87,6 +96,11 @@ def build_config(args):
     return TrainConfig.from_dict(values, "the flags").validate()
 
 
+def is_main_process() -> bool:
+    """Whether this process reports (rank 0 of a torchrun launch, or a process alone)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def already_finished(result, verb: str, max_steps: int) -> int:
     """Say that a resumed run had nothing left to do, and how to train it further."""
     print(
@@ -109,11 +123,21 @@ def run(args) -> int:
 
     if args.objective != "lm":
         return run_objective(args)
+    if args.to_single_file is not None:
+        from ..distributed import to_single_file
+
+        out = to_single_file(args.out_dir or "runs/stdlib-small", args.to_single_file)
+        print(f"wrote {out}: continue it with modernlm train --resume --out {out}")
+        return 0
     config = build_config(args)
     if args.print_config:
         print(config.to_json())
         return 0
+    if config.parallel != "none":
+        from ..distributed import train
     result = train(config, resume=args.resume, stop_at_step=args.stop_at_step, extend=args.extend)
+    if not is_main_process():
+        return 0 if result.status in ("done", "finished", "paused") else 130
     out = result.run_dir
     if result.status == "finished":
         return already_finished(result, "train", config.max_steps)
@@ -144,6 +168,8 @@ def run_objective(args) -> int:
 
     if args.resume or args.stop_at_step is not None:
         raise ValueError(f"--objective {args.objective} runs are short and not resumable; drop --resume/--stop-at-step")
+    if args.parallel not in (None, "none"):
+        raise ValueError(f"--objective {args.objective} runs on one process; drop --parallel (it is for lm runs)")
     values = build_config(args).to_dict()
     for name, value in OBJECTIVE_DEFAULTS[args.objective].items():
         if getattr(args, name, None) is None:

@@ -8,6 +8,7 @@ The held-out loss before training is logged as the validation record of step 0.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 from .. import load_model, load_tokenizer, save_model
 from ..files import clean_stale, write_text
+from ..loading import parse_device
+from ..training.parallel import Parallel
 from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
 from .chat_data import ChatData, encode_conversations, read_jsonl
@@ -54,27 +57,46 @@ class FinetuneResult:
 
 
 def finetune(
-    cfg: FinetuneConfig, *, resume: bool = False, stop_at_step: int | None = None, extend: bool = False
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    extend: bool = False,
+    parallel: Parallel | None = None,
 ) -> FinetuneResult:
     """Run `cfg`; with `resume`, continue the run in its directory from the latest checkpoint (same losses as an
-    uninterrupted run). `stop_at_step` saves and returns after that many optimizer steps."""
+    uninterrupted run). `stop_at_step` saves and returns after that many optimizer steps. `parallel`: the hooks of
+    a run under torch.distributed (`modernlm.distributed.finetune` passes them); rank 0 writes the outputs."""
     t0 = time.perf_counter()
-    check_run_dir(cfg.validate().run_dir, cfg, CONFIG_NAME, resume, extend)
+    if cfg.validate().train.parallel != "none" and parallel is None:
+        raise ValueError(f"parallel={cfg.train.parallel!r} runs under modernlm.distributed.finetune (the CLI's "
+                         "--parallel does that), not modernlm.finetune.run.finetune")  # fmt: skip
+    parallel = parallel or Parallel()
+    device = parse_device(parallel.device or cfg.train.device)  # cuda without a GPU: said here, before any work
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a CUDA device (with a grad scaler); on CPU use precision bf16 or fp32")
+    check_run_dir(cfg.run_dir, cfg, CONFIG_NAME, resume, extend)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
-    cfg.to_json(run_dir / CONFIG_NAME)
+    if parallel.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
+        cfg.to_json(run_dir / CONFIG_NAME)
+        if cfg.train_file is None:
+            write_example_dataset(run_dir / "data")
+    parallel.barrier()  # the others read what rank 0 wrote
     tokenizer = load_tokenizer(cfg.base)
     data, prompts = _data(cfg, tokenizer)  # bad data fails here, before the model loads
     model = load_model(cfg.base, quantize=cfg.quantize)  # QLoRA: a quantized frozen base (qlora.py)
     if cfg.train.seq_len > model.config.max_seq_len:
         raise ValueError(f"seq_len {cfg.train.seq_len} exceeds the model's context {model.config.max_seq_len}")
-    comparisons = _prepare_model(cfg, model, tokenizer, prompts)
+    comparisons = _prepare_model(cfg, model, tokenizer, prompts if parallel.is_main else [])
+    loop = cfg.train if parallel.device is None else dataclasses.replace(cfg.train, device=str(parallel.device))
     inputs = RunInputs(
-        cfg.train, model.config, tokenizer, data, run_dir, model, publish_weights=False, save_trainable_only=cfg.lora
+        loop, model.config, tokenizer, data, run_dir, model, publish_weights=False, save_trainable_only=cfg.lora
     )
+    inputs.parallel = parallel
     trainer = Trainer(inputs, resume)
     val_before = _val_before(trainer, resume)
     with _interrupts() as interrupted:
@@ -92,8 +114,11 @@ def finetune(
         train=train_result,
     )
     outputs = [run_dir / "before_after.md", run_dir / ("merged" if cfg.lora else "model") / "config.json"]
-    if train_result.status == "done" or (train_result.status == "finished" and not all(p.is_file() for p in outputs)):
-        _publish(cfg, model, tokenizer, comparisons, result)  # finished: a kill came before these were written
+    missing = not all(p.is_file() for p in outputs)  # finished: a kill came before these were written
+    done = train_result.status == "done" or (train_result.status == "finished" and missing)
+    plain = parallel.plain_model(trainer.model) if done else None  # every process (FSDP gathers to rank 0)
+    if done and parallel.is_main:
+        _publish(cfg, plain, tokenizer, comparisons, result)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -114,8 +139,8 @@ def _prepare_model(cfg: FinetuneConfig, model, tokenizer, prompts) -> list[Compa
 
 def _data(cfg: FinetuneConfig, tokenizer) -> tuple[ChatData, list[tuple[list[dict], str]]]:
     """The encoded data, and the held-out prompts to compare on: (messages before the reply, the reply)."""
-    if cfg.train_file is None:
-        train_path, val_path = write_example_dataset(cfg.run_dir / "data")
+    if cfg.train_file is None:  # written by finetune() before
+        train_path, val_path = cfg.run_dir / "data" / "train.jsonl", cfg.run_dir / "data" / "val.jsonl"
     else:
         train_path, val_path = Path(cfg.train_file), cfg.val_file and Path(cfg.val_file)
     max_len = cfg.train.seq_len + 1  # inputs and shifted labels are seq_len long

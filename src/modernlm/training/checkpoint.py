@@ -87,12 +87,9 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     notice that says what was wrong and which step the run goes back to."""
     root = Path(run_dir) / CHECKPOINTS
     problems = []
-    for directory in _candidates(root):
+    for directory in checkpoint_dirs(root):
         try:
-            state = json.loads((directory / STATE_NAME).read_text())
-            tensors = load_file(directory / OPTIMIZER_NAME)
-            weights = load_file(directory / WEIGHTS_NAME)
-            groups = state.pop("param_groups")
+            loaded = read_checkpoint(directory)
         except (OSError, ValueError, KeyError, SafetensorError) as e:  # JSONDecodeError is a ValueError
             problems.append(f"{directory.name}: {type(e).__name__}: {e}")
             continue
@@ -101,12 +98,21 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
                 "the newest checkpoint of %s cannot be read (%s); resuming from the older complete one, %s",
                 run_dir, "; ".join(problems), directory.name,
             )  # fmt: skip
-        return weights, _optimizer_state(tensors, groups), state | {"rng_tensors": _rng(tensors)}
+        return loaded
     found = f": {'; '.join(problems)}" if problems else f" (looked in {root})"
     raise CheckpointError(f"no readable checkpoint to resume in {run_dir}{found}; start without resume")
 
 
-def _candidates(root: Path) -> list[Path]:
+def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
+    """(model state dict, optimizer state dict, run state) of one checkpoint directory; raises if it is damaged."""
+    state = json.loads((directory / STATE_NAME).read_text())
+    tensors = load_file(directory / OPTIMIZER_NAME)
+    weights = load_file(directory / WEIGHTS_NAME)
+    groups = state.pop("param_groups")
+    return weights, _optimizer_state(tensors, groups), state | {"rng_tensors": _rng(tensors)}
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
     """Checkpoint directories, the one `latest` names first, then the others newest first."""
     steps = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
     latest = _latest_name(root)
@@ -126,7 +132,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def latest_step(run_dir: str | os.PathLike) -> int | None:
     """The step of the latest checkpoint, or None when there is none."""
-    candidates = _candidates(Path(run_dir) / CHECKPOINTS)
+    candidates = checkpoint_dirs(Path(run_dir) / CHECKPOINTS)
     return int(candidates[0].name.split("-")[1]) if candidates else None
 
 

@@ -16,11 +16,13 @@ from ..fields import check_fields, check_mapping
 from ..text import read_strict
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PARALLEL = ("none", "ddp", "fsdp")  # see modernlm.distributed
 # Fields that may change between a run and its resumption without changing a single loss value.
 RESUMABLE_CHANGES = frozenset(
     {"eval_interval", "log_interval", "save_interval", "keep_checkpoints", "compile", "sample_prompts"}
     | {"sample_tokens", "num_threads", "progress"}
     | {"out_dir"}  # the same run given by another path (relative or absolute) or moved to another directory
+    | {"parallel", "cpu_offload", "dist_timeout"}  # the global batch is the same on any number of processes
 )
 
 
@@ -101,6 +103,9 @@ class TrainConfig(JsonConfig):
     sample_tokens: int = 96
     num_threads: int | None = None  # torch threads; None keeps torch's default
     progress: bool = True
+    parallel: str = "none"  # "ddp" or "fsdp" under torchrun (modernlm.distributed); batch_size stays the global batch
+    cpu_offload: bool = False  # fsdp on CUDA: parameters, gradients and optimizer states kept in CPU memory
+    dist_timeout: int = 600  # seconds a process waits for the others in a collective before it stops with an error
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first impossible value and the fix; return self."""
@@ -121,6 +126,16 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("grad_clip and weight_decay must be >= 0")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel {self.parallel!r}; use one of {', '.join(PARALLEL)}")
+        if self.cpu_offload and (self.parallel != "fsdp" or not self.device.startswith("cuda")):
+            raise ValueError("cpu_offload keeps FSDP's shards in CPU memory for a GPU run: use it with "
+                             "--parallel fsdp --device cuda, or drop --cpu-offload")  # fmt: skip
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ValueError("fsdp trains in bf16 or fp32 (fp16's grad scaler is not wired to sharded gradients): "
+                             "use --precision bf16")  # fmt: skip
+        if self.dist_timeout < 1:
+            raise ValueError(f"dist_timeout must be at least 1 second, got {self.dist_timeout}")
         if not self.data:
             raise ValueError('data is empty: give at least one source ("stdlib", a file, a directory or a glob)')
         if self.vocab_size < 257 and self.tokenizer is None:

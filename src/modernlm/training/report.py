@@ -38,6 +38,16 @@ class MetricsLog:
         return [r for r in records if isinstance(r, dict) and "step" in r]
 
 
+class NullLog(MetricsLog):
+    """The metrics log of a process that is not rank 0: it writes nothing and reads rank 0's file."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        pass
+
+
 def plot_losses(records: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
     """Training and validation loss against the step, as a PNG; None when there is nothing to plot."""
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]

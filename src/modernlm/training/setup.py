@@ -18,6 +18,7 @@ from .checkpoint import latest_step
 from .config import JsonConfig, TrainConfig
 from .corpus import load_corpus
 from .data import corpus_tokenizer, tokenize_corpus
+from .parallel import Parallel
 
 TRAIN_CONFIG_NAME = "train_config.json"
 
@@ -39,7 +40,8 @@ class RunInputs:
     None builds a fresh Transformer(model_config). Only its parameters with requires_grad are optimized.
     `publish_weights`: copy each checkpoint's weights to the run root (where `load_model(run_dir)` reads them);
     False for runs that publish their own outputs. `save_trainable_only`: checkpoints hold only the trainable
-    parameters (LoRA adapters), and resuming needs the same prebuilt model to put them into."""
+    parameters (LoRA adapters), and resuming needs the same prebuilt model to put them into. `parallel`: the hooks
+    of a run under torch.distributed (training/parallel.py); None for one process."""
 
     config: TrainConfig
     model_config: ModelConfig
@@ -49,6 +51,7 @@ class RunInputs:
     model: torch.nn.Module | None = None
     publish_weights: bool = True
     save_trainable_only: bool = False
+    parallel: Parallel | None = None  # the hooks of a run on several processes (modernlm.distributed); None: one
 
 
 def check_config(config: TrainConfig, resume: bool, extend: bool = False) -> ModelConfig:
@@ -132,11 +135,12 @@ def read_saved_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_json(path)
 
 
-def prepare(config: TrainConfig, resume: bool = False, extend: bool = False) -> RunInputs:
-    """Check everything, then build (or find cached) the tokenizer and the token file."""
+def prepare(config: TrainConfig, resume: bool = False, extend: bool = False, *, main: bool = True) -> RunInputs:
+    """Check everything, then build (or find cached) the tokenizer and the token file. `main` False: a process of a
+    distributed run other than rank 0, which prepared the run directory first: read it, write nothing there."""
     model_config = check_config(config, resume, extend)
     corpus = load_corpus(config.data, config.val_fraction)
-    if resume and (Path(config.out_dir) / "tokenizer.json").is_file():
+    if (resume or not main) and (Path(config.out_dir) / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_directory(config.out_dir)  # the run's own, even if the cache was cleared
     elif config.tokenizer is not None:
         tokenizer = load_tokenizer(config.tokenizer)
@@ -153,8 +157,9 @@ def prepare(config: TrainConfig, resume: bool = False, extend: bool = False) -> 
         raise ValueError(f"model vocab_size {vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
     model_config = ModelConfig.from_dict({**model_config.to_dict(), "vocab_size": vocab}).validate()
     run_dir = Path(config.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
-    tokenizer.save(run_dir)
-    config.to_json(run_dir / TRAIN_CONFIG_NAME)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run_dir, recursive=True)  # what a killed earlier start of this run left half-written
+        tokenizer.save(run_dir)
+        config.to_json(run_dir / TRAIN_CONFIG_NAME)
     return RunInputs(config, model_config, tokenizer, data, run_dir)

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..files import write_text
 from ..model import Transformer
-from .checkpoint import load_checkpoint, publish_latest, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, lr_at, set_lr
-from .report import MetricsLog, plot_losses, sample_texts
+from .parallel import Parallel
+from .report import MetricsLog, NullLog, plot_losses, sample_texts
 from .setup import RunInputs, prepare
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,6 +56,11 @@ def train(
     exactly the losses an uninterrupted run has (`extend`: to a larger max_steps than it was started with, the
     schedule stretched). `stop_at_step` saves and returns after that many steps. A resumed run that had already
     finished returns status "finished" and runs nothing."""
+    if config.parallel != "none":
+        raise ValueError(
+            f"parallel={config.parallel!r} runs under torch.distributed: call modernlm.distributed.train (the "
+            "`modernlm train --parallel` command does), not modernlm.training.train"
+        )
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     trainer = Trainer(prepare(config, resume, extend), resume)
@@ -67,9 +72,10 @@ class Trainer:
     def __init__(self, inputs: RunInputs, resume: bool) -> None:
         cfg = self.cfg = inputs.config
         self.inputs, self.run_dir, self.data = inputs, inputs.run_dir, inputs.data
+        self.parallel = inputs.parallel or Parallel()
         torch.manual_seed(cfg.seed)
         model = inputs.model if inputs.model is not None else Transformer(inputs.model_config)
-        self.model = model.to(cfg.device)
+        self.model = self.parallel.wrap(model.to(cfg.device))  # DDP or FSDP under torch.distributed
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.decay_embeddings)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step = 0
@@ -77,28 +83,18 @@ class Trainer:
         # counted, which overstated shorter padded batches).
         self.tokens = 0
         self.window: list[float] = []  # losses of the steps since the last metrics record (kept in checkpoints)
+        self.interrupted = threading.Event()  # run() replaces it with the one the signal handlers set
         if resume:
             self._restore()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None)
+        log = MetricsLog if self.parallel.is_main else NullLog  # rank 0 writes the log
+        self.metrics = log(self.run_dir / "metrics.jsonl", self.step if resume else None)
         self.val_batches = self.data.val_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
 
     def _restore(self) -> None:
-        weights, optimizer_state, state = load_checkpoint(self.run_dir)
-        if self.inputs.save_trainable_only:
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            if set(weights) != trainable:
-                raise ValueError(
-                    f"the checkpoint in {self.run_dir} holds {len(weights)} tensors, but this model trains "
-                    f"{len(trainable)} parameters: it was made with other settings; resume with the saved ones"
-                )
-            self.model.load_state_dict(weights, strict=False)
-        else:
-            self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(optimizer_state)
+        state = self.parallel.restore(self)  # model, optimizer and RNGs; the run state back
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state)
         self.step = int(state["step"])
         self.window[:] = state.get("log_window", [])
         self.tokens = int(state.get("tokens", self.step * self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum))
@@ -117,15 +113,19 @@ class Trainer:
         total = torch.zeros((), device=cfg.device)
         tokens = 0
         for k in range(cfg.grad_accum):
-            x, y = self.data.train_batch(self.step * cfg.grad_accum + k, cfg.batch_size, cfg.seq_len, cfg.seed)
-            x, y = x.to(cfg.device), y.to(cfg.device)  # (B, T) each
+            index = self.step * cfg.grad_accum + k
+            x, y, weight = self.parallel.train_batch(self.data, index, cfg.batch_size, cfg.seq_len, cfg.seed)
+            x, y = x.to(cfg.device), y.to(cfg.device)  # (B, T) each; B / world_size rows under torch.distributed
             tokens += x.numel()
-            with self._autocast():
-                logits = self.forward(x)  # (B, T, V)
-            loss = next_token_loss(logits, y) / cfg.grad_accum
-            self.scaler.scale(loss).backward()
+            with self.parallel.sync(self.model, last=k == cfg.grad_accum - 1):
+                with self._autocast():
+                    logits = self.forward(x)  # (B, T, V)
+                # weight 0: no target in this process's rows (the mean would be NaN); a zero keeps the graph
+                loss = (next_token_loss(logits, y) * weight if weight else logits.sum() * 0.0) / cfg.grad_accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
-        loss_value = float(total)
+        loss_value = self.parallel.step_loss(total, self.interrupted)  # over all processes
+        tokens *= self.parallel.world_size
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, float("nan"), tokens
@@ -134,7 +134,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, float(norm), tokens
+        return loss_value, self.parallel.grad_norm(norm), tokens
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -151,15 +151,17 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self, stop_at_step: int | None, interrupted: threading.Event) -> TrainResult:
         cfg = self.cfg
+        self.interrupted = interrupted
         stop = min(cfg.max_steps, stop_at_step or cfg.max_steps)
         if self.step >= cfg.max_steps:  # a finished run resumed: nothing to train, nothing to sample again
             result = TrainResult(self.run_dir, self.step, "finished")
-            if self.inputs.publish_weights:  # a kill may have come between the last save and its publication
-                publish_latest(self.run_dir)
+            if self.inputs.publish_weights and self.parallel.is_main:  # a kill may have come before publication
+                self.parallel.publish(self.run_dir)
             self._write_outputs(result, only_missing=True)  # those a kill after the last checkpoint did not write
             return result
         result = TrainResult(self.run_dir, self.step, "done")
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
+        show = cfg.progress and self.parallel.is_main
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not show)
         window, t_last = self.window, time.perf_counter()
         while self.step < stop and not interrupted.is_set():
             lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
@@ -202,7 +204,8 @@ class Trainer:
             if val is not None:
                 result.val_loss = val
                 self.metrics.write(dict(step=self.step, val_loss=val, val_ppl=math.exp(min(val, 50))))
-                bar.write(f"step {self.step}: validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f}")
+                if self.parallel.is_main:
+                    bar.write(f"step {self.step}: validation loss {val:.4f}, perplexity {math.exp(min(val, 50)):.2f}")
 
     def save(self) -> Path:
         state = dict(
@@ -214,15 +217,7 @@ class Trainer:
         weights = None
         if self.inputs.save_trainable_only:
             weights = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        return save_checkpoint(
-            self.run_dir,
-            self.model,
-            self.optimizer,
-            state,
-            keep=self.cfg.keep_checkpoints,
-            publish=self.inputs.publish_weights,
-            weights=weights,
-        )
+        return self.parallel.save(self, state, weights)
 
     def _fail(self, loss: float) -> None:
         from .checkpoint import latest_step
@@ -240,7 +235,8 @@ class Trainer:
         self.save()
         result.step = self.step
         if interrupted or self.step < self.cfg.max_steps:
-            plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
+            if self.parallel.is_main:
+                plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
             result.status = "interrupted" if interrupted else "paused"
             return result
         self._write_outputs(result)
@@ -248,15 +244,19 @@ class Trainer:
 
     def _write_outputs(self, result: TrainResult, only_missing: bool = False) -> None:
         """The loss curve and, at the end of a run, the samples (`only_missing`: those not there yet)."""
-        if not (only_missing and (self.run_dir / "loss.png").is_file()):
+        main = self.parallel.is_main
+        if main and not (only_missing and (self.run_dir / "loss.png").is_file()):
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=f"{self.run_dir.name}")
         if not (self.cfg.sample_prompts and self.cfg.sample_tokens):
             return
         if only_missing and (self.run_dir / "samples.txt").is_file():
             return
-        self.model.eval()
+        model = self.parallel.plain_model(self.model)  # every rank calls it (FSDP gathers the shards to rank 0)
+        if not main:
+            return
+        model.eval()
         result.samples = sample_texts(
-            self.model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
+            model, self.inputs.tokenizer, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed
         )
         write_text(self.run_dir / "samples.txt", "\n\n----\n\n".join(result.samples) + "\n")
 
