@@ -118,14 +118,36 @@ def int8_layout(weight) -> tuple[torch.Tensor, torch.Tensor]:
     return weight.qweight.contiguous(), weight.scales.float().repeat_interleave(group // BLOCK, 1).contiguous()
 
 
+# The products as torch operators (torch.library), so a compiled decode step (generation/compiled.py) calls them as
+# single opaque ops instead of breaking its graph at every layer.
+@torch.library.custom_op("modernlm::q4_matmul", mutates_args=())
+def _q4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    codes, x_scales, sums = quantize_rows(x)
+    return _module.q4_matmul(codes, x_scales, sums, packed, scales, mins)
+
+
+@torch.library.custom_op("modernlm::q8_matmul", mutates_args=())
+def _q8(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    x_codes, x_scales, _ = quantize_rows(x)
+    return _module.q8_matmul(x_codes, x_scales, codes, scales)
+
+
+@_q4.register_fake
+def _(x, packed, scales, mins):
+    return x.new_empty(x.shape[0], packed.shape[0], dtype=torch.float32)
+
+
+@_q8.register_fake
+def _(x, codes, scales):
+    return x.new_empty(x.shape[0], codes.shape[0], dtype=torch.float32)
+
+
 def int4_matmul(layout, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N) float32
-    codes, scales, sums = quantize_rows(x)
-    return _module.q4_matmul(codes, scales, sums, *layout)
+    return _q4(x.float().contiguous(), *layout)
 
 
 def int8_matmul(layout, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N) float32
-    codes, scales, _ = quantize_rows(x)
-    return _module.q8_matmul(codes, scales, *layout)
+    return _q8(x.float().contiguous(), *layout)
 
 
 def isa() -> str | None:
