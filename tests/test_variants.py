@@ -155,7 +155,7 @@ def test_alibi_attention_equals_float64_reference():
         mask = model._mask(torch.arange(10), False, None, 10)
         from modernlm.layers.positions import alibi_bias
 
-        got = attn(x, None, alibi_bias(model.alibi_slopes, torch.arange(10), torch.arange(10), mask, torch.float64))
+        got = attn(x, None, alibi_bias(model.pos_embed.slopes, torch.arange(10), torch.arange(10), mask, torch.float64))
         q = attn.q_proj(x).view(2, 10, 4, 8).transpose(1, 2)  # (B, H, T, Dh)
         k = attn.k_proj(x).view(2, 10, 4, 8).transpose(1, 2)
         v = attn.v_proj(x).view(2, 10, 4, 8).transpose(1, 2)

@@ -11,19 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ABSOLUTE_POSITIONS, ModelConfig
+from .config import ModelConfig
 from .layers.block import Block
 from .layers.kv_cache import KVCache, RollingKVCache
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
-from .layers.positions import (
-    PARAMETER_KINDS,
-    absolute_positions,
-    alibi_bias,
-    alibi_slopes,
-    make_positions,
-    sinusoidal_table,
-)
+from .layers.positions import absolute_positions, make_positions
 from .layers.rope import inverse_frequencies, rope_cos_sin
 from .layers.rope_scaling import is_length_dependent
 
@@ -34,15 +27,15 @@ class Transformer(nn.Module):
         self.config = config.validate()
         self.source = None  # the path load_model read it from (save_model copies its tokenizer)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        parametrised = config.positions in PARAMETER_KINDS  # a table or a bias; the rest is computed inline
-        self.pos_embed = make_positions(config, bidirectional=not config.causal) if parametrised else None
+        # the position kind's module (layers/positions.py's registry); RoPE is applied here, beside the KV cache
+        rope = config.positions == "rope"
+        self.pos_embed = None if rope else make_positions(config, bidirectional=not config.causal)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         # Post-norm blocks end in a norm already; the final norm belongs to the pre-norm stack (GPT-2's ln_f).
         pre = config.norm_placement == "pre"
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps) if pre else nn.Identity()
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
-        self.register_buffer("alibi_slopes", torch.empty(config.n_heads), persistent=False)
         self.attention_factor = 1.0
         self.windows = sorted({config.layer_window(i) for i in range(config.n_layers)})  # 0: full attention
         self.reset_rope()
@@ -51,14 +44,15 @@ class Transformer(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------------------------
     def reset_rope(self) -> None:
-        """(Re)compute the non-persistent buffers (RoPE frequencies, ALiBi slopes) from the config; call after
-        materialising a meta-device model. (The sinusoidal table is computed on the fly and needs nothing.)"""
+        """(Re)compute the non-persistent buffers (RoPE frequencies, a position module's, e.g. ALiBi's slopes) from the
+        config; call after materialising a meta-device model."""
         inv_freq, self.attention_factor = inverse_frequencies(
             self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
         )
         device = None if self.inv_freq.is_meta else self.inv_freq.device
         self.inv_freq = inv_freq.to(device)
-        self.alibi_slopes = alibi_slopes(self.config.n_heads).to(device)
+        if self.pos_embed is not None:
+            self.pos_embed.reset(device)
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Transformer:
@@ -144,12 +138,8 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)  # (B, T, D)
         if cfg.scale_embeddings:
             x = x * math.sqrt(cfg.d_model)
-        if cfg.positions in ABSOLUTE_POSITIONS:
-            pos = absolute_positions(input_pos, attention_mask)  # (T,) or (B, T)
-            if self.pos_embed is not None:  # a table of the position registry: added or concatenated
-                x = self.pos_embed.add(x, pos)  # (B, T, D)
-            else:
-                x = x + sinusoidal_table(pos, cfg.d_model, x.dtype)  # (B, T, D)
+        if self.pos_embed is not None and self.pos_embed.absolute:  # a table: added or concatenated
+            x = self.pos_embed.add(x, absolute_positions(input_pos, attention_mask))  # (B, T, D)
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
 
     def _layer_inputs(self, input_pos, cache, attention_mask, dtype) -> dict[int, tuple]:
@@ -170,10 +160,8 @@ class Transformer(nn.Module):
             if rolling and attention_mask is not None:
                 padding = attention_mask[:, key_pos.clamp(min=0)]  # (B, W + T)
             mask = self._mask(input_pos, cache is not None, padding, len(key_pos), window, key_pos)
-            if cfg.positions == "alibi":  # slot distances equal token distances (padding masked)
-                mask = alibi_bias(self.alibi_slopes, input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S)
-            elif cfg.positions == "t5_relative":
-                mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S)
+            if self.pos_embed is not None:  # ALiBi, T5: a bias over slot distances (= token distances), padding masked
+                mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S), or as it was
             tables = None
             if rope is not None:
                 inv_freq, factor, cos, sin = rope

@@ -71,7 +71,7 @@ def _float_state(model) -> dict[str, torch.Tensor]:
         elif isinstance(module, QuantEmbedding):
             state[f"{name}.weight"] = module.qweight.dequantize()
     for name, t in model.state_dict().items():
-        if not any(part in name for part in ("qweight.", "inv_freq", "alibi_slopes")):
+        if not any(part in name for part in ("qweight.", "inv_freq", "pos_embed.slopes")):
             state.setdefault(name, t)
     return {k: v.detach().float().cpu() for k, v in state.items()}
 

@@ -82,18 +82,54 @@ class PositionModule:
     add: (B, T, D) embedding -> (B, T, D); bias_mask: bool visibility (B or 1, 1, T, S) -> the attention mask;
     rope: (T,) positions -> cos, sin (T, Dh) for q and k, or None."""
 
+    absolute = False  # added to the embedding at each token's position (counted over real tokens only)
+
     def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return x
 
     def bias_mask(self, query_pos, key_pos, visible, dtype):
         return visible
 
+    def reset(self, device) -> None:
+        """Recompute non-persistent buffers (after a meta-device load); most kinds have none."""
+
     def rope(self, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):
         return None
 
 
+class SinusoidalPositions(nn.Module, PositionModule):
+    """The 2017 table, computed on the fly from the positions (no parameters, no buffer)."""
+
+    absolute = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def add(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B, T, D), (T,) or (B, T)
+        return x + sinusoidal_table(positions, self.dim, x.dtype)  # (B, T, D)
+
+
+class AlibiPositions(nn.Module, PositionModule):
+    """ALiBi's per-head linear bias on the scores, as an additive attention mask; the slopes are a non-persistent
+    buffer (recomputed by `reset` after a meta-device load)."""
+
+    def __init__(self, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)  # (H,)
+
+    def bias_mask(self, query_pos, key_pos, visible, dtype):  # -> (B or 1, H, T, S)
+        return alibi_bias(self.slopes, query_pos, key_pos, visible, dtype)
+
+    def reset(self, device) -> None:
+        self.slopes = alibi_slopes(self.n_heads).to(device)
+
+
 class LearnedPositions(nn.Embedding, PositionModule):
     """GPT-2's, BERT's and ViT's table of absolute position vectors, (max_seq_len, D)."""
+
+    absolute = True
 
     def __init__(self, max_seq_len: int, dim: int) -> None:
         super().__init__(max_seq_len, dim)
@@ -106,6 +142,8 @@ class ConcatPositions(nn.Embedding, PositionModule):
     """Positions concatenated instead of added: a learned (max_seq_len, D/4) table fills the last quarter of the
     embedding, [token (3D/4) ; position (D/4)], so position and token never share a dimension. The token table keeps
     its (V, D) shape (one embedding layout for every kind); its last D/4 columns go unused on the input side."""
+
+    absolute = True
 
     def __init__(self, max_seq_len: int, dim: int) -> None:  # dim % 4 == 0: ModelConfig.validate checks it
         super().__init__(max_seq_len, dim // 4)
@@ -178,11 +216,13 @@ def make_positions(cfg, bidirectional: bool) -> nn.Module | None:
     return build(cfg, bidirectional) if build is not None else None
 
 
-# The kinds built as modules, each a PositionModule (add / bias_mask / rope); a new kind is one class and one entry
-# here. The decoder builds only the kinds with parameters (PARAMETER_KINDS) and computes RoPE, ALiBi and the
-# sinusoidal table inline, beside its KV cache and compiled step.
+# The kinds built as modules, each a PositionModule (add / bias_mask / rope / reset); a new kind is one class and one
+# entry here. Every stack builds its kind from here; the decoder applies RoPE itself (model.py), because its tables
+# follow the KV cache (keys cached unrotated under a length-dependent scaling).
 POSITION_MODULES = {
     "none": lambda cfg, bidirectional: NoPositions(),
+    "sinusoidal": lambda cfg, bidirectional: SinusoidalPositions(cfg.d_model),
+    "alibi": lambda cfg, bidirectional: AlibiPositions(cfg.n_heads),
     "rope": lambda cfg, bidirectional: RotaryPositions(cfg),
     "learned": lambda cfg, bidirectional: LearnedPositions(cfg.max_seq_len, cfg.d_model),
     "learned_concat": lambda cfg, bidirectional: ConcatPositions(cfg.max_seq_len, cfg.d_model),
@@ -202,4 +242,3 @@ POSITION_KINDS: dict[str, str] = {
     "t5_relative": "a learned per-head bias on the scores for each bucket of key-query offsets (T5)",
     "learned_concat": "a trained table concatenated with the token embedding (its last quarter)",
 }
-PARAMETER_KINDS = ("learned", "t5_relative", "learned_concat")
