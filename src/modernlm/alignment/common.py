@@ -104,7 +104,7 @@ def as_reference(policy, reference):
 
 def shared_view(model):
     """A second module over the same frozen weight storage (no copy): another set of adapters can go on it."""
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state = {k: v.detach() for k, v in model.state_dict().items() if ".lora_" not in k}  # the base weights only
     view = type(model).from_state_dict(model.config, state)
     return view.to(next(model.parameters()).device)
 
@@ -112,18 +112,18 @@ def shared_view(model):
 class Optimizer:
     """AdamW over the trainable parameters (training/optim.py), warmup then cosine, gradients clipped to norm 1."""
 
-    def __init__(self, modules: list[torch.nn.Module], cfg: AlignConfig) -> None:
+    def __init__(self, modules: list[torch.nn.Module], cfg: AlignConfig, total_steps: int | None = None) -> None:
         holder = torch.nn.ModuleList(modules)
         self.params = [p for p in holder.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
         self.opt = build_optimizer(holder, cfg.lr, weight_decay=0.0)
-        self.cfg, self.step_count = cfg, 0
+        self.cfg, self.step_count, self.total = cfg, 0, total_steps or cfg.steps
 
     def step(self, loss: torch.Tensor) -> float:
         """Backward, clip, step at this step's learning rate; returns the gradient norm before clipping."""
         cfg = self.cfg
-        set_lr(self.opt, lr_at(self.step_count, cfg.lr, cfg.lr / 10, max(cfg.steps // 10, 1), cfg.steps))
+        set_lr(self.opt, lr_at(self.step_count, cfg.lr, cfg.lr / 10, max(self.total // 10, 1), self.total))
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, 1.0))
         self.opt.step()
@@ -200,3 +200,15 @@ def publish_policy(cfg: AlignConfig, policy, tokenizer) -> tuple[torch.nn.Module
         policy = merge_and_unload(policy)
     policy.requires_grad_(False).eval()
     return policy, save_model(policy, cfg.run_dir / "model", tokenizer)
+
+
+def weight_bytes(modules: list[torch.nn.Module]) -> int:
+    """Bytes of the distinct tensor storages behind the modules' parameters and buffers (shared weights once)."""
+    seen, total = set(), 0
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+    return total
