@@ -36,7 +36,7 @@ from .common import (
 )
 from .config import AlignConfig
 from .data import batch_indices, check_same_vocabulary, read_prompts, sequence_logps, split_heldout
-from .losses import KLController, gae, kl_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
+from .losses import KLController, gae, kl_rewards, masked_whiten, ppo_policy_loss, ppo_value_loss
 from .report import write_report
 from .reward import RewardModel, load_reward_model
 from .rollout import Rollout, sample

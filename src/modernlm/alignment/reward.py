@@ -178,7 +178,7 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
         chosen, rejected = _pair_scores(rm, batch)
         loss = bradley_terry_loss(chosen, rejected).mean()
         grad_norm = opt.step(loss)
-        record = dict(step=step + 1, loss=float(loss), accuracy=float((chosen > rejected).float().mean()))
+        record = dict(step=step + 1, loss=loss.item(), accuracy=float((chosen > rejected).float().mean()))
         if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
             record["eval_loss"], record["eval_accuracy"] = pair_metrics(rm, heldout)
         log.write(record | {"grad_norm": grad_norm})

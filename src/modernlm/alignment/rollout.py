@@ -23,7 +23,9 @@ class Rollout:
         """(N,) the task checker's reward of each reply."""
         missing = [i for i, a in enumerate(self.answers) if a is None]
         if missing:
-            raise ValueError(f"prompt {missing[0]} has no answer for the task's checker; give answers or a reward model")
+            raise ValueError(
+                f"prompt {missing[0]} has no answer for the task's checker; give answers or a reward model"
+            )
         return torch.tensor([task.reward(t, a) for t, a in zip(self.texts, self.answers, strict=True)])
 
 
@@ -33,9 +35,7 @@ def sample(policy, tokenizer, records: list[PromptRecord], per_prompt: int, cfg,
     policy.eval()
     prompts = [encode_prompt(tokenizer, r.prompt) for r in records for _ in range(per_prompt)]
     eos = tokenizer.eos_token_id
-    replies = generate(
-        policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=eos, seed=seed
-    )
+    replies = generate(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=eos, seed=seed)
     texts = [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
     ids, mask = pack(prompts, replies, _pad_id(tokenizer))
     answers = [r.answer for r in records for _ in range(per_prompt)]
