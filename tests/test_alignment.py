@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from modernlm.alignment import task
-from modernlm.alignment.config import AlignConfig
-from modernlm.alignment.data import read_pairs
+from modernlm.alignment.config import AlignConfig, AlignConfigError
+from modernlm.alignment.data import AlignDataError, read_pairs
 from tiny_align import build_tiny_sft_model, one_thread
 
 KL_BOUND = 15.0  # nats per reply: far from the reference would be a collapsed policy, not an aligned one
@@ -111,3 +111,112 @@ def test_ppo_improves_heldout_reward(tiny, tmp_path):
     from modernlm.alignment.ppo import train_ppo
 
     _improved(train_ppo(_cfg(tiny, "ppo", tmp_path, steps=30, lr=3e-3, batch_size=16)))
+
+
+# ---- the four PPO models over shared weights ----------------------------------------------------------------------
+def _save_reward_model(path: Path, base: str | Path, tokenizer=None) -> Path:
+    import modernlm
+    from modernlm.alignment.reward import RewardModel, save_reward_model
+
+    torch.manual_seed(0)
+    tokenizer = tokenizer or modernlm.load_tokenizer(base)
+    return save_reward_model(RewardModel(modernlm.load_model(base), tokenizer.eos_token_id), path, tokenizer)
+
+
+def test_ppo_models_share_one_frozen_copy_of_each_base(tiny, tmp_path):
+    from modernlm.alignment.common import adapters_off, weight_bytes
+    from modernlm.alignment.ppo import build_models
+
+    rm_dir = _save_reward_model(tmp_path / "rm", tiny / "sft")
+    cfg = _cfg(tiny, "ppo", tmp_path, reward_model=str(rm_dir))
+    tokenizer, actor, reference, reward_model, critic = build_models(cfg)
+    assert reference is None  # the reference is the actor with its adapters off
+    ptr = lambda m, name: m.get_parameter(name).untyped_storage().data_ptr()  # noqa: E731
+    for name in ("embed.weight", "blocks.0.attn.q_proj.weight", "blocks.1.ffn.up_proj.weight"):
+        assert ptr(critic.body, name) == ptr(reward_model.body, name)  # the critic adds adapters, not a copy
+    trainable = {n for n, p in [*actor.named_parameters(), *critic.named_parameters()] if p.requires_grad}
+    assert trainable and all(".lora_" in n or n == "score.weight" for n in trainable)
+    assert not any(p.requires_grad for p in reward_model.parameters())
+    base = _tiny_model(tiny)
+    trained = sum(p.numel() * p.element_size() for n, p in [*actor.named_parameters(), *critic.named_parameters()]
+                  if p.requires_grad)  # fmt: skip
+    shared = weight_bytes([actor, reward_model, critic])
+    # the policy's base and the reward model's once each, plus adapters and head (and RoPE buffers per module)
+    assert shared <= weight_bytes([base]) + weight_bytes([reward_model]) + trained + 4096
+    assert shared < 0.6 * 4 * weight_bytes([base])  # four full models would be 4x
+    torch.testing.assert_close(critic.score.weight, reward_model.score.weight)  # initialised from the reward model
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad(), adapters_off(actor):
+        torch.testing.assert_close(actor(ids), base(ids))
+
+
+def _tiny_model(tiny: Path):
+    import modernlm
+
+    return modernlm.load_model(tiny / "sft")
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+def _jsonl(path: Path, *records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"prompt": "What is 1 + 1?", "chosen": "2", "rejected": " 2 "}, "same reply"),
+        ({"prompt": "What is 1 + 1?", "chosen": "2", "rejected": ""}, "rejected.*empty response"),
+        ({"prompt": "What is 1 + 1?", "chosen": [{"role": "assistant", "content": "  "}], "rejected": "3"}, "empty"),
+        ({"prompt": "", "chosen": "2", "rejected": "3"}, "prompt is empty"),
+        ({"prompt": "What is 1 + 1?", "chosen": "2"}, r"missing \['rejected'\]"),
+        ({"prompt": [{"role": "assistant", "content": "hi"}], "chosen": "2", "rejected": "3"}, "end with a user turn"),
+    ],
+)
+def test_bad_pairs_are_refused_with_their_line(tmp_path, record, message):
+    path = _jsonl(tmp_path / "pairs.jsonl", {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}, record)
+    with pytest.raises(AlignDataError, match=message) as error:
+        read_pairs(path)
+    assert "pairs.jsonl:2" in str(error.value)
+
+
+def test_reward_model_with_another_vocabulary_is_refused(tiny, tmp_path):
+    from modernlm.alignment.ppo import build_models
+    from modernlm.training.bpe import train_bpe
+
+    other = train_bpe(["an entirely different corpus of words " * 20], 280)
+    other.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    import modernlm
+
+    torch.manual_seed(0)
+    body = modernlm.Transformer(modernlm.preset("llama-tiny", vocab_size=other.vocab_size, d_model=32))
+    from modernlm.alignment.reward import RewardModel, save_reward_model
+
+    rm_dir = save_reward_model(RewardModel(body, other.eos_token_id), tmp_path / "rm", other)
+    with pytest.raises(AlignDataError, match="another vocabulary than the actor"):
+        build_models(_cfg(tiny, "ppo", tmp_path, reward_model=str(rm_dir)))
+
+
+def test_config_refuses_what_the_method_would_ignore():
+    with pytest.raises(AlignConfigError, match="group_size set, but dpo does not use it"):
+        AlignConfig(method="dpo", group_size=8).validate()
+    with pytest.raises(AlignConfigError, match="group_size must be >= 2"):
+        AlignConfig(method="grpo", group_size=1).validate()
+    with pytest.raises(AlignConfigError, match="loss_type"):
+        AlignConfig(method="dpo", loss_type="kto").validate()
+    with pytest.raises(AlignConfigError, match="method"):
+        AlignConfig(method="rlhf").validate()
+
+
+def test_cli_align_runs_and_reports_bad_input_in_one_line(tiny, tmp_path, capsys):
+    from modernlm.cli.__main__ import main
+
+    data = tiny / "task"
+    common = ["--model", str(tiny / "sft"), "--steps", "2", "--eval-prompts", "2", "--max-new-tokens", "6"]
+    args = ["align", "dpo", *common, "--train", str(data / "train_pairs.jsonl"), "--out", str(tmp_path / "run")]
+    assert main([*args, "--eval", str(data / "heldout_prompts.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "before reward" in out and "after  reward" in out and "before_after.md" in out
+    bad = _jsonl(tmp_path / "bad.jsonl", {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "2"})
+    assert main(["align", "dpo", *common, "--train", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "same reply" in capsys.readouterr().err
