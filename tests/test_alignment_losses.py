@@ -195,3 +195,18 @@ def test_adaptive_kl_controller():
     assert adaptive.value == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
     adaptive.update(0.9, 10)
     assert adaptive.value == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 10 / 100))
+
+
+def test_ppo_memory_counts_two_frozen_bases_and_adapters_against_four_models():
+    from modernlm.alignment.memory import ppo_memory
+    from modernlm.analysis.params import adapter_parameters, parameter_counts
+    from modernlm.config import preset
+
+    cfg = preset("llama-tiny")
+    adapters = {"q_proj": 8, "v_proj": 8}
+    report = ppo_memory(cfg, 2, 32, adapters, precision="fp32")
+    full, shared = report["four full models"], report["shared frozen bases + LoRA"]
+    n, a = parameter_counts(cfg)["total"], adapter_parameters(cfg, adapters) + cfg.d_model  # + the value head
+    assert full["weights"] == 4 * 4 * n and full["gradients"] == 2 * 4 * n and full["optimizer_states"] == 2 * 8 * n
+    assert shared["weights"] == 2 * 4 * n + 2 * 4 * a and shared["gradients"] == 2 * 4 * a
+    assert shared["optimizer_states"] == 2 * 8 * a and shared["total"] < full["total"]

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lora", metavar="TARGETS", help="LoRA fine-tuning: the adapted projections, e.g. q_proj,v_proj")
     p.add_argument("--lora-r", type=positive_int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--quantize", default=None, metavar="Q", help="QLoRA: the frozen base in int8 or int4 (with --lora)")
+    p.add_argument(
+        "--ppo", metavar="TARGETS", help="PPO's four models: full copies vs shared frozen bases + LoRA on TARGETS"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -68,6 +71,8 @@ def run(args) -> int:
             "`modernlm info` gives its parameters, FLOPs and (encoder-decoder) generation cache"
         )
     seq_len = args.seq_len or cfg.max_seq_len
+    if getattr(args, "ppo", None):
+        return _ppo(args, cfg, seq_len)
     adapters = None
     if args.lora:
         if args.lora_r < 1:
@@ -100,6 +105,23 @@ def run(args) -> int:
         f"  KV cache ({args.kv_dtype}): {_gib(report['kv_cache_bytes'])} for the batch, "
         f"{report['kv_cache_bytes_per_token']:,} B per token"
     )
+    return 0
+
+
+def _ppo(args, cfg: ModelConfig, seq_len: int) -> int:
+    from ..alignment.memory import PARTS, ppo_memory
+
+    adapters = dict.fromkeys((t.strip() for t in args.ppo.split(",") if t.strip()), args.lora_r)
+    report = ppo_memory(cfg, args.batch_size, seq_len, adapters, args.precision, args.optimizer, args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model}: PPO (actor, reference, reward model, critic), batch {args.batch_size} x {seq_len} tokens, "
+          f"{args.precision}, {args.optimizer}, LoRA r={args.lora_r} on {','.join(adapters)}")  # fmt: skip
+    names = list(report)
+    print(f"  {'':<18}" + "".join(f"{n:>28}" for n in names))
+    for part in (*PARTS, "total", "rollout_kv_cache"):
+        print(f"  {part:<18}" + "".join(f"{_gib(report[n][part]):>28}" for n in names))
     return 0
 
 
