@@ -13,7 +13,7 @@ import torch
 from modernlm.alignment import task
 from modernlm.alignment.config import AlignConfig, AlignConfigError
 from modernlm.alignment.data import AlignDataError, read_pairs
-from tiny_align import build_tiny_sft_model, one_thread
+from modernlm.alignment.tiny import build_tiny_sft_model, one_thread
 
 KL_BOUND = 15.0  # nats per reply: far from the reference would be a collapsed policy, not an aligned one
 
@@ -220,3 +220,33 @@ def test_cli_align_runs_and_reports_bad_input_in_one_line(tiny, tmp_path, capsys
     bad = _jsonl(tmp_path / "bad.jsonl", {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "2"})
     assert main(["align", "dpo", *common, "--train", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert "same reply" in capsys.readouterr().err
+
+
+# ---- SmolLM2 (slow): the shipped task on the embedded model --------------------------------------------------------
+def _smol_cfg(method: str, tmp_path: Path, **kw) -> AlignConfig:
+    return AlignConfig(method=method, out_dir=str(tmp_path / method), eval_prompts=16, eval_interval=0, **kw)
+
+
+@pytest.mark.slow
+def test_smollm2_reward_model_beats_chance(tmp_path):
+    from modernlm.alignment.reward import train_reward
+
+    result = train_reward(_smol_cfg("reward", tmp_path, steps=30, lr=5e-4))
+    assert result.loss_after < result.loss_before and result.accuracy_after > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("dpo", dict(steps=20, lr=5e-4)),
+        ("grpo", dict(steps=20, lr=5e-4, batch_size=4, group_size=4, ppo_epochs=1)),
+        ("ppo", dict(steps=20, lr=5e-4, batch_size=8)),
+    ],
+)
+def test_smollm2_alignment_improves_heldout_reward(tmp_path, method, settings):
+    from modernlm.alignment import run_method
+
+    result = run_method(_smol_cfg(method, tmp_path, **settings))
+    assert result.after.reward > result.before.reward, (result.before, result.after)
+    assert result.after.kl < KL_BOUND
