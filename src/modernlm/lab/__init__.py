@@ -25,6 +25,7 @@ MODULES = (  # files of this package that hold experiments
     *("kv_cache", "rope", "precision"),
     *("attention_scale", "norm_speed", "prefix_reuse", "shared_qk", "causal_rank", "norm_placement", "formulas"),
     *("swiglu", "bias_tying", "mask_leak", "extrapolation", "blocks"),
+    *("alignment",),  # issue 17
 )
 
 
