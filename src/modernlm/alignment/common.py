@@ -152,7 +152,6 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], max_new_
         return None
     from ..generation import generate
     from .data import pack
-    from .losses import masked_mean
 
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
@@ -167,8 +166,7 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], max_new_
     answered = [(t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None]
     reward = sum(task.reward(t, a) for t, a in answered) / len(answered) if answered else None
     accuracy = sum(task.is_correct(t, a) for t, a in answered) / len(answered) if answered else None
-    length = float(masked_mean(mask.float().sum(1), torch.ones(len(texts))))
-    return Evaluation(reward, accuracy, float(kl.mean()), length, texts)
+    return Evaluation(reward, accuracy, float(kl.mean()), float(mask.sum(1).float().mean()), texts)
 
 
 def _pad_id(tokenizer) -> int:
