@@ -12,7 +12,7 @@ import torch
 
 from modernlm.alignment import task
 from modernlm.alignment.config import AlignConfig, AlignConfigError
-from modernlm.alignment.data import AlignDataError, read_pairs
+from modernlm.alignment.data import AlignDataError, encode_pairs, read_pairs
 from modernlm.alignment.tiny import build_tiny_sft_model, one_thread
 
 KL_BOUND = 15.0  # nats per reply: far from the reference would be a collapsed policy, not an aligned one
@@ -90,6 +90,24 @@ def test_dpo_improves_heldout_reward(tiny, tmp_path):
     result = train_dpo(_cfg(tiny, "dpo", tmp_path, steps=30, lr=2e-3, batch_size=16))
     _improved(result)
     assert result.summary["pair_accuracy_after"] > result.summary["pair_accuracy_before"]
+
+
+def test_dpo_reference_is_the_base_without_adapters(tiny):
+    import modernlm
+    from modernlm.alignment.dpo import pair_logps, reference_logps
+    from modernlm.finetune.lora import LoraConfig, apply_lora, lora_modules
+
+    tokenizer = modernlm.load_tokenizer(tiny / "sft")
+    pairs = encode_pairs(tokenizer, read_pairs(tiny / "task" / "heldout_pairs.jsonl")[:5], "pairs")
+    policy = apply_lora(_tiny_model(tiny), LoraConfig())
+    for m in lora_modules(policy).values():
+        torch.nn.init.normal_(m.lora_B)  # a trained adapter: the policy now differs from the base
+    ref = reference_logps(policy, None, pairs, tokenizer.eos_token_id, needed=[0, 2, 3])
+    with torch.no_grad():
+        c, r, _, _ = pair_logps(_tiny_model(tiny), pairs, tokenizer.eos_token_id)
+        moved, _, _, _ = pair_logps(policy, pairs, tokenizer.eos_token_id)
+    torch.testing.assert_close(ref[[0, 2, 3]], torch.stack([c, r], 1)[[0, 2, 3]])
+    assert ref[[1, 4]].isnan().all() and not torch.allclose(moved, c)
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "simpo"])

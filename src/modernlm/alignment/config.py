@@ -24,8 +24,8 @@ SHARED = {
 }  # fmt: skip
 ROLLOUT = {"temperature", "kl_coef", "clip", "ppo_epochs"}
 METHOD_FIELDS = {
-    "reward": SHARED,
-    "dpo": SHARED | {"beta", "loss_type", "simpo_gamma"},
+    "reward": SHARED | {"eval_pairs"},
+    "dpo": SHARED | {"eval_pairs", "beta", "loss_type", "simpo_gamma"},
     "grpo": SHARED | ROLLOUT | {"group_size"},
     "ppo": SHARED | ROLLOUT | {"reward_model", "target_kl", "value_clip", "vf_coef", "gamma", "lam"},
 }
@@ -58,6 +58,7 @@ class AlignConfig(JsonConfig):
     seed: int = 0
     eval_prompts: int = 32  # held-out prompts answered greedily before and after
     compare: int = 6  # of them shown side by side in before_after.md
+    eval_pairs: int = 96  # held-out pairs scored before and after (reward, dpo)
     eval_interval: int = 10  # steps between held-out evaluations (0: only before and after)
     num_threads: int | None = None
     max_new_tokens: int = 16
@@ -104,7 +105,7 @@ class AlignConfig(JsonConfig):
         for name in positive:
             if getattr(self, name) < 1:
                 raise AlignConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("eval_prompts", "compare", "eval_interval"):
+        for name in ("eval_prompts", "compare", "eval_interval", "eval_pairs"):
             if getattr(self, name) < 0:
                 raise AlignConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("lr", "beta", "temperature"):

@@ -35,14 +35,19 @@ def pair_logps(model, pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def reference_logps(policy, reference, pairs: list[EncodedPair], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(N, 2) summed log-probs of the chosen and rejected responses under the reference, computed once."""
-    out = []
+def reference_logps(
+    policy, reference, pairs: list[EncodedPair], pad_id: int, needed: list[int] | None = None, batch_size: int = 16
+) -> torch.Tensor:
+    """(N, 2) summed log-probs of the chosen and rejected responses under the reference, computed once, before
+    training; only for the pairs `needed` (default all; the others are NaN, so a stray use shows)."""
+    needed = list(range(len(pairs))) if needed is None else needed
+    out = torch.full((len(pairs), 2), float("nan"))
     with as_reference(policy, reference) as ref:
-        for i in range(0, len(pairs), batch_size):
-            c, r, _, _ = pair_logps(ref, pairs[i : i + batch_size], pad_id)
-            out.append(torch.stack([c, r], dim=1))
-    return torch.cat(out)
+        for i in range(0, len(needed), batch_size):
+            idx = needed[i : i + batch_size]
+            c, r, _, _ = pair_logps(ref, [pairs[j] for j in idx], pad_id)
+            out[idx] = torch.stack([c, r], dim=1).float().cpu()
+    return out
 
 
 def _loss(cfg: AlignConfig, policy, pairs, ref: torch.Tensor, pad_id: int):
@@ -69,9 +74,11 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     train = encode_pairs(tokenizer, read_pairs(train_path), str(train_path))
     heldout = encode_pairs(tokenizer, heldout_pairs, str(heldout_path)) if heldout_pairs else None
     train, heldout = split_heldout(train, heldout, str(train_path))
-    prompts = eval_prompts(cfg, heldout_path, heldout_pairs)
+    prompts, heldout = eval_prompts(cfg, heldout_path, heldout_pairs), heldout[: cfg.eval_pairs]
     pad = _pad_id(tokenizer)
-    ref_train, ref_heldout = (reference_logps(policy, reference, x, pad) for x in (train, heldout))
+    used = sorted({i for step in range(cfg.steps) for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)})
+    ref_train = reference_logps(policy, reference, train, pad, used)  # only the pairs the steps will see
+    ref_heldout = reference_logps(policy, reference, heldout, pad)
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg)
     before = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
     loss0, acc0 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)

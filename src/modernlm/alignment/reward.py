@@ -164,6 +164,7 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
     train = encode_pairs(tokenizer, read_pairs(train_path), str(train_path))
     heldout = encode_pairs(tokenizer, read_pairs(heldout_path), str(heldout_path)) if heldout_path else None
     train, heldout = split_heldout(train, heldout, str(train_path))
+    heldout = heldout[: cfg.eval_pairs]
     body = load_model(cfg.base)
     if cfg.lora:
         apply_lora(body, cfg.lora_config())

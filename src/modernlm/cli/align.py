@@ -43,6 +43,7 @@ FLAGS = {
     "--temperature": ("temperature", float, "grpo, ppo: sampling temperature of the rollouts (default 1)"),
     "--max-new-tokens": ("max_new_tokens", positive_int, "longest reply sampled or answered (default 16)"),
     "--eval-prompts": ("eval_prompts", int, "held-out prompts answered before and after (default 32)"),
+    "--eval-pairs": ("eval_pairs", int, "reward, dpo: held-out pairs scored before and after (default 96)"),
     "--eval-interval": ("eval_interval", int, "steps between held-out evaluations, 0 for none (default 10)"),
     "--num-threads": ("num_threads", positive_int, "torch threads (default: torch's)"),
 }
