@@ -198,6 +198,22 @@ def test_bad_pairs_are_refused_with_their_line(tmp_path, record, message):
     assert "pairs.jsonl:2" in str(error.value)
 
 
+def test_pairs_in_conversation_forms(tmp_path):
+    user = {"role": "user", "content": "What is 2 + 2?"}
+    reply = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+    path = _jsonl(
+        tmp_path / "pairs.jsonl",
+        {"prompt": [user], "chosen": [reply("4")], "rejected": [reply("5")]},
+        {"chosen": [user, reply("4")], "rejected": [user, reply("I think it is 4.")]},  # trl's implicit prompt
+    )
+    pairs = read_pairs(path)
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [([user], "4", "5"), ([user], "4", "I think it is 4.")]
+    other = {"role": "user", "content": "What is 3 + 3?"}
+    _jsonl(path, {"chosen": [user, reply("4")], "rejected": [other, reply("6")]})
+    with pytest.raises(AlignDataError, match="share every turn but the last"):
+        read_pairs(path)
+
+
 def test_reward_model_with_another_vocabulary_is_refused(tiny, tmp_path):
     from modernlm.alignment.ppo import build_models
     from modernlm.training.bpe import train_bpe

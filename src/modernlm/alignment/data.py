@@ -87,9 +87,23 @@ def _response(value, key: str, where: str) -> str:
     return value
 
 
+def _implicit_prompt(record: dict, where: str) -> dict:
+    """trl's implicit-prompt form: chosen and rejected are whole conversations that differ in the last (assistant)
+    turn; the shared turns before it are the prompt."""
+    chosen, rejected = record["chosen"], record["rejected"]
+    if not (isinstance(chosen, list) and isinstance(rejected, list) and len(chosen) >= 2 and len(rejected) >= 2):
+        return record
+    if chosen[:-1] != rejected[:-1]:
+        raise AlignDataError(f"{where}: chosen and rejected conversations must share every turn but the last reply")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    """Pairs of a JSONL file: {"prompt", "chosen", "rejected"}, or {"chosen", "rejected"} whole conversations."""
     pairs = []
     for where, record in _records(path, "preference pairs"):
+        if "prompt" not in record and "chosen" in record and "rejected" in record:
+            record = _implicit_prompt(record, where)
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
         if missing:
             raise AlignDataError(f'{where}: missing {missing}; each line is {{"prompt", "chosen", "rejected"}}')
