@@ -158,15 +158,22 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], max_new_
     eos = tokenizer.eos_token_id
     replies = generate(policy, ids, max_new_tokens, eos_token_id=eos)
     texts = [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
-    batch, mask = pack(ids, [r or [eos] for r in replies], _pad_id(tokenizer))
-    log_p = torch.log_softmax(policy(batch[:, :-1]), dim=-1)  # (B, L - 1, V)
-    with as_reference(policy, reference) as ref:
-        log_q = torch.log_softmax(ref(batch[:, :-1]), dim=-1)
-    kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)  # (B,) exact KL per position, summed
+    replies = [r or [eos] for r in replies]
+    packed = [pack(ids[i : i + 8], replies[i : i + 8], _pad_id(tokenizer)) for i in range(0, len(ids), 8)]
+    kl = torch.cat([reply_kl(policy, reference, batch, mask) for batch, mask in packed])  # (B,)
+    length = sum(len(r) for r in replies) / len(replies)
     answered = [(t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None]
     reward = sum(task.reward(t, a) for t, a in answered) / len(answered) if answered else None
     accuracy = sum(task.is_correct(t, a) for t, a in answered) / len(answered) if answered else None
-    return Evaluation(reward, accuracy, float(kl.mean()), float(mask.sum(1).float().mean()), texts)
+    return Evaluation(reward, accuracy, float(kl.mean()), length, texts)
+
+
+def reply_kl(policy, reference, batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) sum over each reply's positions of the exact KL(pi(.|s) || pi_ref(.|s)) over the vocabulary."""
+    log_p = torch.log_softmax(policy(batch[:, :-1]), dim=-1)  # (B, L - 1, V)
+    with as_reference(policy, reference) as ref:
+        log_q = torch.log_softmax(ref(batch[:, :-1]), dim=-1)  # (B, L - 1, V)
+    return ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
 
 
 def _pad_id(tokenizer) -> int:
