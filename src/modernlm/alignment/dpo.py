@@ -82,7 +82,7 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg)
     before = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
     loss0, acc0 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
-    log.write(dict(step=0, eval_loss=loss0, eval_accuracy=acc0) | (before.record() if before else {}))
+    log.write(dict(step=0, pair_loss=loss0, pair_accuracy=acc0) | (before.record() if before else {}))
     for step in range(1, cfg.steps + 1):
         idx = batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)
         losses, rc, rr = _loss(cfg, policy, [train[i] for i in idx], ref_train[idx], pad)
@@ -90,11 +90,11 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
         record = dict(step=step, loss=losses.mean().item(), reward=float(rc.mean() - rr.mean()))
         record |= dict(accuracy=float((rc > rr).float().mean()), grad_norm=grad_norm)
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
-            record["eval_loss"], record["eval_accuracy"] = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
+            record["pair_loss"], record["pair_accuracy"] = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
         log.write(record)
     after = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
     loss1, acc1 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
-    log.write(dict(step=cfg.steps, eval_loss=loss1, eval_accuracy=acc1) | (after.record() if after else {}))
+    log.write(dict(step=cfg.steps, pair_loss=loss1, pair_accuracy=acc1) | (after.record() if after else {}))
     extra = (
         f"{cfg.loss_type} loss, beta={cfg.beta:g}; {cfg.steps} steps of {cfg.batch_size} pairs. Held-out pairs "
         f"({len(heldout)}): loss {loss0:.4f} -> {loss1:.4f}, implicit-reward accuracy {acc0:.3f} -> {acc1:.3f}."

@@ -11,7 +11,7 @@ from .common import Evaluation
 from .config import AlignConfig
 from .data import PromptRecord
 
-CURVES = ("loss", "reward", "kl", "eval_reward", "eval_kl", "accuracy", "eval_accuracy")
+CURVES = ("loss", "reward", "kl", "accuracy", "pair_loss", "pair_accuracy", "eval_reward", "eval_kl", "eval_accuracy")
 
 
 def _fmt(value) -> str:

@@ -173,7 +173,7 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
     rm = RewardModel(body, _pad_id(tokenizer))
     opt, log = Optimizer([rm], cfg), metrics_log(run_dir)
     loss_before, acc_before = pair_metrics(rm, heldout)
-    log.write(dict(step=0, eval_loss=loss_before, eval_accuracy=acc_before))
+    log.write(dict(step=0, pair_loss=loss_before, pair_accuracy=acc_before))
     for step in range(cfg.steps):
         batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
         chosen, rejected = _pair_scores(rm, batch)
@@ -181,10 +181,10 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
         grad_norm = opt.step(loss)
         record = dict(step=step + 1, loss=loss.item(), accuracy=float((chosen > rejected).float().mean()))
         if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
-            record["eval_loss"], record["eval_accuracy"] = pair_metrics(rm, heldout)
+            record["pair_loss"], record["pair_accuracy"] = pair_metrics(rm, heldout)
         log.write(record | {"grad_norm": grad_norm})
     loss_after, acc_after = pair_metrics(rm, heldout)
-    log.write(dict(step=cfg.steps, eval_loss=loss_after, eval_accuracy=acc_after))
+    log.write(dict(step=cfg.steps, pair_loss=loss_after, pair_accuracy=acc_after))
     rm.eval()
     model_dir = save_reward_model(rm, run_dir / "reward_model", tokenizer)
     plot_curves(log.read(), run_dir / "curves.png", f"reward model on {cfg.base}")
