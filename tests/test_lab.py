@@ -187,3 +187,12 @@ def test_cli_lists_and_runs(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith("rope: ") and str(tmp_path / "verdict.md") in out
     assert main(["lab", "run", "no-such-experiment"]) == 2
+
+
+def test_alignment_kl_experiments_report_reward_and_kl_per_coefficient(ran):
+    finding, _ = ran("kl-tradeoff")
+    runs = {k: v for k, v in finding.numbers.items() if k != "steps"}
+    assert set(runs) == {"0.0", "1.0"}
+    assert all(r["kl"] >= 0 and 0 <= r["reward"] <= 1 for r in runs.values())  # exact KL; the checker's reward
+    finding, _ = ran("ppo-needs-a-reference")
+    assert finding.numbers["0.0"]["kl"] >= 0 and 0 <= finding.numbers["rm_accuracy"] <= 1
