@@ -97,7 +97,8 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     log.write(dict(step=cfg.steps, pair_loss=loss1, pair_accuracy=acc1) | (after.record() if after else {}))
     extra = (
         f"{cfg.loss_type} loss, beta={cfg.beta:g}; {cfg.steps} steps of {cfg.batch_size} pairs. Held-out pairs "
-        f"({len(heldout)}): loss {loss0:.4f} -> {loss1:.4f}, implicit-reward accuracy {acc0:.3f} -> {acc1:.3f}."
+        f"({len(heldout)}): loss {loss0:.4f} -> {loss1:.4f}, implicit-reward accuracy {acc0:.3f} -> {acc1:.3f} (ties "
+        "count as wrong; at the start every pair ties)."
     )
     summary = write_report(run_dir, cfg, prompts, before, after, log.read(), extra)
     summary |= dict(pair_loss_before=loss0, pair_loss_after=loss1, pair_accuracy_before=acc0, pair_accuracy_after=acc1)
