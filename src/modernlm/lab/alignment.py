@@ -18,7 +18,7 @@ def _tiny(quick: bool) -> Path:
     from ..alignment.tiny import build_tiny_sft_model
 
     root = Path(tempfile.mkdtemp(prefix="modernlm-lab-align-"))
-    build_tiny_sft_model(root / "sft", steps=30 if quick else 300)
+    build_tiny_sft_model(root / "sft", steps=10 if quick else 300)
     return root
 
 
@@ -33,7 +33,7 @@ def _ppo(root: Path, out: Path, kl_coef: float, steps: int, reward_model: str | 
         heldout_file=str(data / "heldout_prompts.jsonl"), eval_file=str(data / "heldout_prompts.jsonl"),
         out_dir=str(out), steps=steps, lr=3e-3, batch_size=4 if quick else 16, kl_coef=kl_coef,
         max_new_tokens=6 if quick else 12, reward_model=reward_model, eval_interval=0 if quick else steps // 4,
-        eval_prompts=4 if quick else 32,
+        eval_prompts=2 if quick else 32,
     )  # fmt: skip
     result = train_ppo(cfg)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +50,7 @@ def _ppo(root: Path, out: Path, kl_coef: float, steps: int, reward_model: str | 
 def kl_tradeoff(quick: bool) -> Finding:
     from ..alignment.tiny import one_thread
 
-    coefs, steps = ([0.0, 1.0], 2) if quick else ([0.0, 0.02, 0.1, 0.5, 2.0], 40)
+    coefs, steps = ([0.0, 1.0], 1) if quick else ([0.0, 0.02, 0.1, 0.5, 2.0], 40)
     with one_thread():
         root = _tiny(quick)
         runs = {c: _ppo(root, root / f"kl-{c}", c, steps) for c in coefs}
@@ -58,7 +58,7 @@ def kl_tradeoff(quick: bool) -> Finding:
     kl_falls = kls[-1] < kls[0]
     reward_falls = rewards[-1] <= rewards[0]
     verdict = "confirmed" if kl_falls and reward_falls else ("refuted" if not kl_falls else "depends")
-    verdict = "depends" if quick and verdict != "confirmed" else verdict  # two batches decide nothing
+    verdict = "depends" if quick else verdict  # one batch decides nothing: the quick run checks that it runs
     summary = (
         f"PPO on the arithmetic task (tiny model, task checker as reward, {steps} batches of 16 prompts, lr 3e-3), "
         f"one run per KL coefficient; held-out greedy answers before: reward {runs[coefs[0]]['before']:.3f}. After: "
@@ -98,13 +98,13 @@ def ppo_needs_a_reference(quick: bool) -> Finding:
     from ..alignment.reward import train_reward
     from ..alignment.tiny import one_thread
 
-    steps = 2 if quick else 60
+    steps = 1 if quick else 60
     with one_thread():
         root = _tiny(quick)
         data = root / "task"
         rm = train_reward(AlignConfig(
             method="reward", base=str(root / "sft"), train_file=str(data / "train_pairs.jsonl"),
-            heldout_file=str(data / "heldout_pairs.jsonl"), out_dir=str(root / "rm"), steps=2 if quick else 30,
+            heldout_file=str(data / "heldout_pairs.jsonl"), out_dir=str(root / "rm"), steps=1 if quick else 30,
             lr=3e-3, batch_size=16, eval_interval=0,
         ))  # fmt: skip
         runs = {c: _ppo(root, root / f"ref-{c}", c, steps, str(rm.model_dir)) for c in (0.0, 0.2)}
@@ -112,7 +112,7 @@ def ppo_needs_a_reference(quick: bool) -> Finding:
     drifts = free["kl"] > 2 * held["kl"]
     first_rm = {c: next(r["reward"] for r in runs[c]["records"] if "reward" in r) for c in runs}
     last_rm = {c: [r["reward"] for r in runs[c]["records"] if "reward" in r][-1] for c in runs}
-    verdict = "confirmed" if drifts else ("depends" if quick else "refuted")  # two batches decide nothing
+    verdict = "depends" if quick else ("confirmed" if drifts else "refuted")  # one batch decides nothing
     summary = (
         f"PPO rewarded by a reward model trained on the task's pairs (held-out pair accuracy {rm.accuracy_after:.2f}), "
         f"{steps} batches, without a KL term and with kl_coef 0.2. Without: KL to the reference {free['kl']:.2f} "
