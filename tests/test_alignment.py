@@ -285,3 +285,16 @@ def test_smollm2_alignment_improves_heldout_reward(tmp_path, method, settings):
     result = run_method(_smol_cfg(method, tmp_path, **settings))
     assert result.after.reward > result.before.reward, (result.before, result.after)
     assert result.after.kl < KL_BOUND
+
+
+def test_a_causal_lm_is_not_a_reward_model_and_ppo_without_answers_needs_one(tiny, tmp_path):
+    from modernlm.alignment.ppo import train_ppo
+    from modernlm.alignment.reward import RewardModelError, load_reward_model
+
+    with pytest.raises(RewardModelError, match="LlamaForCausalLM is not a reward model"):
+        load_reward_model(tiny / "sft")
+    prompts = _jsonl(tmp_path / "prompts.jsonl", {"prompt": "What is 1 + 1?"})
+    cfg = _cfg(tiny, "ppo", tmp_path, steps=1)
+    cfg.train_file, cfg.heldout_file = str(prompts), None
+    with pytest.raises(AlignDataError, match='missing "answer".*or give a reward model'):
+        train_ppo(cfg)
