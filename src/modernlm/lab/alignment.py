@@ -107,20 +107,23 @@ def ppo_needs_a_reference(quick: bool) -> Finding:
             heldout_file=str(data / "heldout_pairs.jsonl"), out_dir=str(root / "rm"), steps=1 if quick else 30,
             lr=3e-3, batch_size=16, eval_interval=0,
         ))  # fmt: skip
-        runs = {c: _ppo(root, root / f"ref-{c}", c, steps, str(rm.model_dir)) for c in (0.0, 0.2)}
-    free, held = runs[0.0], runs[0.2]
+        runs = {c: _ppo(root, root / f"ref-{c}", c, steps, str(rm.model_dir)) for c in (0.0, 1.0)}
+    free, held = runs[0.0], runs[1.0]
     drifts = free["kl"] > 2 * held["kl"]
     first_rm = {c: next(r["reward"] for r in runs[c]["records"] if "reward" in r) for c in runs}
     last_rm = {c: [r["reward"] for r in runs[c]["records"] if "reward" in r][-1] for c in runs}
-    verdict = "depends" if quick else ("confirmed" if drifts else "refuted")  # one batch decides nothing
+    hacked = last_rm[0.0] > first_rm[0.0] + 1 and free["reward"] <= free["before"]  # score up, true reward not
+    verdict = "confirmed" if drifts and hacked else ("depends" if drifts or hacked else "refuted")
+    verdict = "depends" if quick else verdict  # one batch decides nothing: the quick run checks that it runs
     summary = (
         f"PPO rewarded by a reward model trained on the task's pairs (held-out pair accuracy {rm.accuracy_after:.2f}), "
-        f"{steps} batches, without a KL term and with kl_coef 0.2. Without: KL to the reference {free['kl']:.2f} "
+        f"{steps} batches, without a KL term and with kl_coef 1. Without: KL to the reference {free['kl']:.2f} "
         f"nats per reply, reward-model score of the rollouts {first_rm[0.0]:.2f} -> {last_rm[0.0]:.2f}, held-out "
         f"task reward {free['before']:.3f} -> {free['reward']:.3f} (accuracy {free['accuracy']:.3f}). With: KL "
-        f"{held['kl']:.2f}, score {first_rm[0.2]:.2f} -> {last_rm[0.2]:.2f}, task reward {held['before']:.3f} -> "
+        f"{held['kl']:.2f}, score {first_rm[1.0]:.2f} -> {last_rm[1.0]:.2f}, task reward {held['before']:.3f} -> "
         f"{held['reward']:.3f} (accuracy {held['accuracy']:.3f}). The unpenalised policy "
-        f"{'drifts more than twice as far' if drifts else 'does not drift twice as far'}."
+        f"{'drifts more than twice as far' if drifts else 'does not drift twice as far'}; its reward-model score "
+        f"{'rises while the task reward does not (reward hacking)' if hacked else 'and the task reward move together'}."
     )
 
     def plot(fig):
