@@ -316,3 +316,12 @@ def test_position_verdicts_need_a_margin():
     assert set(tied.values()) == {"refuted"}  # no difference: not "more stable", not "worse"
     opposite = _position_verdicts(growth([3.0, 5.0, 9.0], [1.0, 1.0, 1.0], [4.0, 6.0, 12.0]))
     assert set(opposite.values()) == {"refuted"}
+
+
+def test_alignment_kl_experiments_report_reward_and_kl_per_coefficient(ran):
+    finding, _ = ran("kl-tradeoff")
+    runs = {k: v for k, v in finding.numbers.items() if k != "steps"}
+    assert set(runs) == {"0.0", "1.0"}
+    assert all(r["kl"] >= 0 and 0 <= r["reward"] <= 1 for r in runs.values())  # exact KL; the checker's reward
+    finding, _ = ran("ppo-needs-a-reference")
+    assert finding.numbers["0.0"]["kl"] >= 0 and "1.0" in finding.numbers and 0 <= finding.numbers["rm_accuracy"] <= 1

@@ -14,7 +14,19 @@ FLOORS = [  # lowest first; a top-level module or package of modernlm belongs to
     {"config"},
     {"layers"},
     {"model", "encoder", "seq2seq", "vit", "embedding", "tokenizer"},
-    {"checkpoints", "loading", "generation", "quant", "training", "finetune", "eval", "serving", "analysis", "lab"},
+    {
+        "checkpoints",
+        "loading",
+        "generation",
+        "quant",
+        "training",
+        "finetune",
+        "eval",
+        "serving",
+        "analysis",
+        "lab",
+        "alignment",
+    },
     {"distributed"},  # fills in the trainer's hooks (training/parallel.py)
     {"cli", "__main__", "__init__"},
 ]

@@ -12,6 +12,7 @@ VERBS = ["info", "generate", "chat", "train", "finetune", "tokenizer", "flops", 
 VERBS += ["embed", "fill_mask", "classify", "eval"]  # the other members' verbs (issue 11)
 VERBS += ["export"]  # issue 12 (eval is shared with it)
 VERBS += ["serve"]  # issue 14
+VERBS += ["align"]  # issue 17
 
 
 def build_parser() -> argparse.ArgumentParser:

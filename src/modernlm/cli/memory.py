@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--quantize", default=None, metavar="Q", help="QLoRA: the frozen base in int8 or int4 (with --lora)")
     p.add_argument("--parallel", default="none", choices=list(PARALLEL_MODES), help="per-rank bytes under ddp or fsdp")
     p.add_argument("--world-size", type=positive_int, default=1, help="processes (--batch-size is the global batch)")
+    p.add_argument(
+        "--ppo", metavar="TARGETS", help="PPO's four models: full copies vs shared frozen bases + LoRA on TARGETS"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -85,6 +88,8 @@ def run(args) -> int:
     if args.target_len is not None or args.padded:
         raise ValueError(f"--target-len and --padded describe encoders and encoder-decoders; {args.model} is a decoder")
     seq_len = args.seq_len or cfg.max_seq_len
+    if getattr(args, "ppo", None):
+        return _ppo(args, cfg, seq_len)
     adapters = None
     if args.lora:
         if args.lora_r < 1:
@@ -162,6 +167,23 @@ def run_member(args, cfg: ModelConfig) -> int:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB"
+
+
+def _ppo(args, cfg: ModelConfig, seq_len: int) -> int:
+    from ..alignment.memory import PARTS, ppo_memory
+
+    adapters = dict.fromkeys((t.strip() for t in args.ppo.split(",") if t.strip()), args.lora_r)
+    report = ppo_memory(cfg, args.batch_size, seq_len, adapters, args.precision, args.optimizer, args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model}: PPO (actor, reference, reward model, critic), batch {args.batch_size} x {seq_len} tokens, "
+          f"{args.precision}, {args.optimizer}, LoRA r={args.lora_r} on {','.join(adapters)}")  # fmt: skip
+    names = list(report)
+    print(f"  {'':<18}" + "".join(f"{n:>28}" for n in names))
+    for part in (*PARTS, "total", "rollout_kv_cache"):
+        print(f"  {part:<18}" + "".join(f"{_gib(report[n][part]):>28}" for n in names))
+    return 0
 
 
 def _gib(n: int) -> str:

@@ -31,6 +31,7 @@ MODULES = (  # files of this package that hold experiments
     *("activations", "heads", "regularisation", "stability", "depth_width", "lora", "block_effects"),
     *("postnorm_depth", "batchnorm", "positions_concat"),
     "long_context",  # issue 15: RoPE scalings and positions at 8x the training length
+    *("alignment",),  # issue 17
 )
 
 

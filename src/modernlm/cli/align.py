@@ -1,0 +1,99 @@
+"""`modernlm align reward|dpo|grpo|ppo`: the post-training stage after SFT (modernlm.alignment).
+
+With no data flags each method uses the shipped arithmetic task (written into the run directory): `reward` trains a
+reward model on its preference pairs, `dpo` aligns on the same pairs, `grpo` and `ppo` sample replies to its prompts
+(PPO rewarded by `--reward-model DIR`, else by the task's checker). Each run writes before_after.md, curves.png,
+metrics.jsonl, summary.json, and the model (reward_model/, or adapter/ and model/).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import positive_int
+
+# flag -> (AlignConfig field, type, help); a flag a method does not use is refused by AlignConfig.validate
+FLAGS = {
+    "--model": (
+        "base",
+        str,
+        "the policy to align: an SFT model, any load_model source (default smollm2-135m-instruct)",
+    ),
+    "--train": ("train_file", str, "pairs (reward, dpo) or prompts (grpo, ppo) JSONL (default: the shipped task)"),
+    "--heldout": ("heldout_file", str, "held-out pairs or prompts JSONL (default: the last tenth of --train)"),
+    "--eval": ("eval_file", str, 'held-out {"prompt", "answer"} JSONL scored by the task\'s checker'),
+    "--out": ("out_dir", str, "run directory (default runs/align-METHOD)"),
+    "--reward-model": ("reward_model", str, "ppo: a directory written by `modernlm align reward`"),
+    "--steps": ("steps", positive_int, "optimizer steps, or rollout batches (default 40)"),
+    "--batch-size": ("batch_size", positive_int, "pairs, or prompts per rollout batch (default 8)"),
+    "--lr": ("lr", float, "peak learning rate (default 5e-4)"),
+    "--r": ("r", positive_int, "LoRA rank (default 8)"),
+    "--alpha": ("alpha", float, "LoRA alpha (default 16)"),
+    "--seed": ("seed", int, "seed of adapters, batches and sampling (default 0)"),
+    "--beta": ("beta", float, "dpo: the KL strength beta (default 0.1)"),
+    "--loss": ("loss_type", str, "dpo: sigmoid (DPO), ipo or simpo (default sigmoid)"),
+    "--simpo-gamma": ("simpo_gamma", float, "dpo --loss simpo: the target margin (default 0.5)"),
+    "--group-size": ("group_size", positive_int, "grpo: replies per prompt (default 4)"),
+    "--kl-coef": ("kl_coef", float, "grpo, ppo: the KL penalty coefficient (default 0.05)"),
+    "--target-kl": ("target_kl", float, "ppo: adapt the KL coefficient towards this KL per reply (default fixed)"),
+    "--ppo-epochs": ("ppo_epochs", positive_int, "grpo, ppo: passes over each rollout batch (default 2)"),
+    "--clip": ("clip", float, "grpo, ppo: the ratio clip epsilon (default 0.2)"),
+    "--vf-coef": ("vf_coef", float, "ppo: the value loss weight (default 0.5)"),
+    "--temperature": ("temperature", float, "grpo, ppo: sampling temperature of the rollouts (default 1)"),
+    "--max-new-tokens": ("max_new_tokens", positive_int, "longest reply sampled or answered (default 16)"),
+    "--eval-prompts": ("eval_prompts", int, "held-out prompts answered before and after (default 32)"),
+    "--eval-pairs": ("eval_pairs", int, "reward, dpo: held-out pairs scored before and after (default 96)"),
+    "--eval-interval": ("eval_interval", int, "steps between held-out evaluations, 0 for none (default 10)"),
+    "--num-threads": ("num_threads", positive_int, "torch threads (default: torch's)"),
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("align", help="align a model: reward model, DPO, GRPO or PPO (no data flags: the shipped task)")
+    p.add_argument("method", choices=["reward", "dpo", "grpo", "ppo"], help="what to train")
+    p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
+    p.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default q,k,v,o_proj)")
+    for flag, (_, kind, text) in FLAGS.items():
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--config", type=Path, default=None, help="an AlignConfig JSON file; flags override its values")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    from ..alignment.config import AlignConfig
+
+    values = AlignConfig.from_json(args.config).to_dict() if args.config else {}
+    values["method"] = args.method
+    for flag, (name, _, _) in FLAGS.items():
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given is not None:
+            values[name] = given
+    if args.full:
+        values["lora"] = False
+    if args.targets is not None:
+        values["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+    return AlignConfig.from_dict(values).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..alignment import run_method
+
+    cfg = build_config(args)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    result = run_method(cfg)
+    out = cfg.run_dir
+    if cfg.method == "reward":
+        print(f"held-out pairs: Bradley-Terry loss {result.loss_before:.4f} -> {result.loss_after:.4f}, "
+              f"accuracy {result.accuracy_before:.3f} -> {result.accuracy_after:.3f}")  # fmt: skip
+        print(f"wrote {result.model_dir} (AutoModelForSequenceClassification loads it) and {out / 'curves.png'}")
+        return 0
+    for name, e in (("before", result.before), ("after", result.after)):
+        if e is not None:
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"{name:6} reward {fmt(e.reward)}  accuracy {fmt(e.accuracy)}  KL {e.kl:.3f}  length {e.length:.1f}")
+    print(f"wrote {out / 'before_after.md'}, {out / 'curves.png'} and {result.model_dir}")
+    return 0
