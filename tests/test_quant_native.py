@@ -12,7 +12,15 @@ from modernlm.quant import kernels, native
 from modernlm.quant.weights import Int4Weight, Int8Weight
 
 G = torch.Generator().manual_seed(0)
-pytestmark = pytest.mark.skipif(native.load() is None, reason="the native kernels could not be built here")
+# opt-in kernels (MODERNLM_QUANT_KERNEL=native), built on first use (a minute): the slow suite
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def native_kernels(monkeypatch):
+    monkeypatch.setenv("MODERNLM_QUANT_KERNEL", "native")
+    if native.load() is None:
+        pytest.skip("the native kernels could not be built here")
 
 
 def test_activation_rounding_follows_its_definition():
@@ -73,7 +81,6 @@ def test_bf16_inputs_and_the_plain_twin():
     torch.testing.assert_close(y.double(), twin.double(), rtol=2e-2, atol=2e-2 * float(twin.abs().max()))
 
 
-@pytest.mark.slow  # two builds of the extension, about a minute each
 @pytest.mark.parametrize("march,isa", [("-march=haswell", "avx2"), ("-march=x86-64", "scalar")])
 def test_the_avx2_and_plain_paths_equal_float64_too(tmp_path, monkeypatch, march, isa):
     """The same source built for an AVX2-only CPU and for none of the vector extensions (this machine may have

@@ -1,8 +1,8 @@
 """The fast products of quantized weights, each beside its plain twin (dequantize, then `F.linear`).
 
-Decoding batches (up to 8 rows) go to modernlm's own kernels (native.py: int8 activations in blocks of 32 times the
-4-bit or 8-bit codes, integer dot products, as llama.cpp computes); `MODERNLM_QUANT_KERNEL=torch`, a larger batch,
-or a machine where they cannot be built uses torch's, below.
+With `MODERNLM_QUANT_KERNEL=native`, decoding batches (up to 8 rows) go to modernlm's own kernels instead (native.py:
+int8 activations in blocks of 32 times the 4-bit or 8-bit codes, integer dot products, as llama.cpp computes); opt-in,
+because torch's, below, decoded faster where measured.
 
 torch ships fused CPU kernels that read the integer codes directly, so a decode step streams 1 (int8) or 1/2 (int4)
 byte per weight instead of 4:
