@@ -145,7 +145,7 @@ def write_report(root: str | Path, path: str | Path, note: str = "") -> Path:
     lines = ["# The lab: the study material's claims, measured", "", note, "",
              "| experiment | claim | source | verdict | run |", "|---|---|---|---|---|"]  # fmt: skip
     for r in records:
-        run_kind = f"{'quick' if r['quick'] else 'full'}, {r['seconds']:.0f} s"
+        run_kind = f"{'quick' if r['quick'] else 'full'}, {r['seconds']:.0f} s, {r.get('date', 'before 2026-12-02')}"
         lines.append(
             f"| [{r['name']}](#{r['name']}) | {r['claim']} | {r['source']} | **{r['verdict']}** | {run_kind} |"
         )
