@@ -100,3 +100,12 @@ def pm(values: Sequence[float], fmt: str = ".3f") -> str:
     """'2.345 ± 0.012' (mean ± std over seeds)."""
     mean, std = mean_std(values)
     return "diverged" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def plot_curves(ax, results: dict[str, dict], ylabel: str = "training loss (mean over seeds)", **legend) -> None:
+    """Each configuration's training-loss curve ({label: {"losses": [...]}}) on one axis, as the lab's plots draw."""
+    for label, r in results.items():
+        ax.plot(r["losses"], label=label, lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(**legend)

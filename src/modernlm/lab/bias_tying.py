@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..analysis import parameter_counts
 from . import Finding, experiment
-from ._seeds import difference, pm, rule, seeds
+from ._seeds import difference, plot_curves, pm, rule, seeds
 from ._train import compare_seeds, tiny_config
 
 TOLERANCE = 0.02  # nats: what 'nothing' and 'little cost' allow
@@ -54,11 +54,7 @@ def bias_and_tying(quick: bool) -> Finding:
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        for k, v in res.items():
-            ax1.plot(v["losses"], label=k, lw=0.8)
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("training loss (mean over seeds)")
-        ax1.legend()
+        plot_curves(ax1, res)
         ax2.bar(list(res), [v["val_loss"] for v in res.values()], yerr=[v["val_std"] for v in res.values()])
         ax2.set_ylim(min(v["val_loss"] for v in res.values()) - 0.1, max(v["val_loss"] for v in res.values()) + 0.05)
         ax2.set_ylabel(f"validation loss (mean ± std, {len(seed_list)} seeds)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..analysis import parameter_counts, training_flops
 from ..config import ModelConfig
 from . import Finding, experiment
-from ._seeds import difference, pm, rule, seeds
+from ._seeds import difference, plot_curves, pm, rule, seeds
 from ._train import compare_seeds, tiny_config
 
 SEQ = 64
@@ -66,11 +66,7 @@ def depth_vs_width(quick: bool) -> Finding:
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        for k, v in res.items():
-            ax1.plot(v["losses"], label=k, lw=0.8)
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("training loss (mean over seeds)")
-        ax1.legend()
+        plot_curves(ax1, res)
         ax2.errorbar(labels, [res[k]["val_loss"] for k in labels], [res[k]["val_std"] for k in labels], fmt="o-")
         ax2.set_xlabel("layers x width (equal non-embedding parameters)")
         ax2.set_ylabel("validation loss")

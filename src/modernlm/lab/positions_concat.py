@@ -11,7 +11,7 @@ import torch
 
 from ..analysis import parameter_counts
 from . import Finding, experiment
-from ._seeds import difference, pm, rule, seeds
+from ._seeds import difference, plot_curves, pm, rule, seeds
 from ._train import compare_seeds, tiny_config
 
 TOLERANCE = 0.02
@@ -75,11 +75,7 @@ def add_vs_concat(quick: bool) -> Finding:
 
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        for k, v in res.items():
-            ax1.plot(v["losses"], label=k, lw=0.8)
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("training loss (mean over seeds)")
-        ax1.legend()
+        plot_curves(ax1, res)
         labels = ["byte-position", "byte-byte", "random"]
         ax2.bar(labels, [overlap["token_position"], overlap["token_token"], random])
         ax2.set_ylabel("mean |cos|, trained added model")

@@ -10,7 +10,7 @@ import torch
 
 from ..config import ModelConfig
 from . import Finding, experiment
-from ._seeds import difference, mean_std, pm, rule, seeds
+from ._seeds import difference, mean_std, plot_curves, pm, rule, seeds
 from ._train import compare_seeds, corpus, evaluate, tiny_config
 
 WINDOWS = 32  # evaluation windows of 64 bytes, on the training bytes and on held-out ones (8 in quick runs)
@@ -50,11 +50,7 @@ def _text(res: dict) -> str:
 def _plot(res: dict, seed_list):
     def plot(fig):
         ax1, ax2 = fig.subplots(1, 2)
-        for k, v in res.items():
-            ax1.plot(v["losses"], label=k, lw=0.8)
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("training loss (mean over seeds)")
-        ax1.legend(fontsize=7)
+        plot_curves(ax1, res, fontsize=7)
         labels, xs = list(res), range(len(res))
         for off, key, name in ((-0.2, "train_losses", "training bytes"), (0.2, "val_losses", "held-out bytes")):
             means = [sum(v[key]) / len(v[key]) for v in res.values()]
