@@ -64,19 +64,9 @@ def save(model: torch.nn.Module, directory, tokenizer=None):
     """config.json + model.safetensors (+ the tokenizer), each written atomically."""
     from pathlib import Path
 
-    from safetensors.torch import save_file
+    from .hf import write_directory
 
-    from ..files import atomic_path, write_json
-
-    directory = Path(directory)
-    dtype = next(model.parameters()).dtype
-    hf_config = config_to_hf(model.config, dtype)
+    hf_config = config_to_hf(model.config, next(model.parameters()).dtype)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors = {k: v.contiguous() for k, v in state_to_hf(model.config, state).items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    write_json(directory / "config.json", hf_config)
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    return directory
+    return write_directory(Path(directory), tensors, hf_config, tokenizer)

@@ -308,7 +308,6 @@ def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors (and the tokenizer, if given) to `directory`."""
     if model.config.family != "decoder":
         return family.save(model, directory, tokenizer)
-    directory.mkdir(parents=True, exist_ok=True)
     dtype = next(model.parameters()).dtype
     hf_config = config_to_hf(model.config, dtype)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -316,6 +315,12 @@ def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
         tensors = gpt2.state_to_gpt2(state)
     else:
         tensors = {rename(k, to_hf=True): v for k, v in state.items()}
+    return write_directory(directory, tensors, hf_config, tokenizer)
+
+
+def write_directory(directory: Path, tensors: dict[str, torch.Tensor], hf_config: dict, tokenizer=None) -> Path:
+    """model.safetensors, config.json (and the tokenizer, if given), each written atomically: every member's save."""
+    directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
     write_json(directory / "config.json", hf_config)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import pickle  # only for DCP's metadata, through an unpickler that builds nothing but its metadata classes
-import random
 import warnings
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from ..training.checkpoint import (
     checkpoint_dirs,
     publish_latest,
     read_checkpoint,
+    restore_rng,
 )
 from .setup import all_agree, broadcast_text
 
@@ -217,13 +217,7 @@ def _restore_rng(directory: Path, state: dict) -> None:
     if not path.is_file():  # more processes than the run was saved with: a new process starts from the seed's state
         log.info("no RNG state for rank %d in %s (saved by %s processes)", rank, directory, state.get("world_size"))
         return
-    tensors = load_file(path)
-    torch.set_rng_state(tensors["cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    version, internal, gauss = state["rng"]
-    random.setstate((version, tuple(internal), gauss))
+    restore_rng({"rng_tensors": load_file(path), "rng": state["rng"]})  # the single-file checkpoint's own restore
     if state.get("world_size") not in (None, dist.get_world_size() if dist.is_initialized() else 1):
         log.info("resuming a run saved by %s processes on a different number: dropout masks differ from a straight "
                  "run's (losses match without dropout)", state["world_size"])  # fmt: skip
@@ -234,7 +228,6 @@ def load_single_file(directory: Path, model, optimizer, trainable_only: bool) ->
     reading the full tensors and keeping its shard (set_state_dict with full state dicts)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    from ..training.checkpoint import restore_rng
     from .wrap import unwrap
 
     weights, optimizer_state, state = read_checkpoint(directory)
