@@ -254,6 +254,11 @@ def test_cli_align_runs_and_reports_bad_input_in_one_line(tiny, tmp_path, capsys
     bad = _jsonl(tmp_path / "bad.jsonl", {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "2"})
     assert main(["align", "dpo", *common, "--train", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert "same reply" in capsys.readouterr().err
+    assert main(["align", "task", "--out", str(tmp_path / "task"), "--seed", "3"]) == 0
+    written = {p.name: p.read_text() for p in (tmp_path / "task").iterdir()}
+    expected = task.write_task(tmp_path / "direct", seed=3)
+    assert written == {p.name: p.read_text() for p in expected.values()}
+    assert main(["align", "task", "--lr", "0.1"]) == 2 and "takes --out and --seed, not --lr" in capsys.readouterr().err
 
 
 # ---- SmolLM2 (slow): the shipped task on the embedded model --------------------------------------------------------

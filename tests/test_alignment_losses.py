@@ -13,6 +13,7 @@ import torch
 from modernlm.alignment.losses import (
     KLController,
     bradley_terry_loss,
+    chosen_nll,
     dpo_loss,
     gae,
     group_advantages,
@@ -24,7 +25,7 @@ from modernlm.alignment.losses import (
 )
 
 
-def _trl_dpo(per_token: torch.Tensor, mask: torch.Tensor, ref_c, ref_r, beta: float, loss_type: str):
+def _trl_dpo(per_token: torch.Tensor, mask: torch.Tensor, ref_c, ref_r, beta: float, loss_type: str, sft: float = 0):
     """trl 1.16's DPOTrainer._compute_loss on a model stub whose forward returns the given per-token log-probs
     (rows: the chosen then the rejected responses). Returns (loss, rewards/chosen, rewards/rejected) as trl logs."""
     from trl.trainer.dpo_trainer import DPOTrainer
@@ -43,7 +44,7 @@ def _trl_dpo(per_token: torch.Tensor, mask: torch.Tensor, ref_c, ref_r, beta: fl
         model=SimpleNamespace(training=True),
         accelerator=SimpleNamespace(device="cpu", gather_for_metrics=gather, gather=gather),
         aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-        loss_types=[loss_type], loss_weights=[1.0], beta=beta, use_weighting=False, label_smoothing=0.0,
+        loss_types=[loss_type] + ["sft"] * bool(sft), loss_weights=[1.0] + [sft] * bool(sft), beta=beta, use_weighting=False, label_smoothing=0.0,
         _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
     completion = torch.cat([torch.zeros(mask.shape[0], 1, dtype=torch.long), mask.long()], dim=1)  # (2B, n + 1)
@@ -79,6 +80,18 @@ def test_dpo_loss_equals_trl(loss_type):
     torch.testing.assert_close(loss.mean(), trl_loss)
     assert rc.mean().item() == pytest.approx(trl_rc, rel=1e-6)
     assert rr.mean().item() == pytest.approx(trl_rr, rel=1e-6)
+
+
+def test_dpo_with_an_sft_term_equals_trl():
+    """RPO: DPO plus the chosen replies' token NLL, trl's loss_type ["sigmoid", "sft"] with loss_weights [1, w]."""
+    per_token, mask, ref_c, ref_r, lengths = _fixed_logps()
+    pi = per_token.sum(1)
+    B = len(ref_c)
+    loss, _, _ = dpo_loss(pi[:B], pi[B:], ref_c, ref_r, 0.1, "sigmoid")
+    ours = loss.mean() + 0.7 * chosen_nll(pi[:B], lengths[:B])
+    torch.testing.assert_close(ours, _trl_dpo(per_token, mask, ref_c, ref_r, 0.1, "sigmoid", sft=0.7)[0])
+    by_hand = -per_token[:B][mask[:B]].double().mean()  # float64: the mean over every chosen token of the batch
+    assert chosen_nll(pi[:B], lengths[:B]).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
 def test_dpo_loss_equals_the_formula_in_float64():

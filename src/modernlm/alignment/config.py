@@ -25,7 +25,7 @@ SHARED = {
 ROLLOUT = {"temperature", "kl_coef", "clip", "ppo_epochs"}
 METHOD_FIELDS = {
     "reward": SHARED | {"eval_pairs"},
-    "dpo": SHARED | {"eval_pairs", "beta", "loss_type", "simpo_gamma"},
+    "dpo": SHARED | {"eval_pairs", "beta", "loss_type", "simpo_gamma", "sft_weight"},
     "grpo": SHARED | ROLLOUT | {"group_size"},
     "ppo": SHARED | ROLLOUT | {"reward_model", "target_kl", "value_clip", "vf_coef", "gamma", "lam"},
 }
@@ -66,6 +66,7 @@ class AlignConfig(JsonConfig):
     beta: float = 0.1
     loss_type: str = "sigmoid"  # sigmoid (DPO), ipo, simpo
     simpo_gamma: float = 0.5
+    sft_weight: float = 0.0  # the chosen replies' token NLL added with this weight (RPO; trl's "sft" loss type)
     # GRPO and PPO
     temperature: float = 1.0
     kl_coef: float = 0.05
@@ -113,6 +114,8 @@ class AlignConfig(JsonConfig):
                 raise AlignConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.method == "grpo" and self.group_size < 2:
             raise AlignConfigError("GRPO compares responses within a group: group_size must be >= 2")
+        if not self.sft_weight >= 0:
+            raise AlignConfigError(f"sft_weight must be >= 0 (0: plain {self.loss_type}), got {self.sft_weight!r}")
         if self.loss_type not in DPO_LOSSES:
             raise AlignConfigError(f"loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSSES)}")
         if self.kl_coef < 0 or not 0 < self.clip < 1 or self.value_clip <= 0 or self.vf_coef < 0:

@@ -21,7 +21,7 @@ from .common import (
 )
 from .config import AlignConfig
 from .data import EncodedPair, batch_indices, encode_pairs, pack, read_pairs, sequence_logps, split_heldout
-from .losses import dpo_loss
+from .losses import chosen_nll, dpo_loss
 from .report import write_report
 
 
@@ -51,8 +51,13 @@ def reference_logps(
 
 
 def _loss(cfg: AlignConfig, policy, pairs, ref: torch.Tensor, pad_id: int):
+    """(loss per pair (B,), implicit rewards of chosen and rejected (B,)); with `sft_weight` every pair also carries
+    the batch's chosen-token NLL times the weight (so the batch mean is trl's combined loss)."""
     c, r, nc, nr = pair_logps(policy, pairs, pad_id)
-    return dpo_loss(c, r, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type, nc, nr, cfg.simpo_gamma)
+    loss, rc, rr = dpo_loss(c, r, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type, nc, nr, cfg.simpo_gamma)
+    if cfg.sft_weight:
+        loss = loss + cfg.sft_weight * chosen_nll(c, nc)
+    return loss, rc, rr
 
 
 @torch.no_grad()
@@ -96,7 +101,9 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     loss1, acc1 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
     log.write(dict(step=cfg.steps, pair_loss=loss1, pair_accuracy=acc1) | (after.record() if after else {}))
     extra = (
-        f"{cfg.loss_type} loss, beta={cfg.beta:g}; {cfg.steps} steps of {cfg.batch_size} pairs. Held-out pairs "
+        f"{cfg.loss_type} loss, beta={cfg.beta:g}"
+        + (f" + {cfg.sft_weight:g} x the chosen replies' token NLL (RPO)" if cfg.sft_weight else "")
+        + f"; {cfg.steps} steps of {cfg.batch_size} pairs. Held-out pairs "
         f"({len(heldout)}): loss {loss0:.4f} -> {loss1:.4f}, implicit-reward accuracy {acc0:.3f} -> {acc1:.3f} (ties "
         "count as wrong; at the start every pair ties)."
     )

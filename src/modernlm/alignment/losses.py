@@ -79,6 +79,14 @@ def dpo_loss(
     return loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
+def chosen_nll(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """The chosen responses' negative log-likelihood per token over the whole batch (a scalar): the SFT term that
+    RPO (Pang et al. 2024) adds to DPO so that the chosen replies' likelihood rises instead of only the margin
+    (trl's loss_type [..., "sft"] with loss_weights [1, w]). `policy_chosen` (B,) summed log-probs, `chosen_tokens`
+    (B,) their lengths."""
+    return -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
+
+
 # ---- policy gradients ----------------------------------------------------------------------------------------------
 def kl_rewards(
     score: torch.Tensor,  # (B,) the reward of each whole response

@@ -34,6 +34,7 @@ FLAGS = {
     "--beta": ("beta", float, "dpo: the KL strength beta (default 0.1)"),
     "--loss": ("loss_type", str, "dpo: sigmoid (DPO), ipo or simpo (default sigmoid)"),
     "--simpo-gamma": ("simpo_gamma", float, "dpo --loss simpo: the target margin (default 0.5)"),
+    "--sft-weight": ("sft_weight", float, "dpo: add the chosen replies' token NLL times this (RPO; default 0)"),
     "--group-size": ("group_size", positive_int, "grpo: replies per prompt (default 4)"),
     "--kl-coef": ("kl_coef", float, "grpo, ppo: the KL penalty coefficient (default 0.05)"),
     "--target-kl": ("target_kl", float, "ppo: adapt the KL coefficient towards this KL per reply (default fixed)"),
@@ -51,7 +52,11 @@ FLAGS = {
 
 def add_parser(sub) -> None:
     p = sub.add_parser("align", help="align a model: reward model, DPO, GRPO or PPO (no data flags: the shipped task)")
-    p.add_argument("method", choices=["reward", "dpo", "grpo", "ppo"], help="what to train")
+    p.add_argument(
+        "method",
+        choices=["task", "reward", "dpo", "grpo", "ppo"],
+        help="what to train; `task` only writes the shipped task's files (its sft.jsonl makes the SFT model)",
+    )
     p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
     p.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default q,k,v,o_proj)")
     for flag, (_, kind, text) in FLAGS.items():
@@ -77,9 +82,24 @@ def build_config(args: argparse.Namespace):
     return AlignConfig.from_dict(values).validate()
 
 
+def write_task_files(args: argparse.Namespace) -> int:
+    """`modernlm align task [--out DIR] [--seed S]`: the shipped task's files, nothing trained."""
+    from ..alignment import task
+
+    given = [flag for flag in FLAGS if flag not in ("--out", "--seed") and getattr(args, flag[2:].replace("-", "_"))]
+    if given or args.full or args.targets or args.config or args.print_config:
+        raise ValueError(f"`align task` writes files only; it takes --out and --seed, not {', '.join(given) or 'that'}")
+    paths = task.write_task(args.out or "runs/align-task", seed=args.seed or 0)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"next: modernlm finetune --train {paths['sft']} --out runs/sft   (the SFT model the methods align)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..alignment import run_method
 
+    if args.method == "task":
+        return write_task_files(args)
     cfg = build_config(args)
     if args.print_config:
         print(cfg.to_json())
