@@ -318,6 +318,10 @@ def test_rope_scalings_obey_what_the_scalings_are(ran):
     assert all(1 < p < 256 for v in past.values() for p in v)  # better than a uniform guess over bytes
     assert set(finding.numbers["positions"].values()) <= {"confirmed", "refuted", "depends"}
     assert "RoPE extrapolates worse than ALiBi" in finding.summary
+    per_seed = finding.numbers["past_per_seed"]  # each seed trains its own models: different perplexities
+    assert len(per_seed) == len(finding.numbers["seeds"]) >= 2 and per_seed[0]["none"] != per_seed[1]["none"]
+    for label, v in past.items():
+        assert v == pytest.approx([sum(p[label][i] for p in per_seed) / len(per_seed) for i in range(len(v))])
 
 
 def test_position_verdicts_need_a_margin_and_the_seed_rule():
