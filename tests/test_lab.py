@@ -77,6 +77,22 @@ def test_shared_qk_symmetry_and_the_uniform_baseline(ran):
     assert unit["shared"]["diagonal_mass"] > 2 * unit["separate"]["diagonal_mass"]
 
 
+def test_shared_qk_trained_setting_is_the_mean_over_seeds(ran):
+    from statistics import fmean
+
+    numbers = ran("shared-qk")[0].numbers
+    trained = next(k for k in numbers["settings"] if k.startswith("trained"))
+    for kind in ("shared", "separate"):
+        runs = numbers["trained_per_seed"][kind]
+        assert len(runs) == len(numbers["seeds"]) >= 2
+        assert numbers["settings"][trained][kind]["diagonal_mass"] == pytest.approx(
+            fmean(r["diagonal_mass"] for r in runs)
+        )
+    shared, separate = (numbers["trained_per_seed"][k] for k in ("shared", "separate"))
+    ratios = [a["diagonal_mass"] / b["diagonal_mass"] for a, b in zip(shared, separate, strict=True)]
+    assert numbers["diagonal_ratio"][trained] == pytest.approx(fmean(ratios))
+
+
 def test_causal_rank_of_triangular_and_full_softmax(ran):
     n = ran("causal-rank")[0].numbers
     small = n["cases"]["random, scale 0.1"]
@@ -302,26 +318,50 @@ def test_rope_scalings_obey_what_the_scalings_are(ran):
     assert all(1 < p < 256 for v in past.values() for p in v)  # better than a uniform guess over bytes
     assert set(finding.numbers["positions"].values()) <= {"confirmed", "refuted", "depends"}
     assert "RoPE extrapolates worse than ALiBi" in finding.summary
+    per_seed = finding.numbers["past_per_seed"]  # each seed trains its own models: different perplexities
+    assert len(per_seed) == len(finding.numbers["seeds"]) >= 2 and per_seed[0]["none"] != per_seed[1]["none"]
+    for label, v in past.items():
+        assert v == pytest.approx([sum(p[label][i] for p in per_seed) / len(per_seed) for i in range(len(v))])
 
 
-def test_position_verdicts_need_a_margin():
+def test_position_verdicts_need_a_margin_and_the_seed_rule():
     from modernlm.lab.long_context import _position_verdicts
 
-    def growth(rope, sinusoidal, alibi):
+    def growth(rope, sinusoidal, alibi):  # each: [2x, 4x, 8x] of each seed
         return {"none": rope, "rope 100k": rope, "sinusoidal": sinusoidal, "alibi": alibi}
 
-    clear = _position_verdicts(growth([1.2, 1.5, 2.0], [2.0, 4.0, 9.0], [1.0, 1.0, 1.0]))
+    def two(v, jitter=0.01):  # two seeds close to v: the paired differences barely vary
+        return [v, [x + jitter for x in v]]
+
+    clear = _position_verdicts(growth(two([1.2, 1.5, 2.0]), two([2.0, 4.0, 9.0], 0.02), two([1.0, 1.0, 1.0])))
     assert set(clear.values()) == {"confirmed"}
-    tied = _position_verdicts(growth([1.0, 1.0, 1.0], [1.01, 0.99, 1.0], [1.0, 1.01, 0.99]))
+    tied = _position_verdicts(growth(two([1.0, 1.0, 1.0]), two([1.01, 0.99, 1.0], 0.02), two([1.0, 1.01, 0.99])))
     assert set(tied.values()) == {"refuted"}  # no difference: not "more stable", not "worse"
-    opposite = _position_verdicts(growth([3.0, 5.0, 9.0], [1.0, 1.0, 1.0], [4.0, 6.0, 12.0]))
+    opposite = _position_verdicts(growth(two([3.0, 5.0, 9.0]), two([1.0, 1.0, 1.0]), two([4.0, 6.0, 12.0])))
     assert set(opposite.values()) == {"refuted"}
+    # RoPE's mean is far below sinusoidal's, but one seed says the opposite: within noise, so no claim holds
+    noisy = _position_verdicts(growth([[1.2, 1.5, 2.0], [3.0, 5.0, 9.0]], [[2.0, 4.0, 9.0], [2.5, 4.6, 5.0]],
+                                      [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]))  # fmt: skip
+    assert noisy["RoPE extrapolates more stably than sinusoidal"] == "refuted"
 
 
-def test_alignment_kl_experiments_report_reward_and_kl_per_coefficient(ran):
+def test_alignment_kl_experiments_report_reward_and_kl_per_coefficient_and_seed(ran):
+    from statistics import fmean, stdev
+
     finding, _ = ran("kl-tradeoff")
-    runs = {k: v for k, v in finding.numbers.items() if k != "steps"}
-    assert set(runs) == {"0.0", "1.0"}
-    assert all(r["kl"] >= 0 and 0 <= r["reward"] <= 1 for r in runs.values())  # exact KL; the checker's reward
+    n_seeds = len(finding.numbers["seeds"])
+    runs = {k: v for k, v in finding.numbers.items() if k.replace(".", "").isdigit()}
+    assert set(runs) == {"0.0", "1.0"} and n_seeds >= 2
+    for r in runs.values():
+        assert len(r["kl_per_seed"]) == len(r["reward_per_seed"]) == n_seeds
+        assert all(k >= 0 for k in r["kl_per_seed"]) and all(0 <= x <= 1 for x in r["reward_per_seed"])  # exact KL
+        assert r["kl"] == pytest.approx(fmean(r["kl_per_seed"]))
+        assert r["kl_std"] == pytest.approx(stdev(r["kl_per_seed"]))
+        assert r["reward"] == pytest.approx(fmean(r["reward_per_seed"]))
+    assert "Verdict rule" in finding.summary
     finding, _ = ran("ppo-needs-a-reference")
-    assert finding.numbers["0.0"]["kl"] >= 0 and "1.0" in finding.numbers and 0 <= finding.numbers["rm_accuracy"] <= 1
+    n = finding.numbers
+    assert n["0.0"]["kl"] >= 0 and "1.0" in n and 0 <= n["rm_accuracy"] <= 1
+    assert len(n["rm_accuracy_per_seed"]) == len(n["0.0"]["kl_per_seed"]) == len(n["seeds"]) >= 2
+    drift = [a - 2 * b for a, b in zip(n["0.0"]["kl_per_seed"], n["1.0"]["kl_per_seed"], strict=True)]
+    assert n["free_kl_minus_twice_held"]["mean"] == pytest.approx(fmean(drift))
