@@ -44,7 +44,8 @@ def _trl_dpo(per_token: torch.Tensor, mask: torch.Tensor, ref_c, ref_r, beta: fl
         model=SimpleNamespace(training=True),
         accelerator=SimpleNamespace(device="cpu", gather_for_metrics=gather, gather=gather),
         aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-        loss_types=[loss_type] + ["sft"] * bool(sft), loss_weights=[1.0] + [sft] * bool(sft), beta=beta, use_weighting=False, label_smoothing=0.0,
+        loss_types=[loss_type] + ["sft"] * bool(sft), loss_weights=[1.0] + [sft] * bool(sft), beta=beta,
+        use_weighting=False, label_smoothing=0.0,
         _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
     completion = torch.cat([torch.zeros(mask.shape[0], 1, dtype=torch.long), mask.long()], dim=1)  # (2B, n + 1)
@@ -168,6 +169,27 @@ def test_ppo_clipped_objective_has_zero_gradient_outside_the_clip():
         else:
             assert grad[i].item() == pytest.approx((-adv[0, i] * ratio[i] / 6).item(), rel=1e-12)
     assert clip_fraction.item() == pytest.approx(2 / 6)
+
+
+def test_grpo_per_sequence_mean_is_the_papers_double_average():
+    """Shao et al. 2024, eq. 3: 1/G sum_i 1/|o_i| sum_t min(rho A, clip(rho) A), written out in float64 loops."""
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(3, 5, generator=g, dtype=torch.float64)
+    logps = old + 0.4 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    adv = torch.randn(3, 1, generator=g, dtype=torch.float64).expand(3, 5)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 1, 0, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    total = 0.0
+    for i in range(3):
+        tokens = [t for t in range(5) if mask[i, t]]
+        terms = []
+        for t in tokens:
+            rho = math.exp(logps[i, t].item() - old[i, t].item())
+            terms.append(min(rho * adv[i, t].item(), min(max(rho, 0.8), 1.2) * adv[i, t].item()))
+        total += sum(terms) / len(tokens)
+    loss, _ = ppo_policy_loss(logps, old, adv, mask, 0.2, per_sequence=True)
+    assert loss.item() == pytest.approx(-total / 3, rel=1e-12)
+    batch, _ = ppo_policy_loss(logps, old, adv, mask, 0.2)
+    assert batch.item() != pytest.approx(loss.item())  # the token-level mean weighs the long reply more
 
 
 def test_ppo_value_loss_takes_the_larger_of_clipped_and_unclipped():

@@ -26,7 +26,7 @@ ROLLOUT = {"temperature", "kl_coef", "clip", "ppo_epochs"}
 METHOD_FIELDS = {
     "reward": SHARED | {"eval_pairs"},
     "dpo": SHARED | {"eval_pairs", "beta", "loss_type", "simpo_gamma", "sft_weight"},
-    "grpo": SHARED | ROLLOUT | {"group_size"},
+    "grpo": SHARED | ROLLOUT | {"group_size", "token_mean"},
     "ppo": SHARED | ROLLOUT | {"reward_model", "target_kl", "value_clip", "vf_coef", "gamma", "lam"},
 }
 
@@ -73,6 +73,7 @@ class AlignConfig(JsonConfig):
     clip: float = 0.2
     ppo_epochs: int = 2  # optimisation passes over each rollout batch
     group_size: int = 4  # GRPO: responses per prompt
+    token_mean: str = "batch"  # GRPO: "batch" (every response token alike) or "sequence" (per reply, then replies)
     # PPO
     reward_model: str | None = None
     target_kl: float | None = None  # adaptive KL coefficient towards this KL per response; None: fixed
@@ -116,6 +117,8 @@ class AlignConfig(JsonConfig):
             raise AlignConfigError("GRPO compares responses within a group: group_size must be >= 2")
         if not self.sft_weight >= 0:
             raise AlignConfigError(f"sft_weight must be >= 0 (0: plain {self.loss_type}), got {self.sft_weight!r}")
+        if self.token_mean not in ("batch", "sequence"):
+            raise AlignConfigError(f"token_mean must be 'batch' or 'sequence', got {self.token_mean!r}")
         if self.loss_type not in DPO_LOSSES:
             raise AlignConfigError(f"loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSSES)}")
         if self.kl_coef < 0 or not 0 < self.clip < 1 or self.value_clip <= 0 or self.vf_coef < 0:

@@ -1,7 +1,8 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): for each prompt a group of sampled replies, scored by a programmatic
 reward (the task's checker); each reply's advantage is its reward standardised within its group, so no critic is
 needed. The loss is PPO's clipped surrogate on those advantages (token-level mean) plus kl_coef times the k3
-estimate of KL(policy || reference)."""
+estimate of KL(policy || reference). `token_mean`: "batch" averages over every response token of the batch
+(DAPO's token-level mean), "sequence" over each reply's tokens then over the replies (the paper's eq. 3)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def grpo_step(cfg: AlignConfig, policy, reference, tokenizer, records, opt: Opti
     policy.train()
     for _ in range(cfg.ppo_epochs):
         logps = sequence_logps(policy, roll.ids, roll.mask)
-        pg, clip_fraction = ppo_policy_loss(logps, old, advantages.expand_as(logps), roll.mask, cfg.clip)
-        kl = masked_mean(kl_k3(logps, ref_logps), roll.mask)
+        per_sequence = cfg.token_mean == "sequence"
+        pg, clip_fraction = ppo_policy_loss(logps, old, advantages.expand_as(logps), roll.mask, cfg.clip, per_sequence)
+        k3 = kl_k3(logps, ref_logps)  # (N, T)
+        kl = masked_mean(k3, roll.mask, dim=1).mean() if per_sequence else masked_mean(k3, roll.mask)
         opt.step(pg + cfg.kl_coef * kl)
     kl_per_reply = float(((old - ref_logps) * roll.mask).sum(1).mean())  # sampled estimate of KL per reply
     return dict(loss=(pg + cfg.kl_coef * kl).item(), reward=float(rewards.mean()), kl=kl_per_reply,
@@ -69,7 +72,8 @@ def train_grpo(cfg: AlignConfig) -> AlignResult:
     log.write(dict(step=cfg.steps) | (after.record() if after else {}))
     extra = (
         f"{cfg.steps} rollout batches of {cfg.batch_size} prompts x {cfg.group_size} replies (temperature "
-        f"{cfg.temperature:g}), {cfg.ppo_epochs} epochs each; clip {cfg.clip:g}, kl_coef {cfg.kl_coef:g}; the reward "
+        f"{cfg.temperature:g}), {cfg.ppo_epochs} epochs each; {cfg.token_mean} token mean; clip {cfg.clip:g}, "
+        f"kl_coef {cfg.kl_coef:g}; the reward "
         "is the task's checker."
     )
     summary = write_report(run_dir, cfg, prompts, before, after, log.read(), extra)

@@ -134,14 +134,17 @@ def ppo_policy_loss(
     advantages: torch.Tensor,  # (B, T)
     mask: torch.Tensor,  # (B, T)
     clip: float = 0.2,
+    per_sequence: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate (Schulman et al. 2017): -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = pi / pi_old,
-    averaged over the response tokens. Its gradient is zero where the clipped term is the smaller one. Returns
-    (loss, fraction of tokens clipped)."""
+    averaged over the response tokens of the batch, or with `per_sequence` over each response's tokens and then over
+    the responses (GRPO's 1/G sum_i 1/|o_i| sum_t, Shao et al. 2024, eq. 3: a short reply's tokens weigh more). Its
+    gradient is zero where the clipped term is the smaller one. Returns (loss, fraction of tokens clipped)."""
     ratio = torch.exp(logps - old_logps)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
-    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
+    surrogate = -torch.minimum(unclipped, clipped)  # (B, T)
+    loss = masked_mean(surrogate, mask, dim=1).mean() if per_sequence else masked_mean(surrogate, mask)
     clip_fraction = masked_mean((clipped < unclipped).float(), mask)
     return loss, clip_fraction.detach()
 

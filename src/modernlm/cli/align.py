@@ -36,6 +36,7 @@ FLAGS = {
     "--simpo-gamma": ("simpo_gamma", float, "dpo --loss simpo: the target margin (default 0.5)"),
     "--sft-weight": ("sft_weight", float, "dpo: add the chosen replies' token NLL times this (RPO; default 0)"),
     "--group-size": ("group_size", positive_int, "grpo: replies per prompt (default 4)"),
+    "--token-mean": ("token_mean", str, "grpo: average the loss over the batch's tokens or per reply (batch|sequence)"),
     "--kl-coef": ("kl_coef", float, "grpo, ppo: the KL penalty coefficient (default 0.05)"),
     "--target-kl": ("target_kl", float, "ppo: adapt the KL coefficient towards this KL per reply (default fixed)"),
     "--ppo-epochs": ("ppo_epochs", positive_int, "grpo, ppo: passes over each rollout batch (default 2)"),
