@@ -13,7 +13,8 @@ import torch
 from modernlm.alignment import task
 from modernlm.alignment.config import AlignConfig, AlignConfigError
 from modernlm.alignment.data import AlignDataError, encode_pairs, read_pairs
-from modernlm.alignment.tiny import build_tiny_sft_model, one_thread
+from modernlm.alignment.tiny import build_tiny_sft_model
+from modernlm.threads import one_thread
 
 KL_BOUND = 15.0  # nats per reply: far from the reference would be a collapsed policy, not an aligned one
 

@@ -3,7 +3,6 @@ is sometimes wrong): the "before" model of the alignment tests and lab experimen
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -20,17 +19,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models run fastest on one thread (more only contend on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 LARGEST = 4  # operands 0..4: 40 questions, which a tiny model learns in seconds

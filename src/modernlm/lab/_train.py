@@ -7,7 +7,6 @@ every machine trains on the same text with no download and no tokenizer. The las
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import sysconfig
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import Transformer
+from ..threads import one_thread
 from ..training.optim import build_optimizer, lr_at, param_groups, set_lr
 from ._seeds import mean_std
 
@@ -54,17 +54,6 @@ def batch(data: torch.Tensor, batch_size: int, seq_len: int, g: torch.Generator)
     """(B, T + 1) random windows of `data`."""
     starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=g)
     return torch.stack([data[s : s + seq_len + 1] for s in starts.tolist()])
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models train fastest on one thread (and far faster than two threads on a shared, busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def _numbers(runs: dict[float, dict]) -> dict:
     "Ziegler et al. 2019 (Fine-Tuning Language Models from Human Preferences); Ouyang et al. 2022 (InstructGPT)",
 )
 def kl_tradeoff(quick: bool) -> Finding:
-    from ..alignment.tiny import one_thread
+    from ..threads import one_thread
 
     coefs, steps = ([0.0, 1.0], 1) if quick else ([0.0, 0.02, 0.1, 0.5, 2.0], 40)
     seed_list = seeds(quick)
@@ -130,7 +130,7 @@ def kl_tradeoff(quick: bool) -> Finding:
     "Ziegler et al. 2019; Stiennon et al. 2020 (Learning to summarize from human feedback, over-optimisation)",
 )
 def ppo_needs_a_reference(quick: bool) -> Finding:
-    from ..alignment.tiny import one_thread
+    from ..threads import one_thread
 
     steps, seed_list = 1 if quick else 60, seeds(quick)
     with one_thread():
