@@ -22,7 +22,7 @@ from .common import (
 )
 from .config import AlignConfig
 from .data import batch_indices, read_prompts, sequence_logps, split_heldout
-from .losses import group_advantages, kl_k3, masked_mean, ppo_policy_loss
+from .losses import group_advantages, kl_k3, ppo_policy_loss, response_mean
 from .report import write_report
 from .rollout import sample
 
@@ -41,8 +41,7 @@ def grpo_step(cfg: AlignConfig, policy, reference, tokenizer, records, opt: Opti
         logps = sequence_logps(policy, roll.ids, roll.mask)
         per_sequence = cfg.token_mean == "sequence"
         pg, clip_fraction = ppo_policy_loss(logps, old, advantages.expand_as(logps), roll.mask, cfg.clip, per_sequence)
-        k3 = kl_k3(logps, ref_logps)  # (N, T)
-        kl = masked_mean(k3, roll.mask, dim=1).mean() if per_sequence else masked_mean(k3, roll.mask)
+        kl = response_mean(kl_k3(logps, ref_logps), roll.mask, per_sequence)
         opt.step(pg + cfg.kl_coef * kl)
     kl_per_reply = float(((old - ref_logps) * roll.mask).sum(1).mean())  # sampled estimate of KL per reply
     return dict(loss=(pg + cfg.kl_coef * kl).item(), reward=float(rewards.mean()), kl=kl_per_reply,

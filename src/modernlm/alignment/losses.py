@@ -27,6 +27,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def response_mean(x: torch.Tensor, mask: torch.Tensor, per_sequence: bool = False) -> torch.Tensor:
+    """The mean of (B, T) `x` over the response tokens of the batch, or over each response's tokens and then over the
+    responses (GRPO's 1/G sum_i 1/|o_i| sum_t)."""
+    return masked_mean(x, mask, dim=1).mean() if per_sequence else masked_mean(x, mask)
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """(x - mean) / std over the masked entries (the unbiased variance), as PPO normalises its advantages."""
     mean = masked_mean(x, mask)
@@ -144,7 +150,7 @@ def ppo_policy_loss(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
     surrogate = -torch.minimum(unclipped, clipped)  # (B, T)
-    loss = masked_mean(surrogate, mask, dim=1).mean() if per_sequence else masked_mean(surrogate, mask)
+    loss = response_mean(surrogate, mask, per_sequence)
     clip_fraction = masked_mean((clipped < unclipped).float(), mask)
     return loss, clip_fraction.detach()
 
