@@ -140,14 +140,18 @@ class Evaluation:
     kl: float  # mean over prompts of sum over the reply's positions of KL(pi(.|s) || pi_ref(.|s)), nats
     length: float  # mean reply length in tokens
     answers: list[str] = field(default_factory=list)
+    sampled_reward: float | None = None  # mean task reward of `eval_samples` sampled replies per prompt
+    sampled_accuracy: float | None = None
 
     def record(self) -> dict:
         return {f"eval_{k}": v for k, v in vars(self).items() if k != "answers" and v is not None}
 
 
 @torch.no_grad()
-def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], max_new_tokens: int) -> Evaluation | None:
-    """Greedy answers to the held-out prompts, scored with the task's checker, and their exact KL to the reference."""
+def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: AlignConfig) -> Evaluation | None:
+    """Greedy answers to the held-out prompts, scored with the task's checker, and their exact KL to the reference;
+    with `cfg.eval_samples`, also the mean reward of that many replies per prompt sampled at `cfg.temperature` (the
+    policy's expected reward, which GRPO and PPO maximise; the greedy reply is only its mode)."""
     if not prompts:
         return None
     from ..generation import generate
@@ -156,16 +160,38 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], max_new_
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     eos = tokenizer.eos_token_id
+    max_new_tokens = cfg.max_new_tokens
     replies = generate(policy, ids, max_new_tokens, eos_token_id=eos)
-    texts = [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
+    texts = _texts(tokenizer, replies)
     replies = [r or [eos] for r in replies]
     packed = [pack(ids[i : i + 8], replies[i : i + 8], _pad_id(tokenizer)) for i in range(0, len(ids), 8)]
     kl = torch.cat([reply_kl(policy, reference, batch, mask) for batch, mask in packed])  # (B,)
     length = sum(len(r) for r in replies) / len(replies)
     answered = [(t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None]
-    reward = sum(task.reward(t, a) for t, a in answered) / len(answered) if answered else None
-    accuracy = sum(task.is_correct(t, a) for t, a in answered) / len(answered) if answered else None
-    return Evaluation(reward, accuracy, float(kl.mean()), length, texts)
+    reward, accuracy = _score(answered)
+    evaluation = Evaluation(reward, accuracy, float(kl.mean()), length, texts)
+    if cfg.eval_samples and answered:
+        k, keep = cfg.eval_samples, [i for i, p in enumerate(prompts) if p.answer is not None]
+        many = [ids[i] for i in keep for _ in range(k)]
+        sampled = generate(policy, many, max_new_tokens, temperature=cfg.temperature, eos_token_id=eos, seed=cfg.seed)
+        answers = [prompts[i].answer for i in keep for _ in range(k)]
+        scored = zip(_texts(tokenizer, sampled), answers, strict=True)
+        evaluation.sampled_reward, evaluation.sampled_accuracy = _score(scored)
+    return evaluation
+
+
+def _texts(tokenizer, replies: list[list[int]]) -> list[str]:
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
+
+
+def _score(answered) -> tuple[float | None, float | None]:
+    """(mean task reward, accuracy) of (reply, answer) pairs; (None, None) for none."""
+    answered = list(answered)
+    if not answered:
+        return None, None
+    reward = sum(task.reward(t, a) for t, a in answered) / len(answered)
+    return reward, sum(task.is_correct(t, a) for t, a in answered) / len(answered)
 
 
 def reply_kl(policy, reference, batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,15 +19,17 @@ from .losses import DPO_LOSSES
 CONFIG_NAME = "align_config.json"
 METHODS = ("reward", "dpo", "grpo", "ppo")
 SHARED = {
-    "method", "base", "train_file", "heldout_file", "eval_file", "out_dir", "lora", "r", "alpha", "targets", "lr",
-    "steps", "batch_size", "seed", "eval_prompts", "compare", "eval_interval", "num_threads", "max_new_tokens",
+    "method", "base", "train_file", "heldout_file", "out_dir", "lora", "r", "alpha", "targets", "lr",
+    "steps", "batch_size", "seed", "eval_interval", "num_threads",
 }  # fmt: skip
-ROLLOUT = {"temperature", "kl_coef", "clip", "ppo_epochs"}
+# the held-out replies of a policy (not a reward model's run), and the sampling of them and of rollouts
+ANSWERS = {"eval_file", "eval_prompts", "eval_samples", "compare", "max_new_tokens", "temperature"}
+ROLLOUT = {"kl_coef", "clip", "ppo_epochs"}
 METHOD_FIELDS = {
     "reward": SHARED | {"eval_pairs"},
-    "dpo": SHARED | {"eval_pairs", "beta", "loss_type", "simpo_gamma", "sft_weight"},
-    "grpo": SHARED | ROLLOUT | {"group_size", "token_mean"},
-    "ppo": SHARED | ROLLOUT | {"reward_model", "target_kl", "value_clip", "vf_coef", "gamma", "lam"},
+    "dpo": SHARED | ANSWERS | {"eval_pairs", "beta", "loss_type", "simpo_gamma", "sft_weight"},
+    "grpo": SHARED | ANSWERS | ROLLOUT | {"group_size", "token_mean"},
+    "ppo": SHARED | ANSWERS | ROLLOUT | {"reward_model", "target_kl", "value_clip", "vf_coef", "gamma", "lam"},
 }
 
 
@@ -57,6 +59,7 @@ class AlignConfig(JsonConfig):
     batch_size: int = 8  # pairs, or prompts per rollout batch
     seed: int = 0
     eval_prompts: int = 32  # held-out prompts answered greedily before and after
+    eval_samples: int = 0  # and, when > 0, this many replies sampled per prompt (at `temperature`) and scored
     compare: int = 6  # of them shown side by side in before_after.md
     eval_pairs: int = 96  # held-out pairs scored before and after (reward, dpo)
     eval_interval: int = 10  # steps between held-out evaluations (0: only before and after)
@@ -68,7 +71,7 @@ class AlignConfig(JsonConfig):
     simpo_gamma: float = 0.5
     sft_weight: float = 0.0  # the chosen replies' token NLL added with this weight (RPO; trl's "sft" loss type)
     # GRPO and PPO
-    temperature: float = 1.0
+    temperature: float = 1.0  # rollouts, and the held-out sampled replies
     kl_coef: float = 0.05
     clip: float = 0.2
     ppo_epochs: int = 2  # optimisation passes over each rollout batch
@@ -107,7 +110,7 @@ class AlignConfig(JsonConfig):
         for name in positive:
             if getattr(self, name) < 1:
                 raise AlignConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("eval_prompts", "compare", "eval_interval", "eval_pairs"):
+        for name in ("eval_prompts", "eval_samples", "compare", "eval_interval", "eval_pairs"):
             if getattr(self, name) < 0:
                 raise AlignConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("lr", "beta", "temperature"):

@@ -85,7 +85,7 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     ref_train = reference_logps(policy, reference, train, pad, used)  # only the pairs the steps will see
     ref_heldout = reference_logps(policy, reference, heldout, pad)
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg)
-    before = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
+    before = evaluate(policy, reference, tokenizer, prompts, cfg)
     loss0, acc0 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
     log.write(dict(step=0, pair_loss=loss0, pair_accuracy=acc0) | (before.record() if before else {}))
     for step in range(1, cfg.steps + 1):
@@ -97,7 +97,7 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
             record["pair_loss"], record["pair_accuracy"] = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
         log.write(record)
-    after = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
+    after = evaluate(policy, reference, tokenizer, prompts, cfg)
     loss1, acc1 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
     log.write(dict(step=cfg.steps, pair_loss=loss1, pair_accuracy=acc1) | (after.record() if after else {}))
     extra = (

@@ -58,16 +58,16 @@ def train_grpo(cfg: AlignConfig) -> AlignResult:
     prompts = eval_prompts(cfg, heldout_path) if cfg.eval_file or cfg.train_file is None else heldout
     prompts = prompts[: cfg.eval_prompts]
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg, cfg.steps * cfg.ppo_epochs)
-    before = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
+    before = evaluate(policy, reference, tokenizer, prompts, cfg)
     log.write(dict(step=0) | (before.record() if before else {}))
     for step in range(1, cfg.steps + 1):
         records = [train[i] for i in batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)]
         record = dict(step=step) | grpo_step(cfg, policy, reference, tokenizer, records, opt, cfg.seed * 100_003 + step)
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
-            middle = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
+            middle = evaluate(policy, reference, tokenizer, prompts, cfg)
             record |= middle.record() if middle else {}
         log.write(record)
-    after = evaluate(policy, reference, tokenizer, prompts, cfg.max_new_tokens)
+    after = evaluate(policy, reference, tokenizer, prompts, cfg)
     log.write(dict(step=cfg.steps) | (after.record() if after else {}))
     extra = (
         f"{cfg.steps} rollout batches of {cfg.batch_size} prompts x {cfg.group_size} replies (temperature "

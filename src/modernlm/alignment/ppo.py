@@ -115,16 +115,16 @@ def train_ppo(cfg: AlignConfig) -> AlignResult:
     prompts = prompts[: cfg.eval_prompts]
     log, opt = metrics_log(run_dir), Optimizer([actor, critic], cfg, cfg.steps * cfg.ppo_epochs)
     kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, horizon=max(cfg.steps * cfg.batch_size, 1))
-    before = evaluate(actor, reference, tokenizer, prompts, cfg.max_new_tokens)
+    before = evaluate(actor, reference, tokenizer, prompts, cfg)
     log.write(dict(step=0) | (before.record() if before else {}))
     for step in range(1, cfg.steps + 1):
         records = [train[i] for i in batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)]
         record = dict(step=step) | ppo_step(cfg, models, records, opt, kl_ctl, cfg.seed * 100_003 + step)
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
-            middle = evaluate(actor, reference, tokenizer, prompts, cfg.max_new_tokens)
+            middle = evaluate(actor, reference, tokenizer, prompts, cfg)
             record |= middle.record() if middle else {}
         log.write(record)
-    after = evaluate(actor, reference, tokenizer, prompts, cfg.max_new_tokens)
+    after = evaluate(actor, reference, tokenizer, prompts, cfg)
     log.write(dict(step=cfg.steps) | (after.record() if after else {}))
     shared = weight_bytes([m for m in (actor, reference, reward_model, critic) if m is not None])
     rewarder = f"the reward model {cfg.reward_model}" if reward_model else "the task's checker"

@@ -11,7 +11,8 @@ from .common import Evaluation
 from .config import AlignConfig
 from .data import PromptRecord
 
-CURVES = ("loss", "reward", "kl", "accuracy", "pair_loss", "pair_accuracy", "eval_reward", "eval_kl", "eval_accuracy")
+CURVES = ("loss", "reward", "kl", "accuracy", "pair_loss", "pair_accuracy", "eval_reward", "eval_kl", "eval_accuracy",
+          "eval_sampled_reward")  # fmt: skip
 
 
 def _fmt(value) -> str:
@@ -19,18 +20,22 @@ def _fmt(value) -> str:
 
 
 def render(cfg: AlignConfig, prompts: list[PromptRecord], before: Evaluation, after: Evaluation, extra: str) -> str:
+    sampled = before.sampled_reward is not None and after.sampled_reward is not None
     lines = [
         f"# Before and after {cfg.method} on {cfg.base}",
         "",
         extra,
         "",
-        f"Held-out prompts: {len(prompts)}, answered greedily (up to {cfg.max_new_tokens} tokens).",
+        f"Held-out prompts: {len(prompts)}, answered greedily (up to {cfg.max_new_tokens} tokens)"
+        + (f"; and {cfg.eval_samples} replies each sampled at temperature {cfg.temperature:g}." if sampled else "."),
         "",
-        "| | reward | accuracy | KL to reference (nats / reply) | length (tokens) |",
-        "|---|---|---|---|---|",
+        "| | reward | accuracy | KL to reference (nats / reply) | length (tokens) |"
+        + (" sampled reward | sampled accuracy |" if sampled else ""),
+        "|---|---|---|---|---|" + ("---|---|" if sampled else ""),
     ]
     for name, e in (("before", before), ("after", after)):
-        lines.append(f"| {name} | {_fmt(e.reward)} | {_fmt(e.accuracy)} | {e.kl:.3f} | {e.length:.1f} |")
+        row = f"| {name} | {_fmt(e.reward)} | {_fmt(e.accuracy)} | {e.kl:.3f} | {e.length:.1f} |"
+        lines.append(row + (f" {_fmt(e.sampled_reward)} | {_fmt(e.sampled_accuracy)} |" if sampled else ""))
     for i, p in enumerate(prompts[: cfg.compare], 1):
         lines += ["", f"## {i}. {p.prompt[-1]['content']}", ""]
         if p.answer is not None:

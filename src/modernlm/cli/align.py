@@ -42,9 +42,10 @@ FLAGS = {
     "--ppo-epochs": ("ppo_epochs", positive_int, "grpo, ppo: passes over each rollout batch (default 2)"),
     "--clip": ("clip", float, "grpo, ppo: the ratio clip epsilon (default 0.2)"),
     "--vf-coef": ("vf_coef", float, "ppo: the value loss weight (default 0.5)"),
-    "--temperature": ("temperature", float, "grpo, ppo: sampling temperature of the rollouts (default 1)"),
+    "--temperature": ("temperature", float, "sampling temperature of rollouts and --eval-samples (default 1)"),
     "--max-new-tokens": ("max_new_tokens", positive_int, "longest reply sampled or answered (default 16)"),
     "--eval-prompts": ("eval_prompts", int, "held-out prompts answered before and after (default 32)"),
+    "--eval-samples": ("eval_samples", int, "and this many replies sampled per prompt, scored (default 0)"),
     "--eval-pairs": ("eval_pairs", int, "reward, dpo: held-out pairs scored before and after (default 96)"),
     "--eval-interval": ("eval_interval", int, "steps between held-out evaluations, 0 for none (default 10)"),
     "--num-threads": ("num_threads", positive_int, "torch threads (default: torch's)"),
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     for name, e in (("before", result.before), ("after", result.after)):
         if e is not None:
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-            print(f"{name:6} reward {fmt(e.reward)}  accuracy {fmt(e.accuracy)}  KL {e.kl:.3f}  length {e.length:.1f}")
+            sampled = f"  sampled reward {fmt(e.sampled_reward)}" if e.sampled_reward is not None else ""
+            print(f"{name:6} reward {fmt(e.reward)}  accuracy {fmt(e.accuracy)}  KL {e.kl:.3f}  length {e.length:.1f}"
+                  + sampled)  # fmt: skip
     print(f"wrote {out / 'before_after.md'}, {out / 'curves.png'} and {result.model_dir}")
     return 0
