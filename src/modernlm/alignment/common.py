@@ -160,27 +160,25 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: Ali
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     eos = tokenizer.eos_token_id
-    max_new_tokens = cfg.max_new_tokens
-    replies = generate(policy, ids, max_new_tokens, eos_token_id=eos)
-    texts = _texts(tokenizer, replies)
+    replies = generate(policy, ids, cfg.max_new_tokens, eos_token_id=eos)
+    texts = reply_texts(tokenizer, replies)
     replies = [r or [eos] for r in replies]
     packed = [pack(ids[i : i + 8], replies[i : i + 8], _pad_id(tokenizer)) for i in range(0, len(ids), 8)]
     kl = torch.cat([reply_kl(policy, reference, batch, mask) for batch, mask in packed])  # (B,)
     length = sum(len(r) for r in replies) / len(replies)
-    answered = [(t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None]
-    reward, accuracy = _score(answered)
+    answered = [p for p in prompts if p.answer is not None]
+    reward, accuracy = _score((t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None)
     evaluation = Evaluation(reward, accuracy, float(kl.mean()), length, texts)
     if cfg.eval_samples and answered:
-        k, keep = cfg.eval_samples, [i for i, p in enumerate(prompts) if p.answer is not None]
-        many = [ids[i] for i in keep for _ in range(k)]
-        sampled = generate(policy, many, max_new_tokens, temperature=cfg.temperature, eos_token_id=eos, seed=cfg.seed)
-        answers = [prompts[i].answer for i in keep for _ in range(k)]
-        scored = zip(_texts(tokenizer, sampled), answers, strict=True)
-        evaluation.sampled_reward, evaluation.sampled_accuracy = _score(scored)
+        from .rollout import sample  # the rollouts' own sampler: k replies per prompt at cfg.temperature
+
+        roll = sample(policy, tokenizer, answered, cfg.eval_samples, cfg, cfg.seed)
+        evaluation.sampled_reward, evaluation.sampled_accuracy = _score(zip(roll.texts, roll.answers, strict=True))
     return evaluation
 
 
-def _texts(tokenizer, replies: list[list[int]]) -> list[str]:
+def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
+    """The decoded replies, their end-of-sequence token dropped."""
     eos = tokenizer.eos_token_id
     return [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
 

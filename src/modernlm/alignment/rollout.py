@@ -8,7 +8,7 @@ import torch
 
 from ..generation import generate
 from . import task
-from .common import _pad_id
+from .common import _pad_id, reply_texts
 from .data import PromptRecord, encode_prompt, pack
 
 
@@ -36,7 +36,7 @@ def sample(policy, tokenizer, records: list[PromptRecord], per_prompt: int, cfg,
     prompts = [encode_prompt(tokenizer, r.prompt) for r in records for _ in range(per_prompt)]
     eos = tokenizer.eos_token_id
     replies = generate(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=eos, seed=seed)
-    texts = [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
+    texts = reply_texts(tokenizer, replies)
     ids, mask = pack(prompts, replies, _pad_id(tokenizer))
     answers = [r.answer for r in records for _ in range(per_prompt)]
     return Rollout(ids, mask, texts, answers)
