@@ -224,7 +224,7 @@ def test_prompts_start_with_bos_as_the_checkpoint_says(tmp_path, write_gguf, sma
     and the directory we save."""
     from transformers import AutoTokenizer
 
-    from modernlm.cli.generate import encode_prompt
+    from modernlm.generation.inputs import encode_prompt
 
     tokens, merges = small_vocab
     metadata = {

@@ -9,8 +9,21 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import gguf_cache
+from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
+from .checkpoints.hf import load_hf, read_hf_config, save_hf
+from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
+from .config import PRESETS, ModelConfig, preset
+from .encoder import Encoder
 from .model import Transformer
+from .quant import KINDS, QuantError
+from .quant import quantize as quantize_model
+from .quant.load import load_gguf_kept
+from .quant.load import parse as parse_quantize
+from .seq2seq import Seq2Seq
+from .tokenizer import Tokenizer, TokenizerError
+from .vit import ViT
 
 _DTYPES = {
     "float32": torch.float32,
@@ -84,21 +97,17 @@ def _local_path(source) -> Path:
     return path
 
 
-def _read_checkpoint(path: Path):
+def _converted(path: Path) -> Path | None:
+    """For a GGUF file, its converted directory in the cache (made on first use; None when the cache is off)."""
+    return gguf_cache.converted(path) if path.is_file() else None
+
+
+def _read_checkpoint(path: Path, converted: Path | None):
     if path.is_file():
-        from .checkpoints import gguf_cache
-        from .checkpoints.gguf import load_gguf
-        from .checkpoints.native import load_native
-
-        directory = gguf_cache.converted(path)
-        return load_native(directory) if directory is not None else load_gguf(path)
-    from .checkpoints.native import is_native, load_native
-
+        return load_native(converted) if converted is not None else load_gguf(path)
     if is_native(path):
         return load_native(path)
     if (path / "config.json").is_file():
-        from .checkpoints.hf import load_hf
-
         return load_hf(path)
     raise SourceError(
         f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
@@ -111,67 +120,108 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device=None,
     quantize: str | None = None,
-) -> Transformer:
+) -> torch.nn.Module:
     """Load a model. `source`: an embedded name (default `smollm2-135m-instruct`), a Hugging Face directory, a .gguf
     file, or a hub repo id. Weights are kept in `dtype` (default float32) on `device` (default CPU).
 
     `quantize`: None (float), "int8" or "int4" (quantize the linears on load, see modernlm.quant), or "gguf" (keep a
     GGUF file's own quantized blocks, Q8_0/Q4_0/Q4_1/Q4_K, without a round trip through float)."""
+    return load(source, dtype, device, quantize, tokenizer=False)[0]
+
+
+def load(
+    source: str | os.PathLike | None = None,
+    dtype: str | torch.dtype | None = None,
+    device=None,
+    quantize: str | None = None,
+    tokenizer: bool = True,
+) -> tuple[torch.nn.Module, Tokenizer | None]:
+    """The model and its tokenizer from one source, resolved once (and a GGUF file's cache entry checked once):
+    `model, tok = modernlm.load("smollm2-135m-instruct")`. The arguments are `load_model`'s; `tokenizer=False` skips
+    the tokenizer (None in its place)."""
     _check_source(source)
     dtype, device = parse_dtype(dtype), parse_device(device)
-    if quantize is not None:
-        from .quant.load import load_quantized
-
-        return load_quantized(source, quantize, dtype, device)
+    kind, group = parse_quantize(quantize) if quantize is not None else (None, None)  # a bad name fails first
     path = _local_path(source)
-    config, state_dict = _read_checkpoint(path)
+    converted = _converted(path)
+    if kind == "gguf":
+        model = _load_gguf_kept(path, dtype)
+    else:
+        model = _load_float(path, converted, dtype, None if kind is not None else device)  # quantized on the CPU
+        model = quantize_model(model, kind, group_size=group) if kind is not None else model
+    model.source = path  # where it came from: save_model copies the tokenizer from there
+    model = model.to(device) if device is not None else model
+    return model, (_tokenizer_at(path, converted) if tokenizer else None)
+
+
+def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:
+    config, state_dict = _read_checkpoint(path, converted)
     check_finite(state_dict, path)
     state_dict = {
         k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()
     }
-    model = model_class(config).from_state_dict(config, state_dict)
-    model.source = path  # where it came from: save_model copies the tokenizer from there
-    return model.to(device) if device is not None else model
+    return model_class(config).from_state_dict(config, state_dict)
+
+
+def _load_gguf_kept(path: Path, dtype: torch.dtype) -> torch.nn.Module:
+    if not (path.is_file() and path.suffix == ".gguf"):
+        raise QuantError(
+            f"quantize='gguf' keeps a GGUF file's own blocks, and {path} is not a .gguf file; "
+            f"use {' or '.join(repr(k) for k in KINDS)} to quantize it"
+        )
+    return load_gguf_kept(path, dtype)
+
+
+def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
+    """A model's configuration without its weights: a preset name (`modernlm.config.PRESETS`), a ModelConfig JSON
+    file, or any `load_model` source (a GGUF file's metadata and tensor shapes; a directory's config file)."""
+    _check_source(source)
+    if source is not None and str(source) in PRESETS and not Path(source).exists():
+        return preset(str(source))
+    if source is not None and str(source).endswith(".json") and Path(source).is_file():
+        return ModelConfig.from_json(Path(source)).validate()
+    try:
+        path = _local_path(source)
+    except SourceError as e:
+        raise SourceError(f"{e}; or a preset: {', '.join(PRESETS)}; or a ModelConfig .json file") from e
+    if path.is_file():
+        return read_gguf(path).config()
+    if is_native(path):
+        return native_config(path)
+    if (path / "config.json").is_file():
+        return read_hf_config(path)
+    raise SourceError(
+        f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
+        f"directory); give one of those, a .gguf file, a preset ({', '.join(PRESETS)}) or a ModelConfig .json file"
+    )
 
 
 def model_class(config) -> type[torch.nn.Module]:
     """The module of the config's member: the decoder, the encoder (BERT), the encoder-decoder (T5) or ViT."""
-    from importlib import import_module
-
-    module, name = MEMBERS[config.family]
-    return Transformer if name == "Transformer" else getattr(import_module(module, __package__), name)
+    return MEMBERS[config.family]
 
 
-MEMBERS = {
-    "decoder": (".model", "Transformer"),
-    "encoder": (".encoder", "Encoder"),
-    "seq2seq": (".seq2seq", "Seq2Seq"),
-    "vit": (".vit", "ViT"),
-}
+MEMBERS = {"decoder": Transformer, "encoder": Encoder, "seq2seq": Seq2Seq, "vit": ViT}
 
 
-def load_tokenizer(source: str | os.PathLike | None = None):
+def load_tokenizer(source: str | os.PathLike | None = None) -> Tokenizer:
     """The tokenizer of a model source: tokenizer.json of a directory, or the vocabulary inside a GGUF file."""
-    from .tokenizer import Tokenizer
-
     path = _local_path(source)
-    if path.is_file():
-        from .checkpoints import gguf_cache
-        from .checkpoints.gguf import tokenizer_from_gguf
+    return _tokenizer_at(path, _converted(path))
 
-        directory = gguf_cache.converted(path)
-        if directory is not None and (directory / "tokenizer.json").is_file():
-            return Tokenizer.from_directory(directory)
+
+def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
+    if path.is_file():
+        if converted is not None and (converted / "tokenizer.json").is_file():
+            return Tokenizer.from_directory(converted)
         return tokenizer_from_gguf(path)
     return Tokenizer.from_directory(path)
 
 
-def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None) -> Path:
+def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write a Hugging Face directory (config.json + model.safetensors + tokenizer files) that transformers loads.
     The tokenizer is `tokenizer`, or that of the source the model was loaded from; a model built in Python without
     one is saved without it, with a notice (give tokenizer= to make the directory usable for generation)."""
-    from .checkpoints.hf import save_hf
-
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(
             f"save_model takes a modernlm model (from load_model or Transformer), got {type(model).__name__}"
@@ -180,8 +230,6 @@ def save_model(model: Transformer, directory: str | os.PathLike, tokenizer=None)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file; save_model writes a directory: give a directory path")
     if tokenizer is None and getattr(model, "source", None) is not None:
-        from .tokenizer import TokenizerError
-
         try:
             tokenizer = load_tokenizer(model.source)
         except (TokenizerError, SourceError):  # a source without a tokenizer: the notice below says so

@@ -109,18 +109,54 @@ def _metadata(reader) -> dict[str, Any]:
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Every metadata key of a GGUF file (`general.*`, `{arch}.*`, `tokenizer.*`) with its value as plain Python."""
-    return _read(path)[1]
+    return read_gguf(path).meta
 
 
-def _read(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """The reader and the metadata of a file, parsed once for the tokenizer and the weights (parsing takes seconds)."""
+@dataclass(frozen=True)
+class GGUFContents:
+    """A GGUF file opened once (memory-mapped): its metadata as plain Python and its tensors by name, in torch's shape
+    order. Nothing is read from the tensors' data until `dequantize` (or a caller's own unpacking) asks for it."""
+
+    path: Path
+    reader: Any  # gguf.GGUFReader
+    meta: dict[str, Any]
+
+    @property
+    def tensors(self) -> dict[str, Any]:
+        return {t.name: t for t in self.reader.tensors}
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tensor's shape in torch order (GGUF lists dims innermost-first)."""
+        return {t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in self.reader.tensors}
+
+    @property
+    def permuted_qk(self) -> bool:
+        """Whether llama.cpp's converter reordered Q/K rows for this architecture (`unpermute_qk` undoes it)."""
+        return ARCHITECTURES[_architecture(self.meta, self.path)].permuted_qk
+
+    def dequantize(self, tensor) -> torch.Tensor:
+        """A float32 tensor in torch's shape order from one of the file's tensors (a name or a `ReaderTensor`)."""
+        return _dequantize(self.tensors[tensor] if isinstance(tensor, str) else tensor, self.path)
+
+    def config(self) -> ModelConfig:
+        """Our config from the metadata and the tensor shapes; of the data, only `rope_freqs.weight` (Dh / 2 floats,
+        Llama 3's scaling) is read."""
+        rope_freqs = self.dequantize("rope_freqs.weight") if "rope_freqs.weight" in self.tensors else None
+        return config_from_gguf(self.meta, self.shapes, rope_freqs, self.path)
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFContents:
+    """The file opened and its metadata parsed, once for the tokenizer, the config and the weights (parsing takes
+    seconds): a second call on the unchanged file returns the same contents."""
     path = Path(path)
     try:
         stat = path.resolve().stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     except OSError:
         key = (str(path), -1, -1)  # _open reports the missing file
-    return _read_cached(*key)
+    reader, meta = _read_cached(*key)
+    return GGUFContents(path, reader, meta)
 
 
 @lru_cache(maxsize=1)
@@ -296,27 +332,25 @@ def _llama3_scaling(rope_freqs: torch.Tensor, head_dim: int, theta: float, where
 def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a GGUF file into our config and a float32 state dict in Hugging Face's (rotate-half) layout."""
     path = Path(path)
-    reader, meta = _read(path)
-    arch = _architecture(meta, path)
-    tensors = {t.name: t for t in reader.tensors}
+    contents = read_gguf(path)
+    arch = _architecture(contents.meta, path)
+    tensors = contents.tensors
     unknown = [n for n in tensors if gguf_to_ours(n) is None and not _NOT_WEIGHTS.match(n)]
     if unknown:
         raise GGUFError(
             f"{path}: tensors {unknown[:6]} have no place in a {arch} model of ours; the file is not a plain "
             f"Llama-style decoder (supported architectures: {', '.join(ARCHITECTURES)})"
         )
-    shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in tensors.items()}  # torch order
-    rope_freqs = _dequantize(tensors["rope_freqs.weight"], path) if "rope_freqs.weight" in tensors else None
-    config = config_from_gguf(meta, shapes, rope_freqs, path)
+    config = contents.config()
     state_dict = {}
     for name, tensor in tensors.items():
         ours = gguf_to_ours(name)
         if ours is None:
             continue
-        weight = _dequantize(tensor, path)  # (out, in) or (D,)
-        if ARCHITECTURES[arch].permuted_qk and ".attn_q." in name:
+        weight = contents.dequantize(tensor)  # (out, in) or (D,)
+        if contents.permuted_qk and ".attn_q." in name:
             weight = unpermute_qk(weight, config.n_heads)  # (H * Dh, D)
-        elif ARCHITECTURES[arch].permuted_qk and ".attn_k." in name:
+        elif contents.permuted_qk and ".attn_k." in name:
             weight = unpermute_qk(weight, config.n_kv_heads)  # (K * Dh, D)
         state_dict[ours] = weight
     return config, state_dict

@@ -266,9 +266,9 @@ def _weight_files(directory: Path) -> list[Path]:
     return files
 
 
-def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    directory = Path(directory)
-    config_path = directory / "config.json"
+def read_hf_config(directory: str | Path) -> ModelConfig:
+    """Our config from a Hugging Face directory's config.json (no weights read)."""
+    config_path = Path(directory) / "config.json"
     hf = read_json(config_path, "model config", CheckpointError)
     if not isinstance(hf, dict):
         raise CheckpointError(f"{config_path} must hold a JSON object of config fields, got {type(hf).__name__}")
@@ -278,6 +278,12 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
         raise CheckpointError(f"{config_path} lacks the field {e.args[0]!r}") from e
     except ConfigError as e:
         raise CheckpointError(f"{config_path}: {e}") from e
+    return config
+
+
+def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    directory = Path(directory)
+    config = read_hf_config(directory)
     state_dict: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         try:

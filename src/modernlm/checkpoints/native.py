@@ -21,9 +21,14 @@ def is_native(directory: Path) -> bool:
     return (directory / CONFIG_NAME).is_file()
 
 
+def native_config(directory: str | Path) -> ModelConfig:
+    """The config of a modernlm directory (no weights read)."""
+    return ModelConfig.from_json(Path(directory) / CONFIG_NAME).validate()
+
+
 def load_native(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     directory = Path(directory)
-    config = ModelConfig.from_json(directory / CONFIG_NAME).validate()
+    config = native_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}")

@@ -9,28 +9,25 @@ metrics.jsonl, summary.json, and the model (reward_model/, or adapter/ and model
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from . import positive_int
+from .common import add_renamed, add_run_args, add_table, add_targets, given_values, targets
 
-# flag -> (AlignConfig field, type, help); a flag a method does not use is refused by AlignConfig.validate
+# flag -> (AlignConfig field, default text) for a flag of the shared table (common.SHARED), or (field, type, help)
+# for one of alignment's own; a flag a method does not use is refused by AlignConfig.validate
 FLAGS = {
-    "--model": (
-        "base",
-        str,
-        "the policy to align: an SFT model, any load_model source (default smollm2-135m-instruct)",
-    ),
-    "--train": ("train_file", str, "pairs (reward, dpo) or prompts (grpo, ppo) JSONL (default: the shipped task)"),
+    "--model": ("base", "smollm2-135m-instruct; the policy to align: an SFT model"),
+    "--train": ("train_file", "the shipped task; pairs (reward, dpo) or prompts (grpo, ppo)"),
     "--heldout": ("heldout_file", str, "held-out pairs or prompts JSONL (default: the last tenth of --train)"),
     "--eval": ("eval_file", str, 'held-out {"prompt", "answer"} JSONL scored by the task\'s checker'),
-    "--out": ("out_dir", str, "run directory (default runs/align-METHOD)"),
+    "--out": ("out_dir", "runs/align-METHOD"),
     "--reward-model": ("reward_model", str, "ppo: a directory written by `modernlm align reward`"),
-    "--steps": ("steps", positive_int, "optimizer steps, or rollout batches (default 40)"),
-    "--batch-size": ("batch_size", positive_int, "pairs, or prompts per rollout batch (default 8)"),
-    "--lr": ("lr", float, "peak learning rate (default 5e-4)"),
-    "--r": ("r", positive_int, "LoRA rank (default 8)"),
-    "--alpha": ("alpha", float, "LoRA alpha (default 16)"),
-    "--seed": ("seed", int, "seed of adapters, batches and sampling (default 0)"),
+    "--max-steps": ("steps", "40; grpo and ppo: rollout batches"),
+    "--batch-size": ("batch_size", "8; grpo and ppo: prompts per rollout batch"),
+    "--lr": ("lr", "5e-4"),
+    "--r": ("r", "8"),
+    "--alpha": ("alpha", "16"),
+    "--seed": ("seed", "0"),
     "--beta": ("beta", float, "dpo: the KL strength beta (default 0.1)"),
     "--loss": ("loss_type", str, "dpo: sigmoid (DPO), ipo or simpo (default sigmoid)"),
     "--simpo-gamma": ("simpo_gamma", float, "dpo --loss simpo: the target margin (default 0.5)"),
@@ -43,12 +40,12 @@ FLAGS = {
     "--clip": ("clip", float, "grpo, ppo: the ratio clip epsilon (default 0.2)"),
     "--vf-coef": ("vf_coef", float, "ppo: the value loss weight (default 0.5)"),
     "--temperature": ("temperature", float, "sampling temperature of rollouts and --eval-samples (default 1)"),
-    "--max-new-tokens": ("max_new_tokens", positive_int, "longest reply sampled or answered (default 16)"),
+    "--max-new-tokens": ("max_new_tokens", "16; the longest reply sampled or answered"),
     "--eval-prompts": ("eval_prompts", int, "held-out prompts answered before and after (default 32)"),
     "--eval-samples": ("eval_samples", int, "and this many replies sampled per prompt, scored (default 0)"),
     "--eval-pairs": ("eval_pairs", int, "reward, dpo: held-out pairs scored before and after (default 96)"),
-    "--eval-interval": ("eval_interval", int, "steps between held-out evaluations, 0 for none (default 10)"),
-    "--num-threads": ("num_threads", positive_int, "torch threads (default: torch's)"),
+    "--eval-interval": ("eval_interval", "10; 0 for none"),
+    "--num-threads": ("num_threads", "torch's"),
 }
 
 
@@ -60,11 +57,10 @@ def add_parser(sub) -> None:
         help="what to train; `task` only writes the shipped task's files (its sft.jsonl makes the SFT model)",
     )
     p.add_argument("--full", action="store_true", help="train every weight instead of LoRA adapters")
-    p.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default q,k,v,o_proj)")
-    for flag, (_, kind, text) in FLAGS.items():
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--config", type=Path, default=None, help="an AlignConfig JSON file; flags override its values")
-    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    add_targets(p)
+    add_table(p, FLAGS)
+    add_renamed(p, "--steps", "max_steps", positive_int)
+    add_run_args(p, "AlignConfig", resume=False)
     p.set_defaults(func=run)
 
 
@@ -73,14 +69,11 @@ def build_config(args: argparse.Namespace):
 
     values = AlignConfig.from_json(args.config).to_dict() if args.config else {}
     values["method"] = args.method
-    for flag, (name, _, _) in FLAGS.items():
-        given = getattr(args, flag[2:].replace("-", "_"))
-        if given is not None:
-            values[name] = given
+    values.update(given_values(args, FLAGS))
     if args.full:
         values["lora"] = False
     if args.targets is not None:
-        values["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+        values["targets"] = targets(args.targets)
     return AlignConfig.from_dict(values).validate()
 
 

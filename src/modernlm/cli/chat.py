@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from ..generation.inputs import encode_prompt
 from ..text import from_user
-from .generate import add_model_args, add_sampling_args, encode_prompt, load, sampling_options
+from .common import add_model_args, add_sampling_args, load_for, sampling_options
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
@@ -22,7 +23,7 @@ def add_parser(sub) -> None:
         description="Interactive chat (default model: the embedded SmolLM2-135M-Instruct). " + HELP,
     )
     p.add_argument("--system", default=None, help="system message (default: the template's own)")
-    add_model_args(p)
+    add_model_args(p, compile=True)
     add_sampling_args(p, temperature=0.7, top_p=0.9)
     p.add_argument("--quiet", "-q", action="store_true", help="no tokens/s line after each reply")
     p.set_defaults(func=run)
@@ -58,7 +59,7 @@ def run(args) -> int:
     from ..generation import Session
 
     interactive = sys.stdin.isatty()
-    model, tokenizer = load(args)
+    model, tokenizer = load_for(args)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{args.model} has no chat template; use `modernlm generate` for plain continuation")
     session = Session(model, tokenizer=tokenizer)

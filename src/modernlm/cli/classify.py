@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..loading import load_tokenizer
+from .common import load_for
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("classify", help="label images with a ViT run, or texts with an encoder classifier")
@@ -16,9 +19,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from .. import load_model
-
-    model = load_model(args.model)
+    model, _ = load_for(args, tokenizer=False)  # a ViT run has no tokenizer
     cfg = model.config
     if cfg.head != "classify":
         raise ValueError(
@@ -28,10 +29,9 @@ def run(args) -> int:
     if cfg.family == "vit":
         batch = torch.stack([load_image(Path(p), cfg, Path(args.model)) for p in args.inputs])
     else:
-        from .. import load_tokenizer
         from ..embedding import batch_encode
 
-        batch, mask = batch_encode(load_tokenizer(args.model), args.inputs, cfg.max_seq_len)
+        batch, mask = batch_encode(load_tokenizer(model.source), args.inputs, cfg.max_seq_len)
     with torch.no_grad():
         probs = (model(batch) if cfg.family == "vit" else model(batch, mask)).softmax(-1)
     for name, row in zip(args.inputs, probs, strict=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .common import load_for
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("embed", help="sentence embeddings of texts with an encoder (all-MiniLM-L6-v2, a BERT dir)")
@@ -16,12 +18,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import load_model, load_tokenizer
     from ..embedding import embed
 
-    model = load_model(args.model)
+    model, tokenizer = load_for(args)
     vectors = embed(
-        model, load_tokenizer(args.model), args.texts, normalize=not args.no_normalize, max_len=args.max_len
+        model, tokenizer, args.texts, normalize=not args.no_normalize, max_len=args.max_len
     )
     if args.similarity:
         unit = vectors / vectors.norm(dim=-1, keepdim=True)

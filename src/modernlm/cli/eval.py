@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from . import positive_int
-from .generate import add_model_args
+from .common import add_model_args, load_for
+from .eval_context import add_context_parser
 
 TASKS = ("digits", "dates")
 
@@ -32,8 +33,6 @@ def add_parser(sub) -> None:
     ppl.add_argument("--stride", type=positive_int, default=256, help="window step; the overlap is context (256)")
     ppl.add_argument("--json", action="store_true", help="print JSON")
     ppl.set_defaults(func=run_perplexity)
-    from .eval_context import add_context_parser
-
     add_context_parser(kinds)
     task = kinds.add_parser("task", help="a trained member on its task: digits (a ViT), dates (a seq2seq run)")
     task.add_argument("--model", "-m", required=True, help="a model source (a run directory)")
@@ -58,7 +57,6 @@ def add_parser(sub) -> None:
 
 def run_perplexity(args) -> int:
     from ..eval.perplexity import heldout_text, perplexity
-    from ..loading import load_model, load_tokenizer
     from ..text import read_strict
 
     if args.text is not None and not Path(args.text).is_file():
@@ -66,13 +64,12 @@ def run_perplexity(args) -> int:
     if args.stride > args.window:
         raise ValueError(f"--stride {args.stride} is larger than --window {args.window}: some tokens would be skipped")
     text = read_strict(args.text) if args.text else heldout_text()
-    tokenizer = load_tokenizer(args.model)
+    t0 = time.perf_counter()
+    model, tokenizer = load_for(args)
     ids = tokenizer.encode(text)
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and ids[:1] != [bos]:
         ids = [bos, *ids]  # the first word is scored given BOS, as a model sees a document start
-    t0 = time.perf_counter()
-    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     result = perplexity(model, ids, window=args.window, stride=args.stride)
     out = {
         "model": args.model,
@@ -102,10 +99,8 @@ def run_harness(args) -> int:
 
 
 def run_task(args) -> int:
-    from .. import load_model, load_tokenizer
-
-    model = load_model(args.model)
-    result = evaluate_digits(model) if args.task == "digits" else evaluate_dates(model, load_tokenizer(args.model))
+    model, tokenizer = load_for(args, tokenizer=args.task == "dates")
+    result = evaluate_digits(model) if args.task == "digits" else evaluate_dates(model, tokenizer)
     print(json.dumps(result, indent=2))
     return 0
 

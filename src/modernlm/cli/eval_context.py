@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 from . import positive_int
+from .common import add_model_args, load_for
 
 
 def add_context_parser(kinds) -> None:
     from ..eval.long_context import KINDS
 
     p = kinds.add_parser("context", help="long context: perplexity by position and passkey retrieval, per scaling")
-    from .generate import add_model_args
-
     add_model_args(p)
     p.add_argument("--scaling", default="none", help=f"comma-separated kinds: {', '.join(KINDS)} (default: none)")
     p.add_argument("--factor", type=float, default=4.0, help="target length over the model's length (default: 4)")
@@ -65,16 +64,11 @@ def _parse(args, model_len: int) -> tuple[list[str], list[int], list[float]]:
 
 def run_context(args) -> int:
     from ..eval import long_context as lc
-    from ..loading import load_model, load_tokenizer
-
-    if args.compile:
-        raise lc.LongContextError("--compile compiles the one-token decode step; eval context prefills in chunks")
     if args.text is not None and not Path(args.text).is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file; give a UTF-8 text file")
-    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    model, tokenizer = load_for(args)
     base = model.config
     kinds, lengths, depths = _parse(args, base.max_seq_len)
-    tokenizer = load_tokenizer(args.model)
     ids = tokenizer.encode(lc.long_text(args.text)) if args.skip != "perplexity" else []
     if ids and len(ids) < max(lengths) + 1:
         need = max(lengths) + 1

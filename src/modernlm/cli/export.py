@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from ..checkpoints.gguf import read_gguf_metadata
+from ..checkpoints.gguf_export import export_gguf
+from ..loading import load_tokenizer
+from .common import load_for
 
 
 def add_parser(sub) -> None:
@@ -16,19 +22,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from ..checkpoints.gguf import read_gguf_metadata
-    from ..checkpoints.gguf_export import export_gguf
-    from ..checkpoints.sources import resolve
-    from ..loading import load_model, load_tokenizer
-
     if not args.out.endswith(".gguf"):
         raise ValueError(f"the output {args.out!r} should end in .gguf")
-    path = resolve(args.model)
-    model = load_model(args.model)
+    model, _ = load_for(args, tokenizer=False)
+    path = model.source  # the source resolved once, for the tokenizer and the GGUF metadata too
     try:
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = load_tokenizer(path)
     except (ValueError, FileNotFoundError) as e:  # weights alone still make a file transformers loads
         print(f"[no tokenizer written: {e}]", file=sys.stderr)
         tokenizer = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .common import load_for
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("fill-mask", help="predict the [MASK] tokens of a text with a masked-LM encoder (BERT)")
@@ -12,12 +14,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import load_model, load_tokenizer
     from ..embedding import fill_mask
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    results = fill_mask(load_model(args.model), load_tokenizer(args.model), args.text, top_k=args.top_k)
+    results = fill_mask(*load_for(args), args.text, top_k=args.top_k)
     for m, candidates in enumerate(results):
         print(f"[MASK] {m + 1}: " + "  ".join(f"{token} ({p:.3f})" for token, p in candidates))
     return 0

@@ -10,31 +10,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import positive_int
+from .common import (
+    add_run_args,
+    add_table,
+    add_targets,
+    already_finished,
+    given_values,
+    is_main_process,
+    stopped_early,
+    targets,
+)
 
-# flag -> (FinetuneConfig field or "train.<TrainConfig field>", type, help)
+# flag -> (FinetuneConfig field or "train.<TrainConfig field>", default text) for a flag of the shared table
+# (common.SHARED), or (field, type, help) for one of fine-tuning's own
 FLAGS = {
-    "--model": (
-        "base",
-        str,
-        "base model: an embedded name, a HF directory, a .gguf file (default: smollm2-135m-instruct)",
-    ),
-    "--train": ("train_file", str, "training JSONL (default: the example dataset, written into the run directory)"),
+    "--model": ("base", "smollm2-135m-instruct"),
+    "--train": ("train_file", "the example dataset, written into the run directory"),
     "--val": ("val_file", str, "held-out JSONL (default: the last tenth of --train)"),
-    "--out": ("train.out_dir", str, "run directory (default: runs/finetune, runs/finetune-full with --full)"),
-    "--quantize": ("quantize", str, "QLoRA: the frozen base in int8 or int4 (int4-g64...) (default: float)"),
-    "--r": ("r", int, "LoRA rank (default 8)"),
-    "--alpha": ("alpha", float, "LoRA alpha; the update is scaled by alpha / r (default 16)"),
+    "--out": ("train.out_dir", "runs/finetune, runs/finetune-full with --full"),
+    "--quantize": ("quantize", "float"),
+    "--r": ("r", "8"),
+    "--alpha": ("alpha", "16"),
     "--dropout": ("dropout", float, "dropout on the LoRA input (default 0)"),
     "--max-len": ("train.seq_len", int, "longest example in tokens; longer ones are cut (default 64)"),
-    "--max-steps": ("train.max_steps", int, "optimizer steps (default 100)"),
-    "--batch-size": ("train.batch_size", int, "examples per step (default 8)"),
-    "--lr": ("train.lr", float, "peak learning rate (default 1e-3 LoRA, 2e-5 full)"),
+    "--max-steps": ("train.max_steps", "100"),
+    "--batch-size": ("train.batch_size", "8"),
+    "--lr": ("train.lr", "1e-3 LoRA, 2e-5 full"),
     "--warmup-steps": ("train.warmup_steps", int, "linear warmup steps (default 10)"),
-    "--eval-interval": ("train.eval_interval", int, "steps between held-out evaluations (default 25)"),
+    "--eval-interval": ("train.eval_interval", "25"),
     "--save-interval": ("train.save_interval", int, "steps between checkpoints (default 50)"),
-    "--seed": ("train.seed", int, "seed of the adapter initialisation and the batch order (default 0)"),
-    "--num-threads": ("train.num_threads", int, "torch threads (default: torch's)"),
+    "--seed": ("train.seed", "0"),
+    "--num-threads": ("train.num_threads", "torch's"),
     "--grad-accum": ("train.grad_accum", int, "micro-batches per optimizer step (default 1)"),
     "--device": ("train.device", str, "cpu or cuda (under torchrun: each process takes cuda:LOCAL_RANK)"),
     "--precision": ("train.precision", str, "fp32, bf16 (autocast) or fp16 (CUDA) (default fp32)"),
@@ -49,17 +55,10 @@ def add_parser(sub) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=None, help="LoRA adapters (the default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="train every weight instead of LoRA")
-    p.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default q,k,v,o_proj)")
-    for flag, (_, kind, text) in FLAGS.items():
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument("--config", type=Path, default=None, help="a FinetuneConfig JSON file; flags override its values")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
-    p.add_argument(
-        "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
-    )
+    add_targets(p)
+    add_table(p, FLAGS)
+    add_run_args(p, "FinetuneConfig")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
     p.set_defaults(func=run)
 
 
@@ -79,13 +78,11 @@ def build_config(args: argparse.Namespace):
         values = FinetuneConfig(lora=lora).to_dict()
     if args.lora is not None:
         values["lora"] = args.lora
-    for flag, (name, _, _) in FLAGS.items():
-        given = getattr(args, flag[2:].replace("-", "_"))
-        if given is not None:
-            section, _, key = name.rpartition(".")
-            (values[section] if section else values)[key] = given
+    for name, given in given_values(args, FLAGS).items():
+        section, _, key = name.rpartition(".")
+        (values[section] if section else values)[key] = given
     if args.targets is not None:
-        values["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+        values["targets"] = targets(args.targets)
     if args.no_progress:
         values["train"]["progress"] = False
     return FinetuneConfig.from_dict(values).validate()
@@ -93,7 +90,6 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.run import finetune
-    from .train import already_finished, is_main_process, stopped_early
 
     cfg = build_config(args)
     if args.print_config:

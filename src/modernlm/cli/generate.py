@@ -2,100 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 
 from tqdm import tqdm
 
-from ..checkpoints.sources import DEFAULT_MODEL
+from ..generation.inputs import encode_prompt
 from ..text import from_user
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument(
-        "--quantize",
-        default=None,
-        metavar="Q",
-        help="int8, int4 (or int4-g64, int4-g128): quantize the linears on load; gguf: keep a GGUF file's own "
-        "quantized blocks (default: float weights in --dtype)",
-    )
-    p.add_argument("--compile", action="store_true", help="compile the one-token decode step (torch.compile)")
-
-
-def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", "-n", type=int, default=256, help="new tokens at most (default: 256)")
-    g.add_argument(
-        "--temperature",
-        "-t",
-        type=float,
-        default=temperature,
-        help=f"0 is greedy; > 0 samples (default: {temperature})",
-    )
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling, in (0, 1] (default: {top_p})")
-    g.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    g.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (e.g. 1.1)")
-    g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop after this text (repeatable)")
-    g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-
-
-def sampling_options(args, tokenizer) -> dict:
-    """The keyword arguments of `generate` / `Session.stream` from the parsed flags (checked here, before a model
-    loads or a chat starts)."""
-    from ..generation.sampling import SamplingParams
-
-    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
-    return dict(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        stop_strings=args.stop,
-        eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
-        seed=args.seed,
-    )
-
-
-def load(args):
-    """The model and its tokenizer, as the flags say."""
-    from ..loading import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=getattr(args, "quantize", None))
-    log = logging.getLogger("modernlm")
-    if getattr(args, "quantize", None):
-        from ..quant import describe
-
-        log.info("weights: %s", describe(model))
-    if getattr(args, "compile", False):
-        from ..generation.compiled import compile_decode
-
-        compile_decode(model)
-    if args.device in (None, "cpu"):
-        from ..threads import apply_threads, torch_threads
-
-        default, n = torch_threads(), apply_threads()
-        if n < default:
-            log.info("threads: %d of %d, other processes keep the rest busy (MODERNLM_THREADS=N to choose)", n, default)
-    return model, tokenizer
-
-
-def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
-    """Ids of a prompt, BOS first when the tokenizer says prompts start with it (transformers' `tokenizer(text)`);
-    a rendered chat template (`chat`) carries its own BOS or none, as `apply_chat_template(tokenize=True)` gives."""
-    ids = tokenizer.encode(text)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if not chat and getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]
-    return ids
+from .common import add_model_args, add_sampling_args, load_for, sampling_options
 
 
 def add_parser(sub) -> None:
@@ -108,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat (default: the template's own)")
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
-    add_model_args(p)
+    add_model_args(p, compile=True)
     add_sampling_args(p, temperature=0.0, top_p=None)
     b = p.add_argument_group("beam search")
     b.add_argument("--num-beams", type=int, default=1, help="beams (> 1: beam search, greedy only)")
@@ -163,7 +77,7 @@ def run(args) -> int:
     if system and not args.chat:
         raise ValueError("--system goes with --chat (a system message is part of a chat template)")
     t0 = time.perf_counter()
-    model, tokenizer = load(args)
+    model, tokenizer = load_for(args)
     if model.config.family != "decoder":  # an encoder-decoder writes from the encoded prompt; the others cannot
         return generate_member(args, model, tokenizer, prompt)
     if args.chat:

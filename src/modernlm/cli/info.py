@@ -8,6 +8,7 @@ import torch
 
 from ..analysis import forward_flops, kv_cache_bytes, parameter_counts
 from ..checkpoints.sources import DEFAULT_MODEL
+from .common import load_for
 
 
 def add_parser(sub) -> None:
@@ -62,9 +63,7 @@ def describe_member(model: torch.nn.Module) -> dict:
 
 
 def run(args) -> int:
-    from .. import load_model
-
-    info = describe(load_model(args.model, quantize=args.quantize))
+    info = describe(load_for(args, tokenizer=False)[0])
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from .generate import add_model_args
+from .common import add_model_args, load_for
 
 log = logging.getLogger("modernlm")
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -66,13 +66,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _load(args):
-    from ..loading import load_model, load_tokenizer
-
-    model = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
-    return model, load_tokenizer(args.model)
-
-
 def run(args) -> int:
     _check(args)
     try:
@@ -86,7 +79,7 @@ def run(args) -> int:
     if not is_loopback(args.host) and args.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)  # fmt: skip
-    model, tokenizer = _load(args)
+    model, tokenizer = load_for(args)
     context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
                     prefix_blocks=args.prefix_cache_blocks, prefill_chunk=args.prefill_chunk,

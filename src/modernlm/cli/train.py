@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 from pathlib import Path
 
-from . import positive_int
+from .common import add_run_args, already_finished, is_main_process, stopped_early
 
 HELP = {
     "out_dir": "run directory: checkpoints, weights, tokenizer, metrics, loss curve (alias --out)",
@@ -39,13 +37,7 @@ def add_parser(sub) -> None:
     from ..training.config import TrainConfig
 
     p = sub.add_parser("train", help="train a model (no arguments: a small one on the Python stdlib, ~5 min)")
-    p.add_argument("--config", type=Path, default=None, help="a TrainConfig JSON file; flags override its values")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its latest checkpoint")
-    p.add_argument("--extend", action="store_true", help="with --resume and a larger --max-steps: train a run further")
-    p.add_argument(
-        "--stop-at-step", type=positive_int, default=None, help="save and stop after this many steps (resume later)"
-    )
-    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+    add_run_args(p, "TrainConfig")
     p.add_argument(
         "--to-single-file", type=Path, default=None, metavar="NEW_DIR",
         help="convert the distributed run in --out to an ordinary run directory NEW_DIR and exit",
@@ -94,28 +86,6 @@ def build_config(args):
         key, value = parse_override(ModelConfig, item)
         values["model_overrides"] = {**values["model_overrides"], key: value}
     return TrainConfig.from_dict(values, "the flags").validate()
-
-
-def is_main_process() -> bool:
-    """Whether this process reports (rank 0 of a torchrun launch, or a process alone)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def already_finished(result, verb: str, max_steps: int) -> int:
-    """Say that a resumed run had nothing left to do, and how to train it further."""
-    print(
-        f"{result.run_dir} already finished at step {result.step} (max_steps {max_steps}): nothing to train. "
-        f"To train it further: modernlm {verb} --resume --out {result.run_dir} --extend --max-steps {2 * max_steps}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def stopped_early(result, verb: str) -> int:
-    """Say how to continue a run that stopped before its last step (paused or interrupted); its exit code."""
-    how = f"continue with: modernlm {verb} --resume --out {result.run_dir}"
-    print(f"{result.status} at step {result.step}; checkpoint saved; {how}", file=sys.stderr)
-    return 130 if result.status == "interrupted" else 0
 
 
 def run(args) -> int:

@@ -153,3 +153,14 @@ def make_generator(seed: int | None, device=None) -> torch.Generator | None:
 
 def device_of(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """Ids of a prompt, BOS first when the tokenizer says prompts start with it (transformers' `tokenizer(text)`);
+    a rendered chat template (`chat`) carries its own BOS or none, as `apply_chat_template(tokenize=True)` gives.
+    The one rule for `generate`, `chat`, the server and the evaluations."""
+    ids = tokenizer.encode(text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if not chat and getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids

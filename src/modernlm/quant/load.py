@@ -1,5 +1,6 @@
-"""`load_model(source, quantize=...)`: a float load then `quantize` ("int8", "int4", "int4-g64"...), or "gguf": a
-GGUF file's own quantized blocks kept as they are (gguf_blocks.py), the rest read as float.
+"""The quantized loads `load_model(source, quantize=...)` makes (loading.py): `parse` reads the spec ("int8",
+"int4", "int4-g64"... quantize a float load; "gguf"), and `load_gguf_kept` reads a GGUF file with its own quantized
+blocks kept as they are (gguf_blocks.py), the rest as float.
 
 "gguf" reads the GGUF file itself, not the float conversion cache (checkpoints/gguf_cache.py), since that cache holds
 dequantized weights. Tensors of a type without a kernel here (Q5_*, Q6_K, the IQ types...) are dequantized to float
@@ -15,8 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .modules import QuantEmbedding, QuantLinear, _swap, quantize
-from .weights import DEFAULT_GROUP, KINDS, QuantError, kind_class
+from ..checkpoints.gguf import gguf_to_ours, read_gguf, unpermute_qk
+from ..model import Transformer
+from .gguf_blocks import KEPT, unpack
+from .modules import QuantEmbedding, QuantLinear, _swap
+from .weights import DEFAULT_GROUP, QuantError, kind_class
 
 log = logging.getLogger("modernlm")
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -35,38 +39,13 @@ def parse(spec: str) -> tuple[str, int | None | str]:
     return kind, int(group)
 
 
-def load_quantized(source, spec: str, dtype: torch.dtype, device=None) -> nn.Module:
-    from ..checkpoints.sources import resolve
-    from ..loading import load_model
-
-    kind, group = parse(spec)  # a bad name fails before anything is read
-    if kind != "gguf":
-        model = quantize(load_model(source, dtype=dtype), kind, group_size=group)
-    else:
-        path = resolve(source)
-        if not (path.is_file() and path.suffix == ".gguf"):
-            raise QuantError(
-                f"quantize='gguf' keeps a GGUF file's own blocks, and {path} is not a .gguf file; "
-                f"use {' or '.join(repr(k) for k in KINDS)} to quantize it"
-            )
-        model = load_gguf_kept(path, dtype)
-    return model.to(device) if device is not None else model
-
-
 def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A model whose Q8_0/Q4_0/Q4_1/Q4_K matrices stay in their blocks (int8 g32 / int4 g32); the rest in `dtype`."""
-    from ..checkpoints.gguf import ARCHITECTURES, _dequantize, _read, config_from_gguf, gguf_to_ours, unpermute_qk
-    from ..model import Transformer
-    from .gguf_blocks import KEPT, unpack
-
     path = Path(path)
-    reader, meta = _read(path)
-    arch = meta.get("general.architecture")
-    tensors = {t.name: t for t in reader.tensors}
-    shapes = {name: tuple(int(n) for n in reversed(t.shape.tolist())) for name, t in tensors.items()}
-    rope_freqs = _dequantize(tensors["rope_freqs.weight"], path) if "rope_freqs.weight" in tensors else None
-    config = config_from_gguf(meta, shapes, rope_freqs, path)
-    permuted = ARCHITECTURES[arch].permuted_qk
+    contents = read_gguf(path)
+    tensors, shapes = contents.tensors, contents.shapes
+    config = contents.config()
+    permuted = contents.permuted_qk
     floats, kept, counts = {}, {}, {"kept": {}, "dequantized": {}}
     for name, tensor in tensors.items():
         ours = gguf_to_ours(name)
@@ -82,7 +61,7 @@ def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
             kept[ours] = w
             counts["kept"][kind] = counts["kept"].get(kind, 0) + 1
             continue
-        weight = _dequantize(tensor, path)
+        weight = contents.dequantize(tensor)
         if permuted and heads:
             weight = unpermute_qk(weight, heads)
         floats[ours] = weight.to(dtype)
@@ -119,4 +98,4 @@ def _assemble(cls, config, floats: dict, kept: dict, dtype: torch.dtype, counts:
     return model.eval()
 
 
-__all__ = ["DEFAULT_GROUP", "load_gguf_kept", "load_quantized", "parse"]
+__all__ = ["DEFAULT_GROUP", "load_gguf_kept", "parse"]

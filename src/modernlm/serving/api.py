@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..generation.inputs import encode_prompt
 from . import params as P
 from .engine import Engine, Event, QueueFull
 from .engine import Request as EngineRequest
@@ -390,13 +391,3 @@ def _chunk(i: int, delta, logprobs, finish_reason, chat: bool) -> dict:
 
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
-    """Ids of a prompt as `modernlm generate` makes them: BOS first when the tokenizer adds one to plain prompts; a
-    rendered chat template carries its own."""
-    ids = tokenizer.encode(text)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if not chat and getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]
-    return ids
