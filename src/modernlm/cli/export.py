@@ -19,8 +19,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..checkpoints.gguf import read_gguf_metadata
-    from ..checkpoints.gguf_export import export_gguf
     from ..checkpoints.sources import resolve
+    from ..export import export_gguf
     from ..loading import load_model, load_tokenizer
 
     if not args.out.endswith(".gguf"):
