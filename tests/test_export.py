@@ -9,7 +9,7 @@ import transformers
 
 import modernlm
 from modernlm.checkpoints.gguf import GGUFError
-from modernlm.checkpoints.gguf_export import export_gguf
+from modernlm.export import export_gguf
 
 # max |logit error| of the exported file against our float model, as a fraction of the logits' max |value|
 # (random Gaussian weights through two blocks: the worst case for rounding)

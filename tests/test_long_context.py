@@ -405,7 +405,7 @@ def test_bad_long_context_fields_in_config_json_are_refused(fields, message, tmp
 )
 def test_gguf_export_refuses_what_it_cannot_write(fields, message, tmp_path):
     from modernlm.checkpoints.gguf import GGUFError
-    from modernlm.checkpoints.gguf_export import export_gguf
+    from modernlm.export import export_gguf
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, max_seq_len=128, **fields)
     with pytest.raises(GGUFError, match=message):

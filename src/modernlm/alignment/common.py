@@ -22,7 +22,8 @@ from ..training.optim import build_optimizer, lr_at, set_lr
 from ..training.report import MetricsLog
 from . import task
 from .config import CONFIG_NAME, AlignConfig
-from .data import PromptRecord, encode_prompt, read_prompts
+from .data import PromptRecord, _pad_id, encode_prompt, pack, read_prompts, reply_texts
+from .rollout import sample
 
 
 def start_run(cfg: AlignConfig) -> Path:
@@ -155,7 +156,6 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: Ali
     if not prompts:
         return None
     from ..generation import generate
-    from .data import pack
 
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
@@ -170,17 +170,10 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: Ali
     reward, accuracy = _score((t, p.answer) for t, p in zip(texts, prompts, strict=True) if p.answer is not None)
     evaluation = Evaluation(reward, accuracy, float(kl.mean()), length, texts)
     if cfg.eval_samples and answered:
-        from .rollout import sample  # the rollouts' own sampler: k replies per prompt at cfg.temperature
-
+        # the rollouts' own sampler: k replies per prompt at cfg.temperature
         roll = sample(policy, tokenizer, answered, cfg.eval_samples, cfg, cfg.seed)
         evaluation.sampled_reward, evaluation.sampled_accuracy = _score(zip(roll.texts, roll.answers, strict=True))
     return evaluation
-
-
-def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
-    """The decoded replies, their end-of-sequence token dropped."""
-    eos = tokenizer.eos_token_id
-    return [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
 
 
 def _score(answered) -> tuple[float | None, float | None]:
@@ -198,11 +191,6 @@ def reply_kl(policy, reference, batch: torch.Tensor, mask: torch.Tensor) -> torc
     with as_reference(policy, reference) as ref:
         log_q = torch.log_softmax(ref(batch[:, :-1]), dim=-1)  # (B, L - 1, V)
     return ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum(1)
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return pad if pad is not None else 0
 
 
 def metrics_log(run_dir: Path) -> MetricsLog:

@@ -160,6 +160,17 @@ def check_same_vocabulary(actor_tokenizer, other_tokenizer, what: str) -> None:
         )
 
 
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return pad if pad is not None else 0
+
+
+def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
+    """The decoded replies, their end-of-sequence token dropped."""
+    eos = tokenizer.eos_token_id
+    return [tokenizer.decode(r[:-1] if r and r[-1] == eos else r).strip() for r in replies]
+
+
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device=None):
     """(ids (B, L), mask (B, L - 1)): right-padded prompt + response rows, and the response tokens' positions in the
     target frame (position t predicts ids[:, t + 1])."""

@@ -9,7 +9,6 @@ import torch
 from .common import (
     AlignResult,
     Optimizer,
-    _pad_id,
     as_reference,
     data_files,
     eval_prompts,
@@ -20,7 +19,7 @@ from .common import (
     start_run,
 )
 from .config import AlignConfig
-from .data import EncodedPair, batch_indices, encode_pairs, pack, read_pairs, sequence_logps, split_heldout
+from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, sequence_logps, split_heldout
 from .losses import chosen_nll, dpo_loss
 from .report import write_report
 

@@ -22,9 +22,9 @@ from ..checkpoints.hf import config_from_hf, rename
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
 from ..model import Transformer
-from .common import Optimizer, _pad_id, data_files, metrics_log, start_run
+from .common import Optimizer, data_files, metrics_log, start_run
 from .config import AlignConfig
-from .data import EncodedPair, batch_indices, encode_pairs, pack, read_pairs, split_heldout
+from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, split_heldout
 from .losses import bradley_terry_loss
 from .report import plot_curves
 

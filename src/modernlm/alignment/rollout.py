@@ -8,8 +8,7 @@ import torch
 
 from ..generation import generate
 from . import task
-from .common import _pad_id, reply_texts
-from .data import PromptRecord, encode_prompt, pack
+from .data import PromptRecord, _pad_id, encode_prompt, pack, reply_texts
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .base import CheckpointError
 
 ARCHITECTURES = {"BertModel": "none", "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classify"}
 ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}  # HF -> our ffn
@@ -19,8 +20,6 @@ SKIP = re.compile(r"(^|\.)embeddings\.position_ids$|^cls\.predictions\.decoder\.
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
-    from .hf import CheckpointError
-
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise CheckpointError(f"{where}: BERT hidden_act {act!r} is not supported; supported: {list(ACTIVATIONS)}")
@@ -74,8 +73,6 @@ def mismatches(cfg: ModelConfig) -> list[str]:
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import CheckpointError
-
     if mismatches(cfg):
         raise CheckpointError("cannot save as BERT: " + "; ".join(mismatches(cfg)))
     arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.head]

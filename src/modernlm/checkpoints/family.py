@@ -8,12 +8,14 @@ any config whose family is not the decoder, so loading and saving stay one path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import ModelConfig
 from . import bert, modernbert, t5, vit
+from .base import CheckpointError, write_directory
 from .names import NameTable
 
 MODULES = {"encoder": bert, "seq2seq": t5, "vit": vit}
@@ -35,8 +37,6 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _module(cfg: ModelConfig):
-    from .hf import CheckpointError
-
     if cfg.family == "encoder" and cfg.positions == "rope":  # the encoder with rotary positions is ModernBERT
         return modernbert
     if cfg.family not in MODULES:
@@ -45,8 +45,6 @@ def _module(cfg: ModelConfig):
 
 
 def state_from_hf(cfg: ModelConfig, tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    from .hf import CheckpointError
-
     module = _module(cfg)
     state = NameTable(module.name_table(cfg)).rename_all(tensors, True, where, module.SKIP, CheckpointError)
     return module.to_ours(cfg, state) if hasattr(module, "to_ours") else state
@@ -55,17 +53,11 @@ def state_from_hf(cfg: ModelConfig, tensors: dict[str, torch.Tensor], where: str
 def state_to_hf(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     module = _module(cfg)
     state = module.to_hf(cfg, dict(state)) if hasattr(module, "to_hf") else state
-    from .hf import CheckpointError
-
     return NameTable(module.name_table(cfg)).rename_all(state, False, "state dict", error=CheckpointError)
 
 
 def save(model: torch.nn.Module, directory, tokenizer=None):
     """config.json + model.safetensors (+ the tokenizer), each written atomically."""
-    from pathlib import Path
-
-    from .hf import write_directory
-
     hf_config = config_to_hf(model.config, next(model.parameters()).dtype)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors = {k: v.contiguous() for k, v in state_to_hf(model.config, state).items()}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .base import CheckpointError, positive_field
 from .names import fill, pattern
 
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -43,8 +44,6 @@ _FROM = [(pattern(hf), ours, layout) for hf, ours, layout in NAME_TABLE]
 
 # ---- config -----------------------------------------------------------------------------------------------------
 def config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
-    from .hf import CheckpointError, positive_field
-
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise CheckpointError(
@@ -116,8 +115,6 @@ def config_to_gpt2(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 # ---- weights ----------------------------------------------------------------------------------------------------
 def state_from_gpt2(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """GPT-2 tensors -> our state dict: renamed, Conv1D weights transposed, c_attn split into q, k, v."""
-    from .hf import CheckpointError
-
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         full = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import ConfigError, ModelConfig
-from ..files import atomic_path, write_json
 from ..text import read_json
 from . import family, gpt2
+from .base import CheckpointError, positive_field, write_directory
 from .names import NameTable
 
 SUPPORTED = {
@@ -28,10 +28,6 @@ SUPPORTED = {
     "Qwen2ForCausalLM": "qwen2",
     gpt2.ARCHITECTURE: "gpt2",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or written; the message names the file and the fix."""
 
 
 # ---- names ------------------------------------------------------------------------------------------------------
@@ -60,14 +56,6 @@ def rename(name: str, to_hf: bool) -> str | None:
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
-def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
-    """A field of an HF config that sizes are computed from: a positive integer, or CheckpointError naming it."""
-    value = hf[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise CheckpointError(f"{where}: {name} must be a positive integer, got {value!r}; fix or restore config.json")
-    return value
-
-
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     by_type = {v: k for k, v in SUPPORTED.items()}
     by_type.update(family.BY_MODEL_TYPE)
@@ -323,13 +311,3 @@ def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
         tensors = {rename(k, to_hf=True): v for k, v in state.items()}
     return write_directory(directory, tensors, hf_config, tokenizer)
 
-
-def write_directory(directory: Path, tensors: dict[str, torch.Tensor], hf_config: dict, tokenizer=None) -> Path:
-    """model.safetensors, config.json (and the tokenizer, if given), each written atomically: every member's save."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    write_json(directory / "config.json", hf_config)
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    return directory

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .base import CheckpointError
 
 ARCHITECTURES = {"ModernBertModel": "none", "ModernBertForMaskedLM": "mlm"}
 ACTIVATIONS = {"gelu": "geglu_erf", "gelu_new": "geglu", "gelu_pytorch_tanh": "geglu", "silu": "swiglu"}
@@ -22,8 +23,6 @@ SKIP = re.compile(r"^$")
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
-    from .hf import CheckpointError
-
     act = hf.get("hidden_activation", "gelu")
     if act not in ACTIVATIONS or hf.get("classifier_activation", act) != act:
         raise CheckpointError(
@@ -81,8 +80,6 @@ def _layer_types(n: int, every: int) -> list[str]:
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import CheckpointError
-
     needs = dict(positions="rope", norm_placement="pre", embed_norm=True, skip_first_attn_norm=True, pooler=False)
     bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in needs.items() if getattr(cfg, k) != v]
     if cfg.ffn not in ACTIVATIONS.values() or cfg.norm not in ("layernorm", "layernorm_nobias"):

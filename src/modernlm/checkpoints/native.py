@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
 from ..files import atomic_path
-from .hf import CheckpointError
+from .base import CheckpointError
 
 CONFIG_NAME = "modernlm_config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .base import CheckpointError
 
 ARCHITECTURES = {"T5ForConditionalGeneration": "lm"}
 # feed_forward_proj -> our ffn (a gated FFN's "gelu" is the tanh approximation, as transformers maps it)
@@ -23,8 +24,6 @@ SKIP = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$")  # aliases of sh
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
-    from .hf import CheckpointError
-
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in FFNS:
         raise CheckpointError(f"{where}: T5 feed_forward_proj {proj!r} is not supported; supported: {list(FFNS)}")
@@ -56,8 +55,6 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import CheckpointError
-
     scaled = math.isclose(cfg.output_scale, cfg.d_model**-0.5)
     needs = dict(norm="rmsnorm", positions="t5_relative", attn_scale=1.0, qkv_bias=False, out_bias=False)
     needs.update(mlp_bias=False, n_kv_heads=cfg.n_heads)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from .base import CheckpointError
 
 ARCHITECTURES = {"ViTForImageClassification": "classify"}
 ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
@@ -20,8 +21,6 @@ SKIP = re.compile(r"^$")
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
-    from .hf import CheckpointError
-
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise CheckpointError(f"{where}: ViT hidden_act {act!r} is not supported; supported: {list(ACTIVATIONS)}")
@@ -53,8 +52,6 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    from .hf import CheckpointError
-
     needs = dict(norm="layernorm", norm_placement="pre", out_bias=True, mlp_bias=True, head="classify")
     bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in needs.items() if getattr(cfg, k) != v]
     if cfg.ffn not in ACTIVATIONS.values() or cfg.n_kv_heads != cfg.n_heads or cfg.q_dim != cfg.d_model:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoints.gguf import read_gguf_metadata
-from ..checkpoints.gguf_export import export_gguf
+from ..export import export_gguf
 from ..loading import load_tokenizer
 from .common import load_for
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..layers.linear import Linear, linear
 from ..quant import QuantLinear
-from .lora import LoraError, LoraLinear
+from .lora_linear import LoraError, LoraLinear
 
 
 class QuantLoraLinear(LoraLinear):

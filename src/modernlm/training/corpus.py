@@ -10,24 +10,16 @@ import hashlib
 import logging
 import os
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..text import binary_offset, decode_lenient
+from .document import Document
+from .hf_datasets import hf_documents
 
 STDLIB = "stdlib"
 _SKIP_STDLIB_DIRS = {"site-packages", "dist-packages", "__pycache__"}
-
-
-@dataclass
-class Document:
-    """One text: `name` decides its side of the split; `read()` returns its text, or None for a binary file."""
-
-    name: str
-    size: int
-    read: Callable[[], str | None]
-    stamp: str = ""  # what changes when the text changes (size and mtime of a file), for the cache key
 
 
 @dataclass
@@ -77,8 +69,6 @@ def _documents(source: str) -> list[Document]:
     if source == STDLIB:
         return _stdlib_documents()
     if source.startswith("hf:"):
-        from .hf_datasets import hf_documents
-
         return hf_documents(source[3:])
     path = Path(source).expanduser()
     if path.is_file():

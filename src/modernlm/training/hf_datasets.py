@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .corpus import Document
+from .document import Document
 
 
 def hf_documents(spec: str) -> list[Document]:

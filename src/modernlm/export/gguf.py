@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .gguf import NAME_TABLE, GGUFError
+from ..checkpoints.gguf import NAME_TABLE, GGUFError
+from ..files import atomic_path
+from ..model import Transformer
+from ..quant import QuantEmbedding, QuantLinear
+from ..quant.gguf_blocks import quantize_q4_0, quantize_q8_0
 
 TYPES = ("f16", "q8_0", "q4_0")
 log = logging.getLogger("modernlm")
@@ -54,14 +58,13 @@ def _check_mappable(cfg) -> str:
 
 
 def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Our (Hugging Face) Q/K rows -> llama.cpp's pairs-adjacent RoPE order; the inverse of gguf.unpermute_qk."""
+    """Our (Hugging Face) Q/K rows -> llama.cpp's pairs-adjacent RoPE order; the inverse of gguf.unpermute_qk
+    (checkpoints/gguf.py)."""
     half = w.shape[0] // n_head // 2
     return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _float_state(model) -> dict[str, torch.Tensor]:
-    from ..quant import QuantEmbedding, QuantLinear
-
     state = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear):
@@ -79,8 +82,6 @@ def _float_state(model) -> dict[str, torch.Tensor]:
 def _tensor(name: str, w: torch.Tensor, kind: str):
     """(array, GGML type) for one tensor in the chosen type."""
     from gguf import GGMLQuantizationType as Q
-
-    from ..quant.gguf_blocks import quantize_q4_0, quantize_q8_0
 
     a = w.numpy().astype(np.float32)
     if a.ndim == 1:
@@ -150,12 +151,8 @@ def export_gguf(
     it from the tokenizer ("gpt-2" for a byte-level BPE with GPT-2's split, else "default")."""
     import gguf
 
-    from ..files import atomic_path
-
     if kind not in TYPES:
         raise GGUFError(f"unknown GGUF export type {kind!r}; choose one of {', '.join(TYPES)}")
-    from ..model import Transformer
-
     if not isinstance(model, Transformer):
         raise GGUFError(
             f"a {type(model).__name__} has no GGUF mapping; GGUF export writes decoder-only Transformer models (an "
@@ -170,21 +167,7 @@ def export_gguf(
         raise GGUFError(f"tensors {unknown[:4]} have no GGUF name; this model has no GGUF mapping")
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
-        writer.add_name(name)
-        writer.add_file_type({"f16": 1, "q8_0": 7, "q4_0": 2}[kind])  # llama.cpp's LLAMA_FTYPE values
-        writer.add_context_length(cfg.max_seq_len)
-        writer.add_embedding_length(cfg.d_model)
-        writer.add_block_count(cfg.n_layers)
-        writer.add_feed_forward_length(cfg.ffn_hidden)
-        writer.add_head_count(cfg.n_heads)
-        writer.add_head_count_kv(cfg.n_kv_heads)
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_key_length(cfg.head_dim)
-        writer.add_value_length(cfg.head_dim)
-        writer.add_rope_freq_base(float(cfg.rope_theta))
-        writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
-        writer.add_vocab_size(cfg.vocab_size)
-        _rope_scaling(writer, cfg.rope_scaling)
+        _model_metadata(writer, cfg, name, kind)
         if tokenizer is not None:
             _tokenizer_metadata(writer, tokenizer, tokenizer_pre)
         for ours, w in state.items():
@@ -200,6 +183,25 @@ def export_gguf(
         writer.write_tensors_to_file()
         writer.close()
     return Path(out)
+
+
+def _model_metadata(writer, cfg, name: str, kind: str) -> None:
+    """`general.*` and the architecture's hyper-parameters, RoPE scaling included."""
+    writer.add_name(name)
+    writer.add_file_type({"f16": 1, "q8_0": 7, "q4_0": 2}[kind])  # llama.cpp's LLAMA_FTYPE values
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_block_count(cfg.n_layers)
+    writer.add_feed_forward_length(cfg.ffn_hidden)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.n_kv_heads)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_rope_freq_base(float(cfg.rope_theta))
+    writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    writer.add_vocab_size(cfg.vocab_size)
+    _rope_scaling(writer, cfg.rope_scaling)
 
 
 def _rope_scaling(writer, scaling: dict | None) -> None:

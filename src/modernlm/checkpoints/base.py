@@ -1,0 +1,36 @@
+"""What every Hugging Face checkpoint module shares, below hf.py and its members (gpt2.py, family.py and its tables):
+the error they raise, the positive-integer check on size fields, and the directory writer every member's save ends in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..files import atomic_path, write_json
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written; the message names the file and the fix."""
+
+
+def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
+    """A field of an HF config that sizes are computed from: a positive integer, or CheckpointError naming it."""
+    value = hf[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{where}: {name} must be a positive integer, got {value!r}; fix or restore config.json")
+    return value
+
+
+def write_directory(directory: Path, tensors: dict[str, torch.Tensor], hf_config: dict, tokenizer=None) -> Path:
+    """model.safetensors, config.json (and the tokenizer, if given), each written atomically: every member's save."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    write_json(directory / "config.json", hf_config)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
