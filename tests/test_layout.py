@@ -31,7 +31,6 @@ FLOORS = [
     {"quant"},
     {"loading"},
     {"generation"},
-    {"__init__"},  # the public API: re-exports config, loading, model, quant (and generation on first use)
     {"analysis"},
     {"export"},  # GGUF out: dequantizes quant's layers, inverts checkpoints' GGUF names
     {"eval"},
@@ -42,6 +41,7 @@ FLOORS = [
     {"lab"},
     {"distributed"},  # fills in the trainer's hooks (training/parallel.py)
     {"cli"},
+    {"__init__"},  # the public API: re-exports config, loading, model, quant, generation
     {"__main__"},
 ]
 

@@ -7,6 +7,7 @@ from . import threads
 threads.prepare_env()  # before torch loads OpenMP: a short spin, so decoding degrades gracefully on a busy machine
 
 from .config import ModelConfig, preset  # noqa: E402
+from .generation.generate import generate  # noqa: E402
 from .loading import load, load_config, load_model, load_tokenizer, save_model  # noqa: E402
 from .model import Transformer  # noqa: E402
 from .quant import quantize  # noqa: E402
@@ -25,10 +26,3 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    if name == "generate":  # generation sits above the model; import it on first use
-        from .generation.generate import generate
-
-        return generate
-    raise AttributeError(f"module 'modernlm' has no attribute {name!r}")

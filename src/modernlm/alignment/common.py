@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import load_model, load_tokenizer
+from ..loading import load_model, load_tokenizer
 from ..files import clean_stale
 from ..finetune.lora import apply_lora, lora_modules
 from ..training.optim import build_optimizer, lr_at, set_lr
@@ -209,7 +209,7 @@ class AlignResult:
 
 def publish_policy(cfg: AlignConfig, policy, tokenizer) -> tuple[torch.nn.Module, Path]:
     """adapter/ (LoRA, PEFT's layout) and model/ (a Hugging Face directory, adapters merged in) in the run dir."""
-    from .. import save_model
+    from ..loading import save_model
     from ..finetune.lora import merge_and_unload, save_adapter
 
     if cfg.lora:

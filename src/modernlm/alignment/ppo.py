@@ -18,7 +18,7 @@ import copy
 
 import torch
 
-from .. import load_tokenizer
+from ..loading import load_tokenizer
 from ..finetune.lora import apply_lora
 from .common import (
     AlignResult,

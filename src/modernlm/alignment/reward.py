@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import load_model, load_tokenizer, save_model
+from ..loading import load_model, load_tokenizer, save_model
 from ..checkpoints.hf import config_from_hf, rename
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ModelConfig
-from .hf import CheckpointError
+from .base import CheckpointError
 from .names import NameTable
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import load_model, load_tokenizer, save_model
+from ..loading import load_model, load_tokenizer, save_model
 from ..files import clean_stale, write_text
 from ..loading import parse_device
 from ..training.parallel import Parallel
