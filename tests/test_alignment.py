@@ -283,7 +283,7 @@ def test_cli_align_runs_and_reports_bad_input_in_one_line(tiny, tmp_path, capsys
     from modernlm.cli.__main__ import main
 
     data = tiny / "task"
-    common = ["--model", str(tiny / "sft"), "--steps", "2", "--eval-prompts", "2", "--max-new-tokens", "6"]
+    common = ["--model", str(tiny / "sft"), "--max-steps", "2", "--eval-prompts", "2", "--max-new-tokens", "6"]
     args = ["align", "dpo", *common, "--train", str(data / "train_pairs.jsonl"), "--out", str(tmp_path / "run")]
     assert main([*args, "--eval", str(data / "heldout_prompts.jsonl")]) == 0
     out = capsys.readouterr().out

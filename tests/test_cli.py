@@ -60,3 +60,53 @@ def test_user_mistakes_are_one_line_errors(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ---- one table of shared flags -------------------------------------------------------------------------------------
+def test_old_spellings_are_aliases_that_say_so(capsys, caplog):
+    import json
+
+    assert main(["align", "dpo", "--max-steps", "3", "--print-config"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    with caplog.at_level("WARNING", logger="modernlm"):
+        assert main(["align", "dpo", "--steps", "3", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == new and new["steps"] == 3
+    assert "--steps is the old spelling of --max-steps" in caplog.text
+    assert main(["memory", "llama-tiny", "--targets", "q_proj,v_proj", "--r", "4", "--json"]) == 0
+    memory = json.loads(capsys.readouterr().out)
+    assert main(["memory", "llama-tiny", "--lora", "q_proj,v_proj", "--lora-r", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == memory
+
+
+def test_shared_flags_mean_the_same_in_every_verb():
+    """A flag of the shared table has one help text (its meaning) wherever a verb offers it."""
+    from modernlm.cli.__main__ import build_parser
+    from modernlm.cli.common import SHARED
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    seen = {}
+    for verb in ("finetune", "align"):
+        for action in verbs[verb]._actions:
+            for flag in action.option_strings:
+                if flag in SHARED:
+                    seen.setdefault(flag, set()).add(action.help.split(" (default")[0])
+    assert seen and all(len(helps) == 1 for helps in seen.values()), seen
+    for verb in ("train", "finetune", "align"):
+        assert "--max-steps" in verbs[verb]._option_string_actions, verb
+
+
+@pytest.mark.parametrize("args", [["serve", "--compile"], ["eval", "perplexity", "--compile"]])
+def test_flags_a_verb_does_not_use_are_not_offered(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "unrecognized arguments: --compile" in capsys.readouterr().err
+
+
+def test_the_default_targets_shown_in_help_can_be_typed(capsys):
+    import json
+
+    from modernlm.cli.common import TARGETS
+
+    assert main(["finetune", "--targets", TARGETS, "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["targets"] == TARGETS.split(",")
