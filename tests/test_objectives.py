@@ -103,7 +103,7 @@ def test_image_classification_small_run_classify_and_eval(tmp_path, capsys):
     assert main(["classify", "--model", str(run), str(tmp_path / "digit.png")]) == 0
     assert json.loads(capsys.readouterr().out)["input"].endswith("digit.png")
     with pytest.raises(ValueError, match="needs an encoder-decoder.*this model is a vit"):
-        from modernlm.cli.eval import evaluate_dates
+        from modernlm.training.evaluate import evaluate_dates
 
         evaluate_dates(modernlm.load_model(run), None)
 

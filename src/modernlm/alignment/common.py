@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..loading import load_model, load_tokenizer
 from ..files import clean_stale
 from ..finetune.lora import apply_lora, lora_modules
+from ..loading import load_model, load_tokenizer
 from ..training.optim import build_optimizer, lr_at, set_lr
 from ..training.report import MetricsLog
 from . import task
@@ -209,8 +209,8 @@ class AlignResult:
 
 def publish_policy(cfg: AlignConfig, policy, tokenizer) -> tuple[torch.nn.Module, Path]:
     """adapter/ (LoRA, PEFT's layout) and model/ (a Hugging Face directory, adapters merged in) in the run dir."""
-    from ..loading import save_model
     from ..finetune.lora import merge_and_unload, save_adapter
+    from ..loading import save_model
 
     if cfg.lora:
         save_adapter(policy, cfg.run_dir / "adapter")

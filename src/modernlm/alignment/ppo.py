@@ -18,8 +18,8 @@ import copy
 
 import torch
 
-from ..loading import load_tokenizer
 from ..finetune.lora import apply_lora
+from ..loading import load_tokenizer
 from .common import (
     AlignResult,
     Optimizer,

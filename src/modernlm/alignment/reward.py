@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..loading import load_model, load_tokenizer, save_model
 from ..checkpoints.hf import config_from_hf, rename
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
+from ..loading import load_model, load_tokenizer, save_model
 from ..model import Transformer
 from .common import Optimizer, data_files, metrics_log, start_run
 from .config import AlignConfig

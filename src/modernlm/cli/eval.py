@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..eval.metrics import score_files
+from ..training.evaluate import TASKS, evaluate_dates, evaluate_digits
 from . import positive_int
 from .common import add_model_args, load_for
 from .eval_context import add_context_parser
-
-TASKS = ("digits", "dates")
 
 
 def add_parser(sub) -> None:
@@ -108,50 +108,3 @@ def run_task(args) -> int:
 def run_scores(args) -> int:
     print(json.dumps(score_files(args.predictions, args.references, args.metrics), indent=2))
     return 0
-
-
-def score_files(predictions: Path, references: Path, metrics: str) -> dict:
-    from ..eval.metrics import METRICS
-    from ..text import read_strict
-
-    names = [m.strip() for m in metrics.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    for path in (predictions, references):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; give a text file with one example per line")
-    preds, refs = read_strict(predictions).splitlines(), read_strict(references).splitlines()
-    return {name: METRICS[name](preds, refs) for name in names}
-
-
-def evaluate_digits(model) -> dict:
-    import torch
-
-    from ..eval.metrics import accuracy, f1
-    from ..training.objectives import digits
-
-    if model.config.family != "vit":
-        raise ValueError(
-            f"--task digits needs a ViT (train one: modernlm train --objective image-classification); "
-            f"this model is a {model.config.family}"
-        )
-    data = digits()
-    with torch.no_grad():
-        predicted = model(data["x_test"]).argmax(-1).tolist()
-    return {"accuracy": accuracy(predicted, data["y_test"].tolist()), "f1": f1(predicted, data["y_test"].tolist())}
-
-
-def evaluate_dates(model, tokenizer) -> dict:
-    from ..eval.metrics import bleu, chrf, exact_match
-    from ..training.objectives import date_examples, seq2seq_predictions
-
-    if model.config.family != "seq2seq":
-        raise ValueError(
-            f"--task dates needs an encoder-decoder (train one: modernlm train --objective seq2seq); "
-            f"this model is a {model.config.family}"
-        )
-    test = date_examples(200, seed=1338)
-    predicted = seq2seq_predictions(model, tokenizer, [s for s, _ in test])
-    references = [t for _, t in test]
-    return {m.__name__: m(predicted, references) for m in (exact_match, chrf, bleu)}

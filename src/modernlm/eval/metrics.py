@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+from ..text import read_strict
 
 
 def _check(predictions: Sequence, references: Sequence) -> None:
@@ -98,3 +101,17 @@ def perplexity(model, ids: Sequence[int], window: int | None = None) -> float:
 
 
 METRICS = {"accuracy": accuracy, "f1": f1, "exact_match": exact_match, "chrf": chrf, "bleu": bleu, "rouge": rouge}
+
+
+def score_files(predictions: Path, references: Path, metrics: str) -> dict:
+    """`metrics` (comma-separated names of METRICS) of a predictions file against a references file, one example
+    per line each."""
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    for path in (predictions, references):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; give a text file with one example per line")
+    preds, refs = read_strict(predictions).splitlines(), read_strict(references).splitlines()
+    return {name: METRICS[name](preds, refs) for name in names}

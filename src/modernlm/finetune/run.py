@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..loading import load_model, load_tokenizer, save_model
 from ..files import clean_stale, write_text
-from ..loading import parse_device
+from ..loading import load_model, load_tokenizer, parse_device, save_model
 from ..training.parallel import Parallel
 from ..training.setup import RunInputs, check_run_dir
 from ..training.trainer import Trainer, TrainResult, _interrupts
