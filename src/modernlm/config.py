@@ -62,6 +62,28 @@ FAMILY_HEADS = {
     "vit": ("classify", "none"),
 }
 POOLINGS = ("cls", "mean")  # what the classify head reads: the first token's state, or the mean over real tokens
+# Fields only some members implement: field -> (its default, the families that implement it). A config of any other
+# member must leave the field at its default (ModelConfig._check_member_fields); checked in this order.
+MEMBER_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "type_vocab_size": (0, ("encoder",)),
+    "embed_norm": (False, ("encoder",)),
+    "pooler": (False, ("encoder",)),
+    "output_scale": (1.0, ("seq2seq",)),
+    "local_window": (0, ("encoder",)),
+    "global_every": (1, ("encoder",)),
+    "local_rope_theta": (None, ("encoder",)),
+    "skip_first_attn_norm": (False, ("encoder",)),
+    "decoder_start_token_id": (0, ("seq2seq",)),
+    "image_size": (224, ("vit",)),
+    "patch_size": (16, ("vit",)),
+    "n_channels": (3, ("vit",)),
+    "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
+    # the members' assemblies do not scale embeddings or recompute blocks
+    "scale_embeddings": (False, ("decoder",)),
+    "activation_checkpointing": (False, ("decoder",)),
+    "sliding_window": (0, ("decoder",)),  # encoders have local_window (both ways)
+    "layer_types": (None, ("decoder",)),
+}
 
 
 class ConfigError(FieldError):
@@ -191,6 +213,14 @@ class ModelConfig:
         _check_choice("family", self.family, FAMILIES)
         _check_choice(f"head (family {self.family!r})", self.head, FAMILY_HEADS[self.family])
         _check_choice("pooling", self.pooling, POOLINGS)
+        self._check_member_values()
+        self._check_member_fields()
+        self._check_member_build()
+        if self.family == "vit":
+            self._check_vit()
+
+    def _check_member_values(self) -> None:
+        """The members' own counts and scales, each in its range."""
         for name in ("type_vocab_size", "n_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -203,27 +233,10 @@ class ModelConfig:
             raise ConfigError("head='classify' needs n_classes >= 1 (the number of labels); set n_classes")
         if self.attn_scale is not None and not self.attn_scale > 0:
             raise ConfigError(f"attn_scale must be > 0 or None (1/sqrt(head_dim)), got {self.attn_scale!r}")
-        only = {  # field -> (its default, the families that implement it)
-            "type_vocab_size": (0, ("encoder",)),
-            "embed_norm": (False, ("encoder",)),
-            "pooler": (False, ("encoder",)),
-            "output_scale": (1.0, ("seq2seq",)),
-            "local_window": (0, ("encoder",)),
-            "global_every": (1, ("encoder",)),
-            "local_rope_theta": (None, ("encoder",)),
-            "skip_first_attn_norm": (False, ("encoder",)),
-            "decoder_start_token_id": (0, ("seq2seq",)),
-            "image_size": (224, ("vit",)),
-            "patch_size": (16, ("vit",)),
-            "n_channels": (3, ("vit",)),
-            "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
-            # the members' assemblies do not scale embeddings or recompute blocks
-            "scale_embeddings": (False, ("decoder",)),
-            "activation_checkpointing": (False, ("decoder",)),
-            "sliding_window": (0, ("decoder",)),  # encoders have local_window (both ways)
-            "layer_types": (None, ("decoder",)),
-        }
-        for name, (default, families) in only.items():
+
+    def _check_member_fields(self) -> None:
+        """Fields of other members (MEMBER_FIELDS), of the classify head and of T5's positions keep their defaults."""
+        for name, (default, families) in MEMBER_FIELDS.items():
             if getattr(self, name) != default and self.family not in families:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is implemented only for family {' / '.join(families)}, not "
@@ -233,6 +246,9 @@ class ModelConfig:
             raise ConfigError(f"n_classes={self.n_classes} needs head='classify' (this config's head is {self.head!r})")
         if self.positions != "t5_relative" and (self.relative_buckets, self.relative_max_distance) != (32, 128):
             raise ConfigError("relative_buckets / relative_max_distance set, but positions is not 't5_relative'")
+
+    def _check_member_build(self) -> None:
+        """What each member's assembly is built with: norm placement, attention direction, depth, positions."""
         if self.family == "vit" and self.norm_placement != "pre":
             raise ConfigError("family 'vit' is built pre-norm with a final norm; set norm_placement='pre'")
         if self.family in ("encoder", "vit") and self.causal:
@@ -253,8 +269,6 @@ class ModelConfig:
             for name in ("relative_buckets", "relative_max_distance"):
                 if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
                     raise ConfigError(f"{name} must be an integer >= 2, got {getattr(self, name)!r}")
-        if self.family == "vit":
-            self._check_vit()
 
     def _check_vit(self) -> None:
         for name in ("image_size", "patch_size", "n_channels"):

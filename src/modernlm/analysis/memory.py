@@ -202,8 +202,6 @@ def training_memory(
     _check("precision", precision, PRECISIONS)
     _check("optimizer", optimizer, OPTIMIZER_STATES)
     n = parameter_counts(cfg)["total"]
-    trained = n if trainable_parameters is None else trainable_parameters
-    extra = 0 if trainable_parameters is None else trainable_parameters  # adapters live beside the frozen model
     acts = activation_bytes(
         cfg,
         batch_size,
@@ -214,9 +212,26 @@ def training_memory(
         device=device,
         adapters=adapters,
     )
-    logits = batch_size * seq_len * cfg.vocab_size
     stored = None if quantize is None else quantized_weight_bytes(cfg, quantize)
-    parts = {
+    logits = batch_size * seq_len * cfg.vocab_size
+    parts = _training_parts(n, trainable_parameters, precision, optimizer, acts, stored, logits)
+    return _add_step_totals(parts, acts)
+
+
+def _training_parts(
+    n: int,
+    trainable_parameters: int | None,
+    precision: str,
+    optimizer: str,
+    acts: dict[str, int],
+    stored: dict[str, int] | None,
+    logits: int,
+) -> dict[str, int]:
+    """training_memory's parts before their sums: `n` the model's parameters, `acts` from `activation_bytes`,
+    `stored` from `quantized_weight_bytes` (None: a float base), `logits` the elements of one step's logits."""
+    trained = n if trainable_parameters is None else trainable_parameters
+    extra = 0 if trainable_parameters is None else trainable_parameters  # adapters live beside the frozen model
+    return {
         "parameters": 4 * (n + extra) if stored is None else stored["stored"] + 4 * extra,
         "gradients": 4 * trained,
         "optimizer_states": 4 * trained * OPTIMIZER_STATES[optimizer],
@@ -228,6 +243,10 @@ def training_memory(
         # autocast, of the 16-bit logits they were cast from), alive together while the activations still are
         "loss_backward": logits * (8 + (0 if precision == "fp32" else PRECISIONS[precision])),
     }
+
+
+def _add_step_totals(parts: dict[str, int], acts: dict[str, int]) -> dict[str, int]:
+    """`parts` with `total` (the sum of the parts, activations at their recompute peak) and `step_peak` added."""
     parts["total"] = sum(v for k, v in parts.items() if k not in ("activations_recompute_peak", "loss_backward"))
     parts["total"] += acts["recompute_peak"] - acts["total"]
     # The high-water mark of a step whose gradients start at None (zero_grad(set_to_none=True)): at the start of the

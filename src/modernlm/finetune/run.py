@@ -67,6 +67,34 @@ def finetune(
     uninterrupted run). `stop_at_step` saves and returns after that many optimizer steps. `parallel`: the hooks of
     a run under torch.distributed (`modernlm.distributed.finetune` passes them); rank 0 writes the outputs."""
     t0 = time.perf_counter()
+    parallel = _open_run(cfg, resume, extend, parallel)
+    tokenizer = load_tokenizer(cfg.base)
+    data, prompts = _data(cfg, tokenizer)  # bad data fails here, before the model loads
+    model = load_model(cfg.base, quantize=cfg.quantize)  # QLoRA: a quantized frozen base (qlora.py)
+    if cfg.train.seq_len > model.config.max_seq_len:
+        raise ValueError(f"seq_len {cfg.train.seq_len} exceeds the model's context {model.config.max_seq_len}")
+    comparisons = _prepare_model(cfg, model, tokenizer, prompts if parallel.is_main else [])
+    loop = cfg.train if parallel.device is None else dataclasses.replace(cfg.train, device=str(parallel.device))
+    inputs = RunInputs(
+        loop, model.config, tokenizer, data, cfg.run_dir, model, publish_weights=False, save_trainable_only=cfg.lora
+    )
+    inputs.parallel = parallel
+    trainer = Trainer(inputs, resume)
+    val_before = _val_before(trainer, resume)
+    with _interrupts() as interrupted:
+        train_result = trainer.run(stop_at_step, interrupted)
+    result = _result(cfg, model, train_result, val_before)
+    if _publishes(cfg, train_result):
+        plain = parallel.plain_model(trainer.model)  # every process (FSDP gathers to rank 0)
+        if parallel.is_main:
+            _publish(cfg, plain, tokenizer, comparisons, result)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _open_run(cfg: FinetuneConfig, resume: bool, extend: bool, parallel: Parallel | None) -> Parallel:
+    """Check the config, the device and the run directory before any work; rank 0 writes the config (and the example
+    data when there is no train_file) into it. Returns the run's hooks (a single process's when `parallel` is None)."""
     if cfg.validate().train.parallel != "none" and parallel is None:
         raise ValueError(f"parallel={cfg.train.parallel!r} runs under modernlm.distributed.finetune (the CLI's "
                          "--parallel does that), not modernlm.finetune.run.finetune")  # fmt: skip
@@ -85,24 +113,14 @@ def finetune(
         if cfg.train_file is None:
             write_example_dataset(run_dir / "data")
     parallel.barrier()  # the others read what rank 0 wrote
-    tokenizer = load_tokenizer(cfg.base)
-    data, prompts = _data(cfg, tokenizer)  # bad data fails here, before the model loads
-    model = load_model(cfg.base, quantize=cfg.quantize)  # QLoRA: a quantized frozen base (qlora.py)
-    if cfg.train.seq_len > model.config.max_seq_len:
-        raise ValueError(f"seq_len {cfg.train.seq_len} exceeds the model's context {model.config.max_seq_len}")
-    comparisons = _prepare_model(cfg, model, tokenizer, prompts if parallel.is_main else [])
-    loop = cfg.train if parallel.device is None else dataclasses.replace(cfg.train, device=str(parallel.device))
-    inputs = RunInputs(
-        loop, model.config, tokenizer, data, run_dir, model, publish_weights=False, save_trainable_only=cfg.lora
-    )
-    inputs.parallel = parallel
-    trainer = Trainer(inputs, resume)
-    val_before = _val_before(trainer, resume)
-    with _interrupts() as interrupted:
-        train_result = trainer.run(stop_at_step, interrupted)
+    return parallel
+
+
+def _result(cfg: FinetuneConfig, model, train_result: TrainResult, val_before: float | None) -> FinetuneResult:
+    """The run's result after training, before its outputs are published (`seconds` is set last)."""
     trainable, total = trainable_parameters(model)
-    result = FinetuneResult(
-        run_dir=run_dir,
+    return FinetuneResult(
+        run_dir=cfg.run_dir,
         status=train_result.status,
         step=train_result.step,
         val_before=val_before,
@@ -112,14 +130,15 @@ def finetune(
         seconds=0.0,
         train=train_result,
     )
+
+
+def _publishes(cfg: FinetuneConfig, train_result: TrainResult) -> bool:
+    """Whether the run writes its outputs now: it is done, or it had finished but a kill came before they were
+    written."""
+    run_dir = cfg.run_dir
     outputs = [run_dir / "before_after.md", run_dir / ("merged" if cfg.lora else "model") / "config.json"]
     missing = not all(p.is_file() for p in outputs)  # finished: a kill came before these were written
-    done = train_result.status == "done" or (train_result.status == "finished" and missing)
-    plain = parallel.plain_model(trainer.model) if done else None  # every process (FSDP gathers to rank 0)
-    if done and parallel.is_main:
-        _publish(cfg, plain, tokenizer, comparisons, result)
-    result.seconds = time.perf_counter() - t0
-    return result
+    return train_result.status == "done" or (train_result.status == "finished" and missing)
 
 
 def _prepare_model(cfg: FinetuneConfig, model, tokenizer, prompts) -> list[Comparison]:

@@ -12,6 +12,9 @@ Shapes: B prompts, N beams, K candidates per prompt, V vocabulary, L new tokens 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -55,14 +58,40 @@ def beam_search(
     N, L, dev = num_beams, steps, ids.device
     K = max(2, 1 + len(eos)) * N
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=dev)
+    pos = torch.arange(P + L, device=dev)
+    logits, cache, cache_mask = _prefill(model, ids, mask, pos, N, L)  # (B*N, V)
+    if seen is not None:
+        seen = seen.repeat_interleave(N, dim=0)  # (B*N, V)
+    beams = _Beams.start(B, N, L, dev)
+    top_n = torch.arange(K, device=dev) < N  # (K,) the candidates that may finish
+    offsets = torch.arange(B, device=dev)[:, None] * N  # (B, 1)
 
-    # Prefill each prompt once, then give every beam a copy of its cache.
+    for t in range(L):
+        cand = _candidates(beams, logits, seen, params, K, t)
+        ends = torch.isin(cand.tok, eos_ids) | (t == L - 1)  # (B, K)
+        src_beam = beams.run_on(cand, ends)  # (B, N)
+        beams.finish(cand, ends & top_n[None, :], t, length_penalty, early_stopping)
+        if t == L - 1 or not beams.go_on(t, L, length_penalty, early_stopping, ends):
+            break
+        beam_idx = (src_beam + offsets).view(-1)  # (B*N,) the cache row each new beam continues
+        step_pos = pos[P + t : P + t + 1]
+        logits, seen = _next_logits(model, cache, cache_mask, beam_idx, beams.run_seqs[:, :, t], seen, step_pos)
+
+    seqs, lens = beams.fin_seqs[:, 0].tolist(), beams.fin_lens[:, 0].tolist()
+    return [s[:n] for s, n in zip(seqs, lens, strict=True)]
+
+
+def _prefill(
+    model, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor, N: int, L: int
+) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+    """Prefill each prompt once, then give every beam a copy of its cache: the logits of each prompt's last token
+    (B*N, V), the beams' cache, and their attention mask over it ((B*N, P + L - 1); None when no padding)."""
+    B, P = ids.shape
     small = KVCache.for_model(model, B, P + L - 1)
     cache_mask = None
     if mask is not None:
-        cache_mask = torch.ones(B, small.max_len, dtype=torch.long, device=dev)
+        cache_mask = torch.ones(B, small.max_len, dtype=torch.long, device=ids.device)
         cache_mask[:, :P] = mask
-    pos = torch.arange(P + L, device=dev)
     logits = model(ids, input_pos=pos[:P], cache=small, attention_mask=cache_mask, last_only=True)[:, -1]  # (B, V)
     cache = KVCache.for_model(model, B * N, small.max_len)
     cache.k.copy_(small.k.repeat_interleave(N, dim=1))
@@ -71,71 +100,111 @@ def beam_search(
     logits = logits.repeat_interleave(N, dim=0)  # (B*N, V)
     if cache_mask is not None:
         cache_mask = cache_mask.repeat_interleave(N, dim=0)
-    if seen is not None:
-        seen = seen.repeat_interleave(N, dim=0)  # (B*N, V)
+    return logits, cache, cache_mask
 
-    run_seqs = torch.zeros(B, N, L, dtype=torch.long, device=dev)
-    run_scores = torch.zeros(B, N, device=dev)
-    run_scores[:, 1:] = _BIG  # only the first beam's continuations at step one: the beams start identical
-    fin_seqs = torch.zeros(B, N, L, dtype=torch.long, device=dev)
-    fin_scores = torch.full((B, N), _BIG, device=dev)
-    fin_lens = torch.zeros(B, N, dtype=torch.long, device=dev)
-    fin_done = torch.zeros(B, N, dtype=torch.bool, device=dev)
-    improvable = torch.ones(B, 1, dtype=torch.bool, device=dev)
-    top_n = torch.arange(K, device=dev) < N  # (K,) the candidates that may finish
-    offsets = torch.arange(B, device=dev)[:, None] * N  # (B, 1)
 
-    for t in range(L):
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B*N, V)
-        if params.uses_penalty:
-            logp = apply_repetition_penalty(logp, seen, params.repetition_penalty)
-        V = logp.shape[-1]
-        total = (logp.view(B, N, V) + run_scores[:, :, None]).view(B, N * V)
-        cand_scores, cand_idx = torch.topk(total, K)  # (B, K)
-        cand_beam, cand_tok = cand_idx // V, cand_idx % V
-        cand_seqs = _gather(run_seqs, cand_beam).clone()  # (B, K, L)
-        cand_seqs[:, :, t] = cand_tok
-        ends = torch.isin(cand_tok, eos_ids) | (t == L - 1)  # (B, K)
+class _Candidates(NamedTuple):
+    """The top K continuations of a step over all beams of each prompt."""
 
-        # the unfinished continuations with the best scores run on
-        run_cand = cand_scores + ends.float() * _BIG
+    scores: torch.Tensor  # (B, K) summed log-probs
+    beam: torch.Tensor  # (B, K) the beam each continues
+    tok: torch.Tensor  # (B, K) its new token
+    seqs: torch.Tensor  # (B, K, L) the beam's tokens with the new one at step t
+
+
+def _candidates(
+    beams: _Beams, logits: torch.Tensor, seen: torch.Tensor | None, params: SamplingParams, K: int, t: int
+) -> _Candidates:
+    """Scoring: each beam's log-probs of the next token (repetition-penalised) plus its running score; the best K."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B*N, V)
+    if params.uses_penalty:
+        logp = apply_repetition_penalty(logp, seen, params.repetition_penalty)
+    B, N = beams.run_scores.shape
+    V = logp.shape[-1]
+    total = (logp.view(B, N, V) + beams.run_scores[:, :, None]).view(B, N * V)
+    cand_scores, cand_idx = torch.topk(total, K)  # (B, K)
+    cand_beam, cand_tok = cand_idx // V, cand_idx % V
+    cand_seqs = _gather(beams.run_seqs, cand_beam).clone()  # (B, K, L)
+    cand_seqs[:, :, t] = cand_tok
+    return _Candidates(cand_scores, cand_beam, cand_tok, cand_seqs)
+
+
+@dataclass
+class _Beams:
+    """The search's state: N running beams of each prompt and its N best finished hypotheses."""
+
+    run_seqs: torch.Tensor  # (B, N, L)
+    run_scores: torch.Tensor  # (B, N) summed log-probs
+    fin_seqs: torch.Tensor  # (B, N, L)
+    fin_scores: torch.Tensor  # (B, N) sum_logprobs / new_length ** length_penalty; _BIG where none yet
+    fin_lens: torch.Tensor  # (B, N)
+    fin_done: torch.Tensor  # (B, N) a finished hypothesis holds the slot
+    improvable: torch.Tensor  # (B, 1) a running beam may still beat the worst finished one
+
+    @classmethod
+    def start(cls, B: int, N: int, L: int, dev: torch.device) -> _Beams:
+        run_scores = torch.zeros(B, N, device=dev)
+        run_scores[:, 1:] = _BIG  # only the first beam's continuations at step one: the beams start identical
+        return cls(
+            run_seqs=torch.zeros(B, N, L, dtype=torch.long, device=dev),
+            run_scores=run_scores,
+            fin_seqs=torch.zeros(B, N, L, dtype=torch.long, device=dev),
+            fin_scores=torch.full((B, N), _BIG, device=dev),
+            fin_lens=torch.zeros(B, N, dtype=torch.long, device=dev),
+            fin_done=torch.zeros(B, N, dtype=torch.bool, device=dev),
+            improvable=torch.ones(B, 1, dtype=torch.bool, device=dev),
+        )
+
+    def run_on(self, cand: _Candidates, ends: torch.Tensor) -> torch.Tensor:
+        """Selection: the unfinished continuations with the best scores run on. Returns the beam each continues."""
+        N = self.run_scores.shape[1]
+        run_cand = cand.scores + ends.float() * _BIG
         keep = torch.topk(run_cand, N).indices  # (B, N)
-        run_seqs, run_scores = _gather(cand_seqs, keep), _gather(run_cand, keep)
-        src_beam = _gather(cand_beam, keep)
+        self.run_seqs, self.run_scores = _gather(cand.seqs, keep), _gather(run_cand, keep)
+        return _gather(cand.beam, keep)
 
-        # the continuations that end now join the finished hypotheses if they beat them
-        just_done = ends & top_n[None, :]
-        scored = cand_scores / ((t + 1) ** length_penalty)
-        scored = scored + (fin_done.all(-1, keepdim=True) & (early_stopping is True)).float() * _BIG
-        scored = scored + (~improvable).float() * _BIG
+    def finish(
+        self, cand: _Candidates, just_done: torch.Tensor, t: int, length_penalty: float, early_stopping: bool | str
+    ) -> None:
+        """The continuations that end now (`just_done`, (B, K)) join the finished hypotheses if they beat them."""
+        N = self.fin_scores.shape[1]
+        scored = cand.scores / ((t + 1) ** length_penalty)
+        scored = scored + (self.fin_done.all(-1, keepdim=True) & (early_stopping is True)).float() * _BIG
+        scored = scored + (~self.improvable).float() * _BIG
         scored = scored + (~just_done) * _BIG
-        merged = torch.topk(torch.cat((fin_scores, scored), dim=1), N).indices
-        fin_seqs = _gather(torch.cat((fin_seqs, cand_seqs), dim=1), merged)
-        fin_scores = _gather(torch.cat((fin_scores, scored), dim=1), merged)
-        fin_lens = _gather(torch.cat((fin_lens, torch.full_like(cand_tok, t + 1)), dim=1), merged)
-        fin_done = _gather(torch.cat((fin_done, just_done), dim=1), merged)
-        if t == L - 1:
-            break
+        merged = torch.topk(torch.cat((self.fin_scores, scored), dim=1), N).indices
+        self.fin_seqs = _gather(torch.cat((self.fin_seqs, cand.seqs), dim=1), merged)
+        self.fin_scores = _gather(torch.cat((self.fin_scores, scored), dim=1), merged)
+        self.fin_lens = _gather(torch.cat((self.fin_lens, torch.full_like(cand.tok, t + 1)), dim=1), merged)
+        self.fin_done = _gather(torch.cat((self.fin_done, just_done), dim=1), merged)
 
-        # can a running beam still beat the worst finished one? (transformers' heuristic)
+    def go_on(self, t: int, L: int, length_penalty: float, early_stopping: bool | str, ends: torch.Tensor) -> bool:
+        """Whether another step can change the result: a running beam can still beat the worst finished one
+        (transformers' heuristic), a prompt still has room under early_stopping=True, and not every candidate ended."""
         best_len = L if early_stopping == "never" and length_penalty > 0 else t + 1
-        best_possible = run_scores[:, :1] / (best_len**length_penalty)
-        worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, _BIG)
-        improvable = improvable & (best_possible > worst).any(dim=-1, keepdim=True)
-        open_beams = not (bool(fin_done.all()) and early_stopping is True)
-        if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
-            break
+        best_possible = self.run_scores[:, :1] / (best_len**length_penalty)
+        worst = torch.where(self.fin_done, self.fin_scores.min(dim=1, keepdim=True).values, _BIG)
+        self.improvable = self.improvable & (best_possible > worst).any(dim=-1, keepdim=True)
+        open_beams = not (bool(self.fin_done.all()) and early_stopping is True)
+        return bool(self.improvable.any()) and open_beams and not bool(ends.all())
 
-        beam_idx = (src_beam + offsets).view(-1)  # (B*N,) the cache row each new beam continues
-        cache.k.copy_(cache.k.index_select(1, beam_idx))
-        cache.v.copy_(cache.v.index_select(1, beam_idx))
-        last = run_seqs[:, :, t].reshape(-1, 1)  # (B*N, 1)
-        if seen is not None:
-            seen = seen.index_select(0, beam_idx)
-            seen.scatter_(1, last, True)
-        logits = model(last, input_pos=pos[P + t : P + t + 1], cache=cache, attention_mask=cache_mask, last_only=True)[
-            :, -1
-        ]
 
-    seqs, lens = fin_seqs[:, 0].tolist(), fin_lens[:, 0].tolist()
-    return [s[:n] for s, n in zip(seqs, lens, strict=True)]
+def _next_logits(
+    model,
+    cache: KVCache,
+    cache_mask: torch.Tensor | None,  # (B*N, P + L - 1)
+    beam_idx: torch.Tensor,  # (B*N,) the cache row each running beam continues
+    last: torch.Tensor,  # (B, N) each running beam's newest token
+    seen: torch.Tensor | None,  # (B*N, V)
+    input_pos: torch.Tensor,  # (1,)
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move the cache rows (and the seen tokens) to the beams that run on and feed each its newest token: the next
+    logits (B*N, V) and the seen tokens with the new ones."""
+    cache.k.copy_(cache.k.index_select(1, beam_idx))
+    cache.v.copy_(cache.v.index_select(1, beam_idx))
+    last = last.reshape(-1, 1)  # (B*N, 1)
+    if seen is not None:
+        seen = seen.index_select(0, beam_idx)
+        seen.scatter_(1, last, True)
+    logits = model(last, input_pos=input_pos, cache=cache, attention_mask=cache_mask, last_only=True)[:, -1]
+    return logits, seen

@@ -121,12 +121,7 @@ def generate(
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     check_max_new_tokens(max_new_tokens)
     stops = stop_list(stop_strings, tokenizer)
-    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
-        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if num_beams > 1 and not params.greedy:
-        raise ValueError("beam search is deterministic here: use temperature=0 with num_beams > 1 (no beam sampling)")
-    if num_beams > 1 and stops:
-        raise ValueError("stop_strings are not supported with beam search; use eos_token_id")
+    _check_beams(num_beams, params, stops)
     if model.config.family != "decoder":  # the other members: an encoder-decoder generates, the rest cannot
         return _generate_member(
             model, input_ids, max_new_tokens, params, num_beams, stops, eos_token_id, attention_mask, seed
@@ -137,19 +132,37 @@ def generate(
     steps = token_budget(model, prompts.length, max_new_tokens)
     eos = eos_set(eos_token_id)
     if num_beams > 1:
+        seen = seen_mask(prompts, model.config.vocab_size, params)
         return beam_search(
-            model,
-            prompts.ids,
-            prompts.mask,
-            steps,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
-            eos=eos,
-            seen=seen_mask(prompts, model.config.vocab_size, params),
-            params=params,
-        )
+            model, prompts.ids, prompts.mask, steps, num_beams=num_beams, length_penalty=length_penalty,
+            early_stopping=early_stopping, eos=eos, seen=seen, params=params,
+        )  # fmt: skip
     generator = make_generator(seed, device)
+    return _decode_loop(model, prompts, steps, params, eos, stops, tokenizer, generator)
+
+
+def _check_beams(num_beams, params: SamplingParams, stops: list[str]) -> None:
+    """Beam search's arguments: a whole number of beams, and with more than one, greedy choices and no stop strings."""
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    if num_beams > 1 and not params.greedy:
+        raise ValueError("beam search is deterministic here: use temperature=0 with num_beams > 1 (no beam sampling)")
+    if num_beams > 1 and stops:
+        raise ValueError("stop_strings are not supported with beam search; use eos_token_id")
+
+
+def _decode_loop(
+    model,
+    prompts: Prompts,
+    steps: int,
+    params: SamplingParams,
+    eos: frozenset[int],
+    stops: list[str],
+    tokenizer,
+    generator: torch.Generator | None,
+) -> list[list[int]]:
+    """The loop over token_steps for greedy or sampled decoding: the new tokens of each row, up to `steps`, each row
+    ending at its EOS or stop string."""
     # a sliding-window model keeps only its window per windowed layer: memory stays flat however long it generates
     cache_class = RollingKVCache if model.config.sliding_window else KVCache
     cache = cache_class.for_model(model, len(prompts.rows), prompts.length + steps - 1)

@@ -103,7 +103,14 @@ def kv_cache(quick: bool) -> Finding:
     sizes_ok = agree and all(big[k]["formula"] == v for k, v in expected.items())
     grows = speedups[-1] > speedups[0] and all(gen["same_tokens"])
     verdict = "confirmed" if sizes_ok and ratios[-1] > ratios[0] > 1 and grows else "refuted"
-    summary = (
+    summary = _summary(big, small, times, gen, agree, grows)
+    plot = partial(_plot, big=big, times=times, gen=gen, speedups=speedups)
+    return Finding(verdict, summary, dict(seven_b=big, twelve_layer=small, decode=times, generation=gen), plot)
+
+
+def _summary(big: dict, small: dict, times: dict, gen: dict, agree: bool, grows: bool) -> str:
+    """The finding's paragraph: the cache sizes, the decode step's times, the whole generations' times."""
+    return (
         f"7B-shaped (32 layers, 32 heads, head dim 128) at 4096 tokens in fp16: MHA {big['MHA']['formula'] / GiB:.2f} "
         f"GiB, GQA-8 {big['GQA-8']['formula'] / MiB:.0f} MiB, MQA {big['MQA']['formula'] / MiB:.0f} MiB; 12 layers, "
         f"head dim 64, 2048 tokens: MHA {small['MHA']['formula'] / MiB:.1f} MiB, GQA-8 "
@@ -133,24 +140,24 @@ def kv_cache(quick: bool) -> Finding:
         "(about N/2 + P times the tokens for N new tokens after P)."
     )
 
-    def plot(fig):
-        ax1, ax2, ax3 = fig.subplots(1, 3)
-        labels = list(big)
-        ax1.bar(labels, [big[k]["formula"] / MiB for k in labels])
-        ax1.set_ylabel("MiB (7B-shaped, 4K tokens, fp16)")
-        ax1.set_yscale("log")
-        ax2.plot(times["lengths"], times["cached_ms"], "o-", label="KV cache (one token)")
-        ax2.plot(times["lengths"], times["recompute_ms"], "s-", label="recompute all T tokens")
-        ax2.set_xlabel("sequence length T")
-        ax2.set_ylabel("ms per new token")
-        ax2.legend()
-        ax3.plot(gen["new_tokens"], speedups, "o-", label="measured")
-        ax3.plot(gen["new_tokens"], [r / c for r, c in zip(gen["recompute_tokens"], gen["cached_tokens"], strict=True)],
-                 "--", label="tokens through the model")  # fmt: skip
-        ax3.set_xscale("log", base=2)
-        ax3.set_yscale("log")
-        ax3.set_xlabel("new tokens generated")
-        ax3.set_ylabel("recompute time / cached time")
-        ax3.legend()
 
-    return Finding(verdict, summary, dict(seven_b=big, twelve_layer=small, decode=times, generation=gen), plot)
+def _plot(fig, *, big: dict, times: dict, gen: dict, speedups: list[float]) -> None:
+    """Cache sizes (7B-shaped), ms per decode step against T, and the generations' speed-up against their length."""
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    labels = list(big)
+    ax1.bar(labels, [big[k]["formula"] / MiB for k in labels])
+    ax1.set_ylabel("MiB (7B-shaped, 4K tokens, fp16)")
+    ax1.set_yscale("log")
+    ax2.plot(times["lengths"], times["cached_ms"], "o-", label="KV cache (one token)")
+    ax2.plot(times["lengths"], times["recompute_ms"], "s-", label="recompute all T tokens")
+    ax2.set_xlabel("sequence length T")
+    ax2.set_ylabel("ms per new token")
+    ax2.legend()
+    ax3.plot(gen["new_tokens"], speedups, "o-", label="measured")
+    ax3.plot(gen["new_tokens"], [r / c for r, c in zip(gen["recompute_tokens"], gen["cached_tokens"], strict=True)],
+             "--", label="tokens through the model")  # fmt: skip
+    ax3.set_xscale("log", base=2)
+    ax3.set_yscale("log")
+    ax3.set_xlabel("new tokens generated")
+    ax3.set_ylabel("recompute time / cached time")
+    ax3.legend()

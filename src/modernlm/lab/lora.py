@@ -25,6 +25,7 @@ from ._train import batch, evaluate, one_thread, tiny_config, train
 
 ALL = ATTENTION_TARGETS + MLP_TARGETS
 LR, B, T = 5e-3, 16, 64
+REF = "LoRA r=8 QKVO"  # the setting the claim is checked on
 
 
 @functools.lru_cache(maxsize=1)
@@ -124,28 +125,46 @@ def lora_vs_full(quick: bool) -> Finding:
     base = train(cfg, base_steps, seed=0).model
     held_out = prose()[1]
     base_loss = evaluate(base, T, 16, data=held_out)
-    seed_list, res = seeds(quick), {}
-    for label, setting in settings(quick).items():
+    seed_list = seeds(quick)
+    res = _runs(cfg, base, settings(quick), steps, seed_list, held_out)
+    full = res["full"]
+    gaps = {k: difference(v["val_losses"], full["val_losses"]) for k, v in res.items() if k != "full"}
+    memory_ok = res[REF]["memory_bytes"] < full["memory_bytes"]  # the claim's LoRA: a low rank on a few modules
+    heavier = [k for k, v in res.items() if v["memory_bytes"] >= full["memory_bytes"]]
+    compute_higher = res[REF]["step"] > full["step"]
+    close = gaps[REF].mean <= 0 or gaps[REF].negligible(0.05)
+    verdict = "confirmed" if memory_ok and compute_higher and close else "depends"
+    if not memory_ok:
+        verdict = "refuted"
+    numbers = dict(d_model=d, layers=layers, base_steps=base_steps, steps=steps, base_loss=base_loss, runs=res)
+    numbers.update(seeds=seed_list, minus_full={k: g.to_dict() for k, g in gaps.items()}, rule=rule(len(seed_list)))
+    return Finding(verdict, _summary(numbers, gaps, heavier), numbers, functools.partial(_plot, res=res))
+
+
+def _runs(
+    cfg, base, configs: dict[str, LoraConfig | None], steps: int, seed_list: list[int], held_out: torch.Tensor
+) -> dict[str, dict]:
+    """Each setting fine-tuned from the base once per seed: its held-out losses, seed 0's training curve, and the
+    counts of `_measure` (on a fresh copy with seed 0's adapters)."""
+    res = {}
+    for label, setting in configs.items():
         vals, curves = [], []
         for s in seed_list:
             model = prepare(base, setting, s)
             curves.append(finetune(model, steps, s))
             vals.append(evaluate(model, T, 16, data=held_out))
         res[label] = dict(_measure(cfg, prepare(base, setting, 0), setting), val_losses=vals, curve=curves[0])
+    return res
+
+
+def _summary(numbers: dict, gaps: dict, heavier: list[str]) -> str:
+    """The finding's paragraph: the base, each setting's counts and loss, the gaps to full fine-tuning."""
+    res, seed_list = numbers["runs"], numbers["seeds"]
     full = res["full"]
-    gaps = {k: difference(v["val_losses"], full["val_losses"]) for k, v in res.items() if k != "full"}
-    ref = "LoRA r=8 QKVO"
-    memory_ok = res[ref]["memory_bytes"] < full["memory_bytes"]  # the claim's LoRA: a low rank on a few modules
-    heavier = [k for k, v in res.items() if v["memory_bytes"] >= full["memory_bytes"]]
-    compute_higher = res[ref]["step"] > full["step"]
-    close = gaps[ref].mean <= 0 or gaps[ref].negligible(0.05)
-    verdict = "confirmed" if memory_ok and compute_higher and close else "depends"
-    if not memory_ok:
-        verdict = "refuted"
-    summary = (
-        f"Base: {layers} layers, {d} wide, pre-trained {base_steps} steps on Python source (held-out prose loss "
-        f"{base_loss:.3f}); fine-tuned {steps} steps of {B} x {T} bytes of English prose at lr {LR:g}, "
-        f"{len(seed_list)} seeds (data order and adapter init). "
+    return (
+        f"Base: {numbers['layers']} layers, {numbers['d_model']} wide, pre-trained {numbers['base_steps']} steps on "
+        f"Python source (held-out prose loss {numbers['base_loss']:.3f}); fine-tuned {numbers['steps']} steps of {B} x "
+        f"{T} bytes of English prose at lr {LR:g}, {len(seed_list)} seeds (data order and adapter init). "
         + "; ".join(
             f"{k}: {v['trainable']:,} trainable parameters, step memory {v['memory_bytes'] / 2**20:.2f} MiB "
             f"(optimizer states {v['optimizer_bytes'] / 2**10:.0f} KiB), {v['step'] / 1e6:.1f} MFLOPs per step "
@@ -154,30 +173,28 @@ def lora_vs_full(quick: bool) -> Finding:
         )
         + ". Loss minus full fine-tuning's: "
         + ", ".join(f"{k} {g.text()}" for k, g in gaps.items())
-        + f". Compute per step by FLOP count: {ref} {res[ref]['step'] / full['step']:.2f}x full fine-tuning ("
+        + f". Compute per step by FLOP count: {REF} {res[REF]['step'] / full['step']:.2f}x full fine-tuning ("
         "the frozen weights need no weight gradients; wall-clock time is left to a timed run). Settings needing at "
         f"least full fine-tuning's memory: {', '.join(heavier) or 'none'} (a rank near the width is not low rank). "
         + rule(len(seed_list))
         + " 'Close' allows a real difference under 0.05 nats."
     )
 
-    def plot(fig):
-        ax1, ax2, ax3 = fig.subplots(1, 3)
-        for k, v in res.items():
-            ax1.plot(v["curve"], label=k, lw=0.8)
-        ax1.set_xlabel("fine-tuning step (seed 0)")
-        ax1.set_ylabel("training loss on prose")
-        ax1.legend(fontsize=6)
-        labels = list(res)
-        ax2.barh(labels, [res[k]["memory_bytes"] / 2**20 for k in labels])
-        ax2.set_xlabel("one step's memory (MiB)")
-        ax2.tick_params(axis="y", labelsize=6)
-        means = [sum(res[k]["val_losses"]) / len(seed_list) for k in labels]
-        ax3.barh(labels, means)
-        ax3.set_xlim(min(means) - 0.1, max(means) + 0.05)
-        ax3.set_xlabel("held-out prose loss")
-        ax3.set_yticks([])
 
-    numbers = dict(d_model=d, layers=layers, base_steps=base_steps, steps=steps, base_loss=base_loss, runs=res)
-    numbers.update(seeds=seed_list, minus_full={k: g.to_dict() for k, g in gaps.items()}, rule=rule(len(seed_list)))
-    return Finding(verdict, summary, numbers, plot)
+def _plot(fig, *, res: dict[str, dict]) -> None:
+    """Seed 0's training curves, each setting's step memory, and the mean held-out losses."""
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    for k, v in res.items():
+        ax1.plot(v["curve"], label=k, lw=0.8)
+    ax1.set_xlabel("fine-tuning step (seed 0)")
+    ax1.set_ylabel("training loss on prose")
+    ax1.legend(fontsize=6)
+    labels = list(res)
+    ax2.barh(labels, [res[k]["memory_bytes"] / 2**20 for k in labels])
+    ax2.set_xlabel("one step's memory (MiB)")
+    ax2.tick_params(axis="y", labelsize=6)
+    means = [sum(res[k]["val_losses"]) / len(res[k]["val_losses"]) for k in labels]
+    ax3.barh(labels, means)
+    ax3.set_xlim(min(means) - 0.1, max(means) + 0.05)
+    ax3.set_xlabel("held-out prose loss")
+    ax3.set_yticks([])

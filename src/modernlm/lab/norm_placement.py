@@ -5,13 +5,14 @@ layers), and short training runs without and with learning-rate warmup."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from ..model import Transformer
 from . import Finding, experiment
-from ._seeds import difference, mean_std, pm, rule, seeds
+from ._seeds import Difference, difference, mean_std, pm, rule, seeds
 from ._train import batch, corpus, one_thread, smooth, tiny_config, train
 
 LR = 1e-2
@@ -49,14 +50,7 @@ def _runs(depth: int, steps: int, seed_list) -> dict[str, list[list[float]]]:
 def prenorm_vs_postnorm(quick: bool) -> Finding:
     depths = [2, 4, 8] if quick else [2, 4, 8, 16, 32, 48]
     seed_list = seeds(quick)
-    per_seed = {  # per-layer gradients, one list per seed
-        f"{p}, {i}": {d: [_layer_gradients(p, d, std, s) for s in seed_list] for d in depths}
-        for i, std in INITS.items()
-        for p in ("pre", "post")
-    }
-    grads = {k: {d: g[0] for d, g in v.items()} for k, v in per_seed.items()}  # the first seed's, for the plot
-    spreads = {k: {d: [g[-1] / g[0] for g in per] for d, per in v.items()} for k, v in per_seed.items()}
-    spread = {k: {d: mean_std(v)[0] for d, v in per.items()} for k, per in spreads.items()}
+    grads, spreads, spread = _gradients(depths, seed_list)
     depth, steps = (4, 12) if quick else (16, 150)
     curves = _runs(depth, steps, seed_list)
     final = {k: [smooth(c) for c in v] for k, v in curves.items()}
@@ -72,7 +66,65 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
     verdict = "confirmed" if all(grows.values()) and post_diverges and pre_ok else "depends"
     if not any(grows.values()) and not post_diverges:
         verdict = "refuted"
-    summary = (
+    summary = _summary(
+        depths=depths,
+        seed_list=seed_list,
+        spread=spread,
+        depth=depth,
+        steps=steps,
+        final=final,
+        first=first,
+        warmup_gain=warmup_gain,
+        grows=grows,
+        post_diverges=post_diverges,
+        pre_ok=pre_ok,
+    )
+    numbers = dict(
+        depths=depths,
+        layer_gradients={p: {str(d): g for d, g in v.items()} for p, v in grads.items()},
+        last_over_first={k: {str(d): r for d, r in v.items()} for k, v in spread.items()},
+        last_over_first_per_seed={k: {str(d): r for d, r in v.items()} for k, v in spreads.items()},
+        seeds=seed_list,
+        warmup_gain=warmup_gain.to_dict(),
+        rule=rule(len(seed_list)),
+        train_depth=depth,
+        steps=steps,
+        final_loss=final,
+        curves=curves,
+    )
+    return Finding(verdict, summary, numbers, partial(_plot, grads=grads, deep=deep, curves=curves, depth=depth))
+
+
+def _gradients(depths: list[int], seed_list: list[int]) -> tuple[dict, dict, dict]:
+    """Per placement and init, at each depth: the first seed's per-layer gradient norms (for the plot), the last
+    block's over the first's per seed, and its mean over the seeds."""
+    per_seed = {  # per-layer gradients, one list per seed
+        f"{p}, {i}": {d: [_layer_gradients(p, d, std, s) for s in seed_list] for d in depths}
+        for i, std in INITS.items()
+        for p in ("pre", "post")
+    }
+    grads = {k: {d: g[0] for d, g in v.items()} for k, v in per_seed.items()}  # the first seed's, for the plot
+    spreads = {k: {d: [g[-1] / g[0] for g in per] for d, per in v.items()} for k, v in per_seed.items()}
+    spread = {k: {d: mean_std(v)[0] for d, v in per.items()} for k, per in spreads.items()}
+    return grads, spreads, spread
+
+
+def _summary(
+    *,
+    depths: list[int],
+    seed_list: list[int],
+    spread: dict[str, dict[int, float]],
+    depth: int,
+    steps: int,
+    final: dict[str, list[float]],
+    first: dict[str, list[float]],
+    warmup_gain: Difference,
+    grows: dict[str, bool],
+    post_diverges: bool,
+    pre_ok: bool,
+) -> str:
+    """The finding's paragraph: the gradient ratios at initialisation, the training runs, what follows."""
+    return (
         f"Gradient norm of the last block over the first at initialisation (64 wide, byte-level, B=8, T=64; mean over "
         f"{len(seed_list)} seeds), "
         + "; ".join(
@@ -92,32 +144,19 @@ def prenorm_vs_postnorm(quick: bool) -> Finding:
         f"depth {depth}; pre-norm {'trains' if pre_ok else 'does NOT train'} without warmup. " + rule(len(seed_list))
     )
 
-    def plot(fig):
-        ax1, ax2 = fig.subplots(1, 2)
-        for k, g in grads.items():
-            g = g[deep]
-            ax1.plot(range(1, len(g) + 1), g, "o-" if k.startswith("pre") else "s--", label=k, ms=3)
-        ax1.set_yscale("log")
-        ax1.set_xlabel(f"layer (depth {deep})")
-        ax1.set_ylabel("gradient norm at init")
-        ax1.legend(fontsize=7)
-        for k, v in curves.items():
-            ax2.plot([sum(c) / len(c) for c in zip(*v, strict=True)], label=k, lw=0.8)
-        ax2.set_xlabel("step")
-        ax2.set_ylabel(f"training loss ({depth} layers, mean of seeds)")
-        ax2.legend(fontsize=7)
 
-    numbers = dict(
-        depths=depths,
-        layer_gradients={p: {str(d): g for d, g in v.items()} for p, v in grads.items()},
-        last_over_first={k: {str(d): r for d, r in v.items()} for k, v in spread.items()},
-        last_over_first_per_seed={k: {str(d): r for d, r in v.items()} for k, v in spreads.items()},
-        seeds=seed_list,
-        warmup_gain=warmup_gain.to_dict(),
-        rule=rule(len(seed_list)),
-        train_depth=depth,
-        steps=steps,
-        final_loss=final,
-        curves=curves,
-    )
-    return Finding(verdict, summary, numbers, plot)
+def _plot(fig, *, grads: dict, deep: int, curves: dict, depth: int) -> None:
+    """Per-layer gradient norms at init at the deepest depth, and the training curves (mean of the seeds)."""
+    ax1, ax2 = fig.subplots(1, 2)
+    for k, g in grads.items():
+        g = g[deep]
+        ax1.plot(range(1, len(g) + 1), g, "o-" if k.startswith("pre") else "s--", label=k, ms=3)
+    ax1.set_yscale("log")
+    ax1.set_xlabel(f"layer (depth {deep})")
+    ax1.set_ylabel("gradient norm at init")
+    ax1.legend(fontsize=7)
+    for k, v in curves.items():
+        ax2.plot([sum(c) / len(c) for c in zip(*v, strict=True)], label=k, lw=0.8)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel(f"training loss ({depth} layers, mean of seeds)")
+    ax2.legend(fontsize=7)
