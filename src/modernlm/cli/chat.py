@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
         description="Interactive chat (default model: the embedded SmolLM2-135M-Instruct). " + HELP,
     )
     p.add_argument("--system", default=None, help="system message (default: the template's own)")
-    add_model_args(p, compile=True)
+    add_model_args(p, compile=True, kv_cache=True)
     add_sampling_args(p, temperature=0.7, top_p=0.9)
     p.add_argument("--quiet", "-q", action="store_true", help="no tokens/s line after each reply")
     p.set_defaults(func=run)

@@ -15,6 +15,7 @@ from ..checkpoints.sources import DEFAULT_MODEL
 from ..finetune.lora import ATTENTION_TARGETS
 from ..generation.compiled import compile_decode
 from ..generation.sampling import SamplingParams
+from ..layers.kv_cache import KV_KINDS
 from ..loading import load
 from ..quant import describe
 from ..threads import apply_threads, torch_threads
@@ -91,8 +92,10 @@ def targets(text: str | None) -> list[str] | None:
 
 
 # ---- the model and the one loader ------------------------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser, *, quantize: bool = True, compile: bool = False) -> None:
-    """--model, --dtype, --device, and the flags the verb uses: --quantize, --compile."""
+def add_model_args(
+    p: argparse.ArgumentParser, *, quantize: bool = True, compile: bool = False, kv_cache: bool = False
+) -> None:
+    """--model, --dtype, --device, and the flags the verb uses: --quantize, --compile, --kv-cache."""
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model source (default: {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -102,6 +105,10 @@ def add_model_args(p: argparse.ArgumentParser, *, quantize: bool = True, compile
                        "file's own quantized blocks (default: float weights in --dtype)")  # fmt: skip
     if compile:
         p.add_argument("--compile", action="store_true", help="compile the one-token decode step (torch.compile)")
+    if kv_cache:
+        p.add_argument("--kv-cache", default="auto", choices=["auto", *KV_KINDS],
+                       help="the KV cache's storage: auto (the weights' dtype), a float dtype, or int8 (a scale per "
+                       "head and token: about half of bf16's bytes)")  # fmt: skip
 
 
 def load_for(args, tokenizer: bool = True):
@@ -112,6 +119,8 @@ def load_for(args, tokenizer: bool = True):
                       quantize=quantize, tokenizer=tokenizer)  # fmt: skip
     if quantize:
         log.info("weights: %s", describe(model))
+    if getattr(args, "kv_cache", "auto") != "auto":
+        model.kv_cache = args.kv_cache  # every cache built for this model (layers/kv_cache.new_cache) takes it
     if getattr(args, "compile", False):
         compile_decode(model)
     if getattr(args, "device", None) in (None, "cpu"):

@@ -21,7 +21,7 @@ def add_context_parser(kinds) -> None:
     from ..eval.long_context import KINDS
 
     p = kinds.add_parser("context", help="long context: perplexity by position and passkey retrieval, per scaling")
-    add_model_args(p)
+    add_model_args(p, kv_cache=True)
     p.add_argument("--scaling", default="none", help=f"comma-separated kinds: {', '.join(KINDS)} (default: none)")
     p.add_argument("--factor", type=float, default=4.0, help="target length over the model's length (default: 4)")
     p.add_argument(

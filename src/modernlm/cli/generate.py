@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat (default: the template's own)")
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
-    add_model_args(p, compile=True)
+    add_model_args(p, compile=True, kv_cache=True)
     add_sampling_args(p, temperature=0.0, top_p=None)
     b = p.add_argument_group("beam search")
     b.add_argument("--num-beams", type=int, default=1, help="beams (> 1: beam search, greedy only)")

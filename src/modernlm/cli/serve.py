@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         description="An OpenAI-compatible server with continuous batching and a prefix cache. "
         "Open http://HOST:PORT/ for the chat page.",
     )
-    add_model_args(p)  # --model, --dtype, --device, --quantize
+    add_model_args(p, kv_cache=True)  # --model, --dtype, --device, --quantize, --kv-cache
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("MODERNLM_API_KEY"),

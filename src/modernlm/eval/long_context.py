@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..analysis.kv_cache import kv_cache_bytes
 from ..config import ModelConfig
-from ..layers.kv_cache import KVCache, RollingKVCache
+from ..layers.kv_cache import new_cache, stored_dtype
 
 # The keys each kind gets from --scaling KIND --factor F (beyond rope_type, factor and the original length).
 SCALING_DEFAULTS = {
@@ -90,11 +90,6 @@ def scaling_for(kind: str, factor: float, original: int) -> dict:
     return scaling
 
 
-def new_cache(model, batch_size: int, length: int) -> KVCache:
-    cls = RollingKVCache if model.config.sliding_window else KVCache
-    return cls.for_model(model, batch_size, length)
-
-
 def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -108,7 +103,7 @@ def check_memory(model, length: int, chunk: int, what: str) -> dict:
     available; return the estimate."""
     cfg = model.config
     param = next(model.parameters())
-    kv = kv_cache_bytes(cfg, length, 1, param.dtype, rolling=bool(cfg.sliding_window))
+    kv = kv_cache_bytes(cfg, length, 1, stored_dtype(model), rolling=bool(cfg.sliding_window))
     scores = 4 * cfg.n_heads * chunk * length  # float32 scores of one chunk against every key
     logits = 4 * chunk * cfg.vocab_size * 2  # logits and their log-softmax
     need = kv + scores + logits
@@ -244,7 +239,7 @@ def kv_cache_report(model, lengths: list[int]) -> list[dict]:
     """At each length: the KV-cache bytes of the cache this evaluation allocates, beside the formula's
     2 x layers x kv heads x head dim x tokens x bytes (the window, not the length, on windowed layers), and the
     formula without the window (what a cache of every position would take)."""
-    dtype = next(model.parameters()).dtype
+    dtype = stored_dtype(model)
     rows = []
     for n in lengths:
         cache = new_cache(model, 1, n)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..layers.kv_cache import KVCache
+from ..layers.kv_cache import KVCache, new_cache
 from .sampling import SamplingParams, apply_repetition_penalty
 
 _BIG = -1.0e9  # transformers' "minus infinity" for scores; kept identical so ties break the same way
@@ -49,6 +49,7 @@ def beam_search(
     eos: frozenset[int],
     seen: torch.Tensor | None,  # (B, V) prompt tokens, for the repetition penalty
     params: SamplingParams,
+    kv_cache: str = "auto",  # the cache's storage (layers/kv_cache.new_cache)
 ) -> list[list[int]]:
     """The best finished hypothesis of each prompt: its new token ids (ending with EOS if it stopped there)."""
     _check_early_stopping(early_stopping)
@@ -59,7 +60,7 @@ def beam_search(
     K = max(2, 1 + len(eos)) * N
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=dev)
     pos = torch.arange(P + L, device=dev)
-    logits, cache, cache_mask = _prefill(model, ids, mask, pos, N, L)  # (B*N, V)
+    logits, cache, cache_mask = _prefill(model, ids, mask, pos, N, L, kv_cache)  # (B*N, V)
     if seen is not None:
         seen = seen.repeat_interleave(N, dim=0)  # (B*N, V)
     beams = _Beams.start(B, N, L, dev)
@@ -82,20 +83,20 @@ def beam_search(
 
 
 def _prefill(
-    model, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor, N: int, L: int
+    model, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor, N: int, L: int, kv: str = "auto"
 ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
     """Prefill each prompt once, then give every beam a copy of its cache: the logits of each prompt's last token
     (B*N, V), the beams' cache, and their attention mask over it ((B*N, P + L - 1); None when no padding)."""
     B, P = ids.shape
-    small = KVCache.for_model(model, B, P + L - 1)
+    small = new_cache(model, B, P + L - 1, kv, rolling=False)
     cache_mask = None
     if mask is not None:
         cache_mask = torch.ones(B, small.max_len, dtype=torch.long, device=ids.device)
         cache_mask[:, :P] = mask
     logits = model(ids, input_pos=pos[:P], cache=small, attention_mask=cache_mask, last_only=True)[:, -1]  # (B, V)
-    cache = KVCache.for_model(model, B * N, small.max_len)
-    cache.k.copy_(small.k.repeat_interleave(N, dim=1))
-    cache.v.copy_(small.v.repeat_interleave(N, dim=1))
+    cache = new_cache(model, B * N, small.max_len, kv, rolling=False)
+    for buffer, prefilled in zip(cache.buffers(), small.buffers(), strict=True):
+        buffer.copy_(prefilled.repeat_interleave(N, dim=1))
     del small
     logits = logits.repeat_interleave(N, dim=0)  # (B*N, V)
     if cache_mask is not None:
@@ -200,8 +201,8 @@ def _next_logits(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Move the cache rows (and the seen tokens) to the beams that run on and feed each its newest token: the next
     logits (B*N, V) and the seen tokens with the new ones."""
-    cache.k.copy_(cache.k.index_select(1, beam_idx))
-    cache.v.copy_(cache.v.index_select(1, beam_idx))
+    for buffer in cache.buffers():  # keys, values (and an int8 cache's scales): (L, B*N, ...)
+        buffer.copy_(buffer.index_select(1, beam_idx))
     last = last.reshape(-1, 1)  # (B*N, 1)
     if seen is not None:
         seen = seen.index_select(0, beam_idx)

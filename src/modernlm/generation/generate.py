@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..layers.kv_cache import KVCache, RollingKVCache
+from ..layers.kv_cache import KVCache, new_cache
 from .beam import beam_search
 from .compiled import decode_step
 from .inputs import (
@@ -104,6 +104,7 @@ def generate(
     tokenizer=None,
     attention_mask: torch.Tensor | None = None,
     seed: int | None = None,
+    kv_cache: str = "auto",
 ) -> list[list[int]]:
     """Generate up to `max_new_tokens` tokens after each prompt; return the new token ids of each, as a list of lists.
 
@@ -117,7 +118,8 @@ def generate(
     sampling.py); `repetition_penalty` applies to both. `seed` makes sampling reproducible (a private
     torch.Generator). `num_beams > 1` is beam search, matching transformers' (score = sum of log-probs /
     new_length ** length_penalty; `early_stopping` False, True or "never" as there); it returns the best beam.
-    Raises ValueError on bad input before any work."""
+    `kv_cache`: the cache's storage, "auto" (the model's dtype), "bfloat16", "float16", "float32" or "int8" (one scale
+    per head and token; layers/kv_cache.py). Raises ValueError on bad input before any work."""
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     check_max_new_tokens(max_new_tokens)
     stops = stop_list(stop_strings, tokenizer)
@@ -135,10 +137,11 @@ def generate(
         seen = seen_mask(prompts, model.config.vocab_size, params)
         return beam_search(
             model, prompts.ids, prompts.mask, steps, num_beams=num_beams, length_penalty=length_penalty,
-            early_stopping=early_stopping, eos=eos, seen=seen, params=params,
+            early_stopping=early_stopping, eos=eos, seen=seen, params=params, kv_cache=kv_cache,
         )  # fmt: skip
     generator = make_generator(seed, device)
-    return _decode_loop(model, prompts, steps, params, eos, stops, tokenizer, generator)
+    cache = new_cache(model, len(prompts.rows), prompts.length + steps - 1, kv_cache)
+    return _decode_loop(model, prompts, steps, params, eos, stops, tokenizer, generator, cache)
 
 
 def _check_beams(num_beams, params: SamplingParams, stops: list[str]) -> None:
@@ -160,12 +163,11 @@ def _decode_loop(
     stops: list[str],
     tokenizer,
     generator: torch.Generator | None,
+    cache: KVCache,
 ) -> list[list[int]]:
     """The loop over token_steps for greedy or sampled decoding: the new tokens of each row, up to `steps`, each row
-    ending at its EOS or stop string."""
-    # a sliding-window model keeps only its window per windowed layer: memory stays flat however long it generates
-    cache_class = RollingKVCache if model.config.sliding_window else KVCache
-    cache = cache_class.for_model(model, len(prompts.rows), prompts.length + steps - 1)
+    ending at its EOS or stop string. `cache` (new_cache): a sliding-window model's keeps only its window per windowed
+    layer, so memory stays flat however long it generates."""
     rows = FinishedRows(len(prompts.rows), eos, stops, tokenizer)
     out: list[list[int]] = [[] for _ in prompts.rows]
     seen = seen_mask(prompts, model.config.vocab_size, params)

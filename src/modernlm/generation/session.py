@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..layers.kv_cache import KVCache
+from ..layers.kv_cache import KVCache, new_cache
 from .generate import seen_mask, token_steps
 from .inputs import (
     check_max_new_tokens,
@@ -52,11 +52,13 @@ class Session:
 
     Each call finds the longest common prefix of its token ids with the tokens whose keys and values are cached and
     prefills only the rest; positions beyond are stale but invisible (the causal mask hides them until they are
-    overwritten). The cache grows in steps of `grow` positions up to the model's context."""
+    overwritten). The cache grows in steps of `grow` positions up to the model's context; `kv_cache` is its storage
+    ("auto": the model's dtype; "bfloat16", "int8"...: see layers/kv_cache.new_cache)."""
 
     model: torch.nn.Module
     tokenizer: object = None
     grow: int = 256
+    kv_cache: str = "auto"
     cache: KVCache | None = field(default=None, repr=False)
     cached: list[int] = field(default_factory=list, repr=False)  # the tokens at positions 0.. of the cache
     stats: TurnStats = field(default_factory=TurnStats)
@@ -150,11 +152,9 @@ class Session:
             return
         limit = self.model.config.max_seq_len
         size = min(limit, -(-needed // self.grow) * self.grow)
-        new = KVCache.for_model(self.model, 1, size)
+        new = new_cache(self.model, 1, size, self.kv_cache, rolling=False)  # rewinds to any common prefix
         if self.cache is not None and self.cached:
-            n = len(self.cached)
-            new.k[:, :, :, :n] = self.cache.k[:, :, :, :n]
-            new.v[:, :, :, :n] = self.cache.v[:, :, :, :n]
+            new.copy_prefix(self.cache, len(self.cached))
         self.cache = new
 
 

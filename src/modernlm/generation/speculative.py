@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layers.kv_cache import KVCache
+from ..layers.kv_cache import new_cache
 from .compiled import compile_decode, decode_step
 from .inputs import check_max_new_tokens, device_of, eos_set, make_generator, prepare_prompts, token_budget
 from .sampling import SamplingParams, process_logits
@@ -70,7 +70,7 @@ class ModelDraft:
 
     def __init__(self, model, max_len: int) -> None:
         self.model = model
-        self.cache = KVCache.for_model(model, 1, max_len)
+        self.cache = new_cache(model, 1, max_len, rolling=False)
         self.fed = 0
         self.pending = 0
 
@@ -190,9 +190,10 @@ def speculative_generate(
     eos_token_id: int | Sequence[int] | None = None,
     seed: int | None = None,
     stats: SpecStats | None = None,
+    kv_cache: str = "auto",
 ) -> list[int]:
     """The new token ids for one prompt, decoded speculatively with `draft` proposing `num_draft_tokens` per round.
-    Greedy output equals `generate`'s; sampled output has its distribution."""
+    Greedy output equals `generate`'s; sampled output has its distribution. `kv_cache`: the target's cache storage."""
     params = SamplingParams(temperature, top_k, top_p, min_p)
     check_max_new_tokens(max_new_tokens)
     if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
@@ -207,7 +208,7 @@ def speculative_generate(
     device = device_of(model)
     generator = make_generator(seed if seed is not None else int(torch.randint(2**62, ())), device)
     stats = stats if stats is not None else SpecStats()
-    cache = KVCache.for_model(model, 1, max_len)
+    cache = new_cache(model, 1, max_len, kv_cache, rolling=False)  # rejections rewind: every position kept
     eos, new = eos_set(eos_token_id), []
     feed, start = context, 0  # tokens the target has not seen yet, and the position of the first
     while len(new) < steps:

@@ -106,8 +106,12 @@ def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) 
 
     kv = (k_cache, v_cache), (B, K, S, Dh) indexed by position: written at input_pos, all S slots returned.
     kv = (k_cache, v_cache, slots), a rolling window of W slots: the window's keys followed by the new ones
-    (B, K, W + T, Dh) are returned, then the last len(slots) new ones overwrite the slots (position % W)."""
+    (B, K, W + T, Dh) are returned, then the last len(slots) new ones overwrite the slots (position % W).
+    kv = an object with `write` (a quantized cache's layer): it stores them and returns what to attend over."""
+    if hasattr(kv, "write"):  # a quantized cache's layer (kv_cache.Int8Layer) rounds, stores and dequantizes itself
+        return kv.write(k, v, input_pos)
     k_cache, v_cache = kv[0], kv[1]
+    dtype = k.dtype  # a cache kept in another dtype (bf16 beside fp32 weights) is read back in the model's
     k, v = k.to(k_cache.dtype), v.to(v_cache.dtype)
     if len(kv) == 3:
         slots = kv[2]  # (n,)
@@ -115,7 +119,7 @@ def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) 
         n = slots.shape[0]
         k_cache.index_copy_(2, slots, k[:, :, k.shape[2] - n :])
         v_cache.index_copy_(2, slots, v[:, :, v.shape[2] - n :])
-        return keys, values
+        return keys.to(dtype), values.to(dtype)
     if input_pos.dim() == 1:
         k_cache.index_copy_(2, input_pos, k)
         v_cache.index_copy_(2, input_pos, v)
@@ -123,4 +127,4 @@ def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) 
         rows = torch.arange(k.shape[0], device=input_pos.device)[:, None]  # (B, 1)
         k_cache[rows, :, input_pos] = k.transpose(1, 2)
         v_cache[rows, :, input_pos] = v.transpose(1, 2)
-    return k_cache, v_cache
+    return k_cache.to(dtype), v_cache.to(dtype)

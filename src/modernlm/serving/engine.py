@@ -34,7 +34,7 @@ import torch
 from ..generation.inputs import make_generator
 from ..generation.sampling import SamplingParams, next_token
 from ..generation.stops import IncrementalDecoder
-from ..layers.kv_cache import KVCache
+from ..layers.kv_cache import new_cache
 from .metrics import Metrics
 from .prefix_cache import PrefixCache
 
@@ -171,6 +171,7 @@ class Engine:
         prefill_chunk: int = 512,
         block: int = 16,
         time_limit: float = 600.0,
+        kv_cache: str = "auto",
     ) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         limit = model.config.max_seq_len
@@ -179,7 +180,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.vocab = model.config.vocab_size
         self.device = next(model.parameters()).device
-        self.cache = KVCache.for_model(model, max_batch, self.context)
+        self.cache = new_cache(model, max_batch, self.context, kv_cache, rolling=False)  # rows at their own positions
         self.prefix = PrefixCache(self.cache, prefix_blocks, block) if prefix_blocks else None
         self.metrics = Metrics()
         self.running: list[_Sequence] = []
@@ -427,8 +428,7 @@ class Engine:
         if last is not seq:
             # positions up to its last token's: this step's forward may have written that one already
             n = min(last.position + 1, self.context)
-            self.cache.k[:, seq.row, :, :n] = self.cache.k[:, last.row, :, :n]
-            self.cache.v[:, seq.row, :, :n] = self.cache.v[:, last.row, :, :n]
+            self.cache.copy_row(seq.row, last.row, n)
             last.row = seq.row
             self.running[seq.row] = last
 

@@ -31,15 +31,17 @@ def _digest(parent: bytes, tokens: Sequence[int]) -> bytes:
 
 
 class PrefixCache:
-    """Pool buffers k, v of shape (L, N, K, Bk, Dh); `blocks` maps a chain key to its pool index, oldest first."""
+    """Pool buffers shaped like the cache's (keys, values, and a quantized cache's scales), (L, N, K, Bk, ...);
+    `blocks` maps a chain key to its pool index, oldest first."""
 
     def __init__(self, like: KVCache, capacity: int, block: int = 16) -> None:
         if block < 1 or capacity < 1:
             raise ValueError(f"the prefix cache needs block >= 1 and capacity >= 1, got {block} and {capacity}")
-        L, _, K, _, Dh = like.k.shape
         self.block, self.capacity = block, capacity
-        self.k = torch.zeros(L, capacity, K, block, Dh, dtype=like.k.dtype, device=like.k.device)
-        self.v = torch.zeros_like(self.k)
+        self.pools = [
+            torch.zeros(b.shape[0], capacity, b.shape[2], block, *b.shape[4:], dtype=b.dtype, device=b.device)
+            for b in like.buffers()
+        ]  # each (L, N, K, Bk, ...)
         self.blocks: OrderedDict[bytes, int] = OrderedDict()
         self.free = list(range(capacity - 1, -1, -1))
 
@@ -67,8 +69,8 @@ class PrefixCache:
         """Copy the hit blocks into positions 0.. of a cache row; the number of positions filled."""
         for j, index in enumerate(hits):
             span = slice(j * self.block, (j + 1) * self.block)
-            cache.k[:, row, :, span] = self.k[:, index]
-            cache.v[:, row, :, span] = self.v[:, index]
+            for buffer, pool in zip(cache.buffers(), self.pools, strict=True):
+                buffer[:, row, :, span] = pool[:, index]
         return len(hits) * self.block
 
     def store(self, tokens: Sequence[int], cache: KVCache, row: int) -> None:
@@ -82,8 +84,8 @@ class PrefixCache:
                 self.free.append(evicted)
             index = self.free.pop()
             span = slice(j * self.block, (j + 1) * self.block)
-            self.k[:, index] = cache.k[:, row, :, span]
-            self.v[:, index] = cache.v[:, row, :, span]
+            for buffer, pool in zip(cache.buffers(), self.pools, strict=True):
+                pool[:, index] = buffer[:, row, :, span]
             self.blocks[key] = index
 
     def clear(self) -> None:
@@ -94,4 +96,4 @@ class PrefixCache:
         return len(self.blocks)
 
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(pool.numel() * pool.element_size() for pool in self.pools)
