@@ -102,17 +102,25 @@ def _converted(path: Path) -> Path | None:
     return gguf_cache.converted(path) if path.is_file() else None
 
 
-def _read_checkpoint(path: Path, converted: Path | None):
+def _format(path: Path) -> str:
+    """Which reader a local source needs: "gguf" (a file), "native" (a modernlm run directory) or "hf"."""
     if path.is_file():
-        return load_native(converted) if converted is not None else load_gguf(path)
+        return "gguf"
     if is_native(path):
-        return load_native(path)
+        return "native"
     if (path / "config.json").is_file():
-        return load_hf(path)
+        return "hf"
     raise SourceError(
         f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
         "directory), and is not a .gguf file"
     )
+
+
+def _read_checkpoint(path: Path, converted: Path | None):
+    kind = _format(path)
+    if kind == "gguf":
+        return load_native(converted) if converted is not None else load_gguf(path)
+    return load_native(path) if kind == "native" else load_hf(path)
 
 
 def load_model(
@@ -182,18 +190,11 @@ def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
         return ModelConfig.from_json(Path(source)).validate()
     try:
         path = _local_path(source)
+        kind = _format(path)
     except SourceError as e:
         raise SourceError(f"{e}; or a preset: {', '.join(PRESETS)}; or a ModelConfig .json file") from e
-    if path.is_file():
-        return read_gguf(path).config()
-    if is_native(path):
-        return native_config(path)
-    if (path / "config.json").is_file():
-        return read_hf_config(path)
-    raise SourceError(
-        f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
-        f"directory); give one of those, a .gguf file, a preset ({', '.join(PRESETS)}) or a ModelConfig .json file"
-    )
+    reader = {"gguf": lambda p: read_gguf(p).config(), "native": native_config, "hf": read_hf_config}[kind]
+    return reader(path)
 
 
 def model_class(config) -> type[torch.nn.Module]:
