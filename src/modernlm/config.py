@@ -71,7 +71,7 @@ MEMBER_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "output_scale": (1.0, ("seq2seq",)),
     "local_window": (0, ("encoder",)),
     "global_every": (1, ("encoder",)),
-    "local_rope_theta": (None, ("encoder",)),
+    "local_rope_theta": (None, ("encoder", "decoder")),  # decoder: the RoPE base of its sliding-window layers
     "skip_first_attn_norm": (False, ("encoder",)),
     "decoder_start_token_id": (0, ("seq2seq",)),
     "image_size": (224, ("vit",)),
@@ -83,6 +83,11 @@ MEMBER_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "activation_checkpointing": (False, ("decoder",)),
     "sliding_window": (0, ("decoder",)),  # encoders have local_window (both ways)
     "layer_types": (None, ("decoder",)),
+    "qk_norm": (False, ("decoder",)),
+    "sandwich_norm": (False, ("decoder",)),
+    "parallel_block": (False, ("decoder",)),
+    "attn_softcap": (None, ("decoder",)),
+    "logit_softcap": (None, ("decoder",)),
 }
 
 
@@ -115,6 +120,11 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     shared_qk: bool = False  # one projection for queries and keys (Reformer's shared-QK; needs n_kv_heads == n_heads)
+    qk_norm: bool = False  # a `norm` over each head's q and k (width head_dim) before RoPE (Qwen3, Gemma 3)
+    sandwich_norm: bool = False  # pre-norm plus a norm on each sub-layer's output before the residual add (Gemma 2, 3)
+    parallel_block: bool = False  # x + Attn(Norm(x)) + FFN(Norm(x)): both sub-layers off one norm (Falcon, GPT-J)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2); explicit path
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # False: every token sees every other (an encoder's attention; a decoder trained so cheats)
     tie_embeddings: bool = False
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, Gemma)
@@ -141,7 +151,8 @@ class ModelConfig:
     decoder_start_token_id: int = 0  # seq2seq: the first decoder input (T5: the pad token)
     local_window: int = 0  # encoder: >0 makes layers local, each token seeing keys within local_window // 2 of it
     global_every: int = 1  # encoder with local_window: layer i attends globally when i % global_every == 0
-    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; None: rope_theta
+    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; decoder: of sliding-window layers
+    # (no rope_scaling on them: Gemma 3); None: rope_theta
     skip_first_attn_norm: bool = False  # encoder: layer 0 reads the (already normalised) embedding (ModernBERT)
     image_size: int = 224  # vit: height = width of the input image, in pixels
     patch_size: int = 16  # vit: side of a square patch; must divide image_size
@@ -330,6 +341,29 @@ class ModelConfig:
             )
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        self._check_block_options()
+
+    def _check_block_options(self) -> None:
+        """The decoder block's options of the later models (Qwen3, Gemma 2 / 3, Falcon), each with what it needs."""
+        for name in ("attn_softcap", "logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None (no capping), got {value!r}")
+        if (self.sandwich_norm or self.parallel_block) and self.norm_placement != "pre":
+            what = "sandwich_norm" if self.sandwich_norm else "parallel_block"
+            raise ConfigError(f"{what} is a pre-norm block; set norm_placement='pre'")
+        if self.sandwich_norm and self.parallel_block:
+            raise ConfigError("sandwich_norm and parallel_block cannot both be set: pick one block layout")
+        if self.qk_norm and self.shared_qk:
+            raise ConfigError("qk_norm normalises queries and keys apart; shared_qk has no keys of their own")
+        if self.family == "decoder" and self.local_rope_theta is not None:
+            if self.positions != "rope" or not self.sliding_window:
+                raise ConfigError(
+                    "local_rope_theta is the RoPE base of a decoder's sliding-window layers: it needs positions='rope' "
+                    "and sliding_window > 0"
+                )
+            if not self.local_rope_theta > 0:
+                raise ConfigError(f"local_rope_theta must be > 0, got {self.local_rope_theta!r}")
 
     def _check_window(self) -> None:
         window, types = self.sliding_window, self.layer_types
