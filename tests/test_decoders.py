@@ -187,3 +187,135 @@ def test_falcon_gqa_cannot_be_saved(tmp_path):
                                              norm="layernorm", ffn="gelu_erf", parallel_block=True, max_seq_len=32))
     with pytest.raises(CheckpointError, match=r"cannot save as FalconForCausalLM: n_kv_heads"):
         modernlm.save_model(model, tmp_path)
+
+
+# ---- GGUF in: files written from a transformers model's weights as llama.cpp's converter writes them ----------------
+GGUF_CONFIGS = {  # small configs inside what transformers' GGUF loader reads back (its defaults for the rest)
+    "qwen3": (transformers.Qwen3Config, dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                                             rope_theta=1e6)),
+    "phi3": (transformers.Phi3Config, dict(num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)),
+    "gemma2": (transformers.Gemma2Config, dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+                                               sliding_window=WINDOW, attn_logit_softcapping=50.0,
+                                               final_logit_softcapping=30.0)),
+    "gemma3": (transformers.Gemma3TextConfig, dict(num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+                                                   num_hidden_layers=6, sliding_window=WINDOW, rope_theta=1e6)),
+    "falcon": (transformers.FalconConfig, dict(num_attention_heads=4, ffn_hidden_size=256)),
+}  # fmt: skip
+GGUF_NAMES = [  # (transformers name pattern, GGUF name): llama.cpp's tensor map for these architectures
+    (r"model\.embed_tokens\.", "token_embd."), (r"model\.norm\.", "output_norm."), (r"lm_head\.", "output."),
+    (r"model\.layers\.(\d+)\.input_layernorm\.", r"blk.\1.attn_norm."),
+    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.", r"blk.\1.attn_\2."),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.", r"blk.\1.attn_output."),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.", r"blk.\1.attn_\2_norm."),
+    (r"model\.layers\.(\d+)\.self_attn\.qkv_proj\.", r"blk.\1.attn_qkv."),
+    (r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.", r"blk.\1.ffn_norm."),
+    (r"model\.layers\.(\d+)\.post_feedforward_layernorm\.", r"blk.\1.post_ffw_norm."),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.", r"blk.\1.ffn_\2."),
+    (r"model\.layers\.(\d+)\.mlp\.gate_up_proj\.", r"blk.\1.ffn_up."),
+    (r"transformer\.word_embeddings\.", "token_embd."), (r"transformer\.ln_f\.", "output_norm."),
+    (r"transformer\.h\.(\d+)\.input_layernorm\.", r"blk.\1.attn_norm."),
+    (r"transformer\.h\.(\d+)\.self_attention\.query_key_value\.", r"blk.\1.attn_qkv."),
+    (r"transformer\.h\.(\d+)\.self_attention\.dense\.", r"blk.\1.attn_output."),
+    (r"transformer\.h\.(\d+)\.mlp\.dense_h_to_4h\.", r"blk.\1.ffn_up."),
+    (r"transformer\.h\.(\d+)\.mlp\.dense_4h_to_h\.", r"blk.\1.ffn_down."),
+]  # fmt: skip
+
+
+def gguf_tensors(arch: str, hf) -> dict:
+    """GGUF name -> (float32 array, F32): renamed, Gemma's norm gains stored as 1 + w, tied heads left out."""
+    import re
+
+    from gguf import GGMLQuantizationType as Q
+
+    post_attention = "post_attention_norm." if arch.startswith("gemma") else "ffn_norm."
+    names = [*GGUF_NAMES, (r"model\.layers\.(\d+)\.post_attention_layernorm\.", rf"blk.\1.{post_attention}")]
+    out = {}
+    for name, tensor in hf.state_dict().items():
+        if name == "lm_head.weight" and hf.config.tie_word_embeddings:
+            continue
+        gguf_name = next(re.sub(p, g, name) for p, g in names if re.match(p, name))
+        value = tensor.float() + (1.0 if arch.startswith("gemma") and "norm" in name else 0.0)
+        out[gguf_name] = (value.numpy(), Q.F32)
+    return out
+
+
+def gguf_metadata(arch: str, config) -> dict:
+    meta = {
+        "block_count": config.num_hidden_layers, "context_length": config.max_position_embeddings,
+        "embedding_length": config.hidden_size, "attention.head_count": config.num_attention_heads,
+        "feed_forward_length": getattr(config, "ffn_hidden_size", None) or config.intermediate_size,
+        "attention.head_count_kv": 1 if arch == "falcon" else config.num_key_value_heads, "vocab_size": V,
+    }  # fmt: skip
+    if arch == "falcon":
+        meta["attention.layer_norm_epsilon"] = config.layer_norm_epsilon
+    else:
+        rope = config.rope_parameters
+        theta = rope["full_attention"]["rope_theta"] if "full_attention" in rope else rope["rope_theta"]
+        meta |= {"attention.layer_norm_rms_epsilon": config.rms_norm_eps, "rope.freq_base": float(theta)}
+    if arch in ("qwen3", "gemma2", "gemma3"):
+        meta["attention.key_length"] = meta["attention.value_length"] = config.head_dim
+    if arch.startswith("gemma"):
+        meta["attention.sliding_window"] = config.sliding_window
+    if arch == "gemma2":
+        meta |= {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+    return {**{f"{arch}.{k}": v for k, v in meta.items()}, "tokenizer.ggml.padding_token_id": 0}
+
+
+@pytest.mark.parametrize("arch", sorted(GGUF_CONFIGS))
+def test_gguf_files_load_with_transformers_logits(arch, tmp_path, write_gguf):
+    config_class, fields = GGUF_CONFIGS[arch]
+    CONFIGS[f"gguf-{arch}"] = (config_class, fields)
+    try:
+        hf = make_hf(f"gguf-{arch}")
+    finally:
+        del CONFIGS[f"gguf-{arch}"]
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, gguf_metadata(arch, hf.config), gguf_tensors(arch, hf))
+    ours = modernlm.load_model(path)
+    ids = ids_of(24, batch=2)  # three windows long
+    with torch.no_grad():
+        got = ours(ids)
+    torch.testing.assert_close(got, hf_logits(hf, ids), atol=1e-4, rtol=0)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    torch.testing.assert_close(got, hf_logits(reference.eval(), ids), atol=1e-4, rtol=0)
+
+
+# ---- the embedded Gemma 3 270M (Q4_K_M) against transformers' own load of the same file ----------------------------
+GEMMA_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    return",
+    "<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n",
+    "A river runs through the old town, past the mill and the church. " * 40,  # past the 512-token window
+]
+
+
+@pytest.fixture(scope="module")
+def gemma_270m():
+    """(ours, transformers' model, transformers' tokenizer) of the embedded file: each dequantizes it (~1 min)."""
+    from modernlm.checkpoints.sources import resolve
+
+    path = resolve("gemma-3-270m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return modernlm.load_model("gemma-3-270m"), hf.eval(), tokenizer
+
+
+@pytest.mark.slow
+def test_gemma_270m_config_is_the_released_model(gemma_270m):
+    ours, _, _ = gemma_270m
+    cfg = ours.config
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size) == (
+        18, 640, 4, 1, 256, 262144)  # fmt: skip
+    assert cfg.sliding_window == 512 and cfg.layer_types.count("full_attention") == 3 and cfg.local_rope_theta == 1e4
+    assert parameter_counts(cfg)["total"] == sum(p.numel() for p in ours.parameters()) == 268_098_176
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", GEMMA_PROMPTS, ids=["prose", "code", "chat", "past-the-window"])
+def test_gemma_270m_greedy_tokens_equal_transformers(gemma_270m, prompt):
+    from modernlm.generation import generate
+
+    ours, hf, tokenizer = gemma_270m
+    ids = tokenizer.encode(prompt)  # with <bos>, as Gemma expects
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert generate(ours, ids, 16) == [out[0, len(ids) :].tolist()]
