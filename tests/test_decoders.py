@@ -319,3 +319,24 @@ def test_gemma_270m_greedy_tokens_equal_transformers(gemma_270m, prompt):
     with torch.no_grad():
         out = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert generate(ours, ids, 16) == [out[0, len(ids) :].tolist()]
+
+
+# ---- accounting: info, memory and flops over the new members -------------------------------------------------------
+@pytest.mark.parametrize("name", ["qwen3", "phi3-window", "gemma3", "falcon-mha-sequential-bias"])
+def test_info_memory_and_flops_describe_the_member(name, tmp_path, capsys):
+    from modernlm.analysis import training_memory
+    from modernlm.cli.__main__ import main
+
+    hf = make_hf(name)
+    hf.save_pretrained(tmp_path)
+    model = modernlm.load_model(tmp_path)
+    measured = sum(p.numel() for p in model.parameters())
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"]["total"] == measured == sum(p.numel() for p in hf.parameters())
+    assert main(["memory", str(tmp_path), "--seq-len", "32", "--json"]) == 0
+    memory = json.loads(capsys.readouterr().out)
+    parameter_bytes = training_memory(model.config, 8, 32, precision="bf16")["parameters"]
+    assert parameter_bytes == measured * 4  # fp32 master weights under bf16 autocast
+    assert memory and main(["flops", str(tmp_path), "--seq-len", "32"]) == 0
+    assert f"{measured:,} parameters" in capsys.readouterr().out
