@@ -54,9 +54,10 @@ DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
 
 # The members of the family (issue 11) and the heads each may carry. "lm": next-token (decoder) or decoder-side
 # (seq2seq) logits; "mlm": masked-LM logits; "none": the final hidden states; "classify": one label per sequence/image.
-FAMILIES = ("decoder", "encoder", "seq2seq", "vit")
+FAMILIES = ("decoder", "encoder", "seq2seq", "vit", "vlm")
 FAMILY_HEADS = {
     "decoder": ("lm",),
+    "vlm": ("lm",),  # a decoder whose image tokens are a vision tower's features (vision, pixel_shuffle)
     "encoder": ("mlm", "none", "classify"),
     "seq2seq": ("lm",),
     "vit": ("classify", "none"),
@@ -78,6 +79,10 @@ MEMBER_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "patch_size": (16, ("vit",)),
     "n_channels": (3, ("vit",)),
     "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
+    "class_token": (True, ("vit",)),
+    "vision": (None, ("vlm",)),
+    "image_token_id": (0, ("vlm",)),
+    "pixel_shuffle": (1, ("vlm",)),
     # the members' assemblies do not scale embeddings or recompute blocks
     "scale_embeddings": (False, ("decoder",)),
     "activation_checkpointing": (False, ("decoder",)),
@@ -157,6 +162,10 @@ class ModelConfig:
     image_size: int = 224  # vit: height = width of the input image, in pixels
     patch_size: int = 16  # vit: side of a square patch; must divide image_size
     n_channels: int = 3  # vit: colour channels of the input
+    class_token: bool = True  # vit: a learned class token in front of the patches (False: SigLIP, positions per patch)
+    vision: dict[str, Any] | None = None  # vlm: the vision tower's config (a ModelConfig dict of family "vit")
+    image_token_id: int = 0  # vlm: the token whose embeddings are replaced by image features, one per feature
+    pixel_shuffle: int = 1  # vlm: s, each s x s block of patch features concatenated into one token (Idefics3)
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
 
     def __post_init__(self) -> None:
@@ -229,6 +238,31 @@ class ModelConfig:
         self._check_member_build()
         if self.family == "vit":
             self._check_vit()
+        if self.family == "vlm":
+            self._check_vlm()
+
+    def _check_vlm(self) -> None:
+        """The vision tower is a bare ViT config whose patch grid the pixel shuffle divides; the image token exists."""
+        if not isinstance(self.vision, dict):
+            raise ConfigError("family 'vlm' needs `vision`: the vision tower's config (a dict of family 'vit')")
+        vision = ModelConfig.from_dict(self.vision, "vision").validate()
+        if vision.family != "vit" or vision.head != "none":
+            raise ConfigError(f"vision must be a ViT with head 'none', got family {vision.family!r}, {vision.head!r}")
+        side, s = vision.image_size // vision.patch_size, self.pixel_shuffle
+        if not isinstance(s, int) or s < 1 or side % s:
+            raise ConfigError(
+                f"pixel_shuffle={s!r} must be a positive integer dividing the {side} x {side} patch grid of the vision "
+                "tower (each s x s block of patches becomes one token)"
+            )
+        if not 0 <= self.image_token_id < self.vocab_size:
+            raise ConfigError(f"image_token_id={self.image_token_id} is not a token of the {self.vocab_size} ids")
+
+    @property
+    def image_tokens(self) -> int:
+        """vlm: tokens per image, (image_size / patch_size / pixel_shuffle)^2."""
+        vision = self.vision or {}
+        side = vision.get("image_size", 224) // vision.get("patch_size", 16) // self.pixel_shuffle
+        return side * side
 
     def _check_member_values(self) -> None:
         """The members' own counts and scales, each in its range."""
@@ -247,8 +281,9 @@ class ModelConfig:
 
     def _check_member_fields(self) -> None:
         """Fields of other members (MEMBER_FIELDS), of the classify head and of T5's positions keep their defaults."""
+        family = "decoder" if self.family == "vlm" else self.family  # a VLM's language model is a decoder
         for name, (default, families) in MEMBER_FIELDS.items():
-            if getattr(self, name) != default and self.family not in families:
+            if getattr(self, name) != default and family not in families and self.family not in families:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is implemented only for family {' / '.join(families)}, not "
                     f"{self.family!r}; leave it at {default!r}"
@@ -295,10 +330,11 @@ class ModelConfig:
             raise ConfigError(
                 f"family 'vit' uses learned positions (one per patch + class token), got {self.positions!r}"
             )
-        if self.max_seq_len != self.n_patches + 1:
+        rows = self.n_patches + self.class_token
+        if self.max_seq_len != rows:
             raise ConfigError(
-                f"a ViT's position table has one row per patch plus the class token: max_seq_len must be "
-                f"{self.n_patches + 1} for image_size={self.image_size}, patch_size={self.patch_size}, "
+                f"a ViT's position table has one row per patch{' plus the class token' * self.class_token}: "
+                f"max_seq_len must be {rows} for image_size={self.image_size}, patch_size={self.patch_size}, "
                 f"got {self.max_seq_len}"
             )
 

@@ -106,11 +106,12 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding; S = T or the cache length
         last_only: bool = False,  # logits for the last position only (generation)
+        embeds: torch.Tensor | None = None,  # (B, T, D) in place of token_embeddings(input_ids) (a VLM's merged text)
     ) -> torch.Tensor:  # (B, T, V) float32 logits, or (B, 1, V) with last_only
         B, T = self._check_inputs(input_ids, input_pos, cache, attention_mask)
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
-        x = self._embed(input_ids, input_pos, attention_mask)  # (B, T, D)
+        x = self._embed(input_ids, input_pos, attention_mask, embeds)  # (B, T, D)
         rolling = isinstance(cache, RollingKVCache)
         if rolling:
             self._check_rolling(cache, input_pos)
@@ -141,12 +142,15 @@ class Transformer(nn.Module):
         cap = self.config.logit_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
-    def _embed(self, input_ids, input_pos, attention_mask) -> torch.Tensor:
-        """Token embeddings (scaled by sqrt(D) if asked), plus absolute positions, then embedding dropout."""
-        cfg = self.config
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        """Token embeddings, scaled by sqrt(D) if the config asks."""
         x = self.embed(input_ids)  # (B, T, D)
-        if cfg.scale_embeddings:
-            x = x * math.sqrt(cfg.d_model)
+        return x * math.sqrt(self.config.d_model) if self.config.scale_embeddings else x
+
+    def _embed(self, input_ids, input_pos, attention_mask, embeds=None) -> torch.Tensor:
+        """Token embeddings (or `embeds`), plus absolute positions, then embedding dropout."""
+        cfg = self.config
+        x = self.token_embeddings(input_ids) if embeds is None else embeds  # (B, T, D)
         if self.pos_embed is not None and self.pos_embed.absolute:  # a table: added or concatenated
             x = self.pos_embed.add(x, absolute_positions(input_pos, attention_mask))  # (B, T, D)
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x

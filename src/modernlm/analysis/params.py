@@ -55,9 +55,22 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         "norms": n_norms * norm_parameters(cfg),
         "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model,
     }
+    if cfg.family == "vlm":  # the vision tower and the projector beside the decoder
+        vision = ModelConfig.from_dict(cfg.vision, "vision")
+        counts["vision"] = vision_parameters(vision)
+        counts["projector"] = vision.d_model * cfg.pixel_shuffle**2 * cfg.d_model
     counts["total"] = sum(counts.values())
     counts["non_embedding"] = counts["total"] - counts["embedding"] - counts["positions"] - counts["lm_head"]
     return counts
+
+
+def vision_parameters(cfg: ModelConfig) -> int:
+    """A ViT tower: the patch projection (a strided convolution with bias), the class token if any, one learned
+    position per token, its pre-norm blocks and final norm (no head)."""
+    patch = cfg.n_channels * cfg.patch_size**2 * cfg.d_model + cfg.d_model
+    tokens = cfg.n_patches + cfg.class_token
+    blocks = cfg.n_layers * (attention_parameters(cfg) + ffn_parameters(cfg) + 2 * norm_parameters(cfg))
+    return patch + cfg.class_token * cfg.d_model + tokens * cfg.d_model + blocks + norm_parameters(cfg)
 
 
 def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from ..config import ConfigError, ModelConfig
 from ..text import read_json
-from . import decoders, family, gpt2
+from . import decoders, family, gpt2, vlm
 from .base import CheckpointError, positive_field, write_directory
 from .names import NameTable
 
@@ -65,13 +65,16 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     by_type = {v: k for k, v in SUPPORTED.items()}
     by_type.update(family.BY_MODEL_TYPE)
     by_type.update(decoders.BY_MODEL_TYPE)
+    by_type.update(vlm.BY_MODEL_TYPE)
     arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
     if arch in family.MEMBERS:  # an encoder, encoder-decoder or ViT
         return family.config_from_hf(arch, hf, where)
     if arch in decoders.ARCHITECTURES:  # Gemma 2 / 3, Falcon
         return decoders.config_from_hf(arch, hf, where)
+    if arch in vlm.ARCHITECTURES:  # Idefics3, SmolVLM: a vision tower, the projector, a decoder read here
+        return vlm.config_from_hf(arch, hf, where, config_from_hf)
     if arch not in SUPPORTED:
-        supported = [*SUPPORTED, *decoders.ARCHITECTURES, *family.MEMBERS]
+        supported = [*SUPPORTED, *decoders.ARCHITECTURES, *vlm.ARCHITECTURES, *family.MEMBERS]
         raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
     if arch == gpt2.ARCHITECTURE:
         return gpt2.config_from_gpt2(hf, where)
@@ -165,6 +168,8 @@ def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[s
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    if cfg.family == "vlm":
+        return vlm.config_to_hf(cfg, dtype, config_to_hf)
     if decoders.writes(cfg):
         return decoders.config_to_hf(cfg, dtype)
     if not gpt2.gpt2_mismatches(cfg) and not cfg.sliding_window:
@@ -300,6 +305,9 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             raise CheckpointError(
                 f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again"
             ) from e
+        if config.family == "vlm":
+            state_dict.update(vlm.state_from_hf(tensors, file.name, rename))
+            continue
         if config.family != "decoder":
             state_dict.update(family.state_from_hf(config, tensors, file.name))
             continue
@@ -318,17 +326,20 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             state_dict[ours] = tensor
     if config.tie_embeddings:
         state_dict.pop("lm_head.weight", None)
+        state_dict.pop("text.lm_head.weight", None)
     return config, state_dict
 
 
 def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors (and the tokenizer, if given) to `directory`."""
-    if model.config.family != "decoder":
+    if model.config.family not in ("decoder", "vlm"):
         return family.save(model, directory, tokenizer)
     dtype = next(model.parameters()).dtype
     hf_config = config_to_hf(model.config, dtype)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if hf_config["architectures"] == [gpt2.ARCHITECTURE]:
+    if model.config.family == "vlm":
+        tensors = vlm.state_to_hf(state, rename)
+    elif hf_config["architectures"] == [gpt2.ARCHITECTURE]:
         tensors = gpt2.state_to_gpt2(state)
     elif hf_config["architectures"][0] in decoders.TABLES:
         tensors = decoders.state_to_hf(model.config, state, hf_config["architectures"][0])

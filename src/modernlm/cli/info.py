@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 def describe(model: torch.nn.Module) -> dict:
     cfg = model.config
-    if cfg.family != "decoder":
+    if cfg.family not in ("decoder", "vlm"):  # a VLM's counts add its tower and projector to the decoder's
         return describe_member(model)
     counts = parameter_counts(cfg)
     from ..quant import describe as quantized
