@@ -133,3 +133,40 @@ def test_info_and_memory_count_the_whole_model(pair, capsys):
     assert counts["total"] == measured and counts["vision"] == sum(p.numel() for p in model.vision.parameters())
     assert main(["memory", str(tmp_path / "hf"), "--seq-len", "32", "--json"]) == 0
     assert main(["flops", str(tmp_path / "hf"), "--seq-len", "32"]) == 0
+
+
+# ---- LoRA on the backbone, the drill card's choice ----------------------------------------------------------------
+def test_vlm_lora_preset_freezes_exactly_the_cards_components(pair):
+    from modernlm.finetune.vlm import apply_vlm_lora, format_table, trainable_table
+
+    hf, model, _ = pair
+    cfg, r = model.config, 4
+    totals = {part: n for part, (_, n) in trainable_table(model).items()}
+    apply_vlm_lora(model, r=r)
+    adapters = cfg.n_layers * r * ((cfg.d_model + cfg.q_dim) * 2 + (cfg.d_model + cfg.kv_dim) * 2)  # q, o; k, v
+    table = trainable_table(model)
+    assert table == {
+        "vision tower": (0, totals["vision tower"]),
+        "projector": (0, totals["projector"]),
+        "embeddings and head": (0, totals["embeddings and head"]),
+        "norms": (0, totals["norms"]),
+        "language model weights": (0, totals["language model weights"]),
+        "LoRA adapters (q, k, v, o)": (adapters, adapters),
+        "total": (adapters, sum(totals.values()) - totals["total"] + adapters),
+    }
+    assert "LoRA adapters" in format_table(table)
+    assert all(not n.startswith("vision.") for n, p in model.named_parameters() if p.requires_grad)  # its q/k/v too
+
+
+def test_vlm_lora_unfreezes_what_it_is_asked_to(tmp_path):
+    from modernlm.finetune.lora import LoraError
+    from modernlm.finetune.vlm import apply_vlm_lora, trainable_table
+
+    hf = make_hf("smolvlm")
+    hf.save_pretrained(tmp_path)
+    model = apply_vlm_lora(modernlm.load_model(tmp_path), unfreeze=("projector", "norms"))
+    table = trainable_table(model)
+    assert table["projector"][0] == table["projector"][1] > 0 and table["norms"][0] == table["norms"][1] > 0
+    assert table["vision tower"][0] == 0 and table["embeddings and head"][0] == 0
+    with pytest.raises(LoraError, match=r"unfreeze names \['tower'\]"):
+        apply_vlm_lora(modernlm.load_model(tmp_path), unfreeze=("tower",))
