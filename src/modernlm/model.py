@@ -182,7 +182,8 @@ class Transformer(nn.Module):
             if rope is not None:
                 inv_freq, factor, cos, sin = local if window and local is not None else rope
                 tables = (cos.to(dtype), sin.to(dtype))
-                if inv_freq is not None and cache is not None and is_length_dependent(cfg.rope_scaling):  # unrotated
+                # keys cached unrotated (a length-dependent scaling; local layers have none: inv_freq None)
+                if inv_freq is not None and cache is not None and is_length_dependent(cfg.rope_scaling):
                     key_tables = rope_cos_sin(key_pos.clamp(min=0), inv_freq, factor, dtype)  # (S, Dh) or (B, S, Dh)
                     tables = (*tables, *key_tables)
             out[window] = (tables, mask, key_pos)
