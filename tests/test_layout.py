@@ -26,6 +26,7 @@ FLOORS = [
     {"model"},
     {"encoder"},  # the members, assembled from the model's blocks
     {"seq2seq", "vit", "embedding"},
+    {"vlm"},  # a ViT tower, the projector and the decoder
     {"tokenizer"},
     {"checkpoints"},
     {"quant"},

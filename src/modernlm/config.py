@@ -54,9 +54,10 @@ DROPOUTS = ("attn_dropout", "resid_dropout", "embed_dropout")
 
 # The members of the family (issue 11) and the heads each may carry. "lm": next-token (decoder) or decoder-side
 # (seq2seq) logits; "mlm": masked-LM logits; "none": the final hidden states; "classify": one label per sequence/image.
-FAMILIES = ("decoder", "encoder", "seq2seq", "vit")
+FAMILIES = ("decoder", "encoder", "seq2seq", "vit", "vlm")
 FAMILY_HEADS = {
     "decoder": ("lm",),
+    "vlm": ("lm",),  # a decoder whose image tokens are a vision tower's features (vision, pixel_shuffle)
     "encoder": ("mlm", "none", "classify"),
     "seq2seq": ("lm",),
     "vit": ("classify", "none"),
@@ -71,18 +72,27 @@ MEMBER_FIELDS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "output_scale": (1.0, ("seq2seq",)),
     "local_window": (0, ("encoder",)),
     "global_every": (1, ("encoder",)),
-    "local_rope_theta": (None, ("encoder",)),
+    "local_rope_theta": (None, ("encoder", "decoder")),  # decoder: the RoPE base of its sliding-window layers
     "skip_first_attn_norm": (False, ("encoder",)),
     "decoder_start_token_id": (0, ("seq2seq",)),
     "image_size": (224, ("vit",)),
     "patch_size": (16, ("vit",)),
     "n_channels": (3, ("vit",)),
     "pooling": ("cls", ("encoder",)),  # ViT classifies from its class token
+    "class_token": (True, ("vit",)),
+    "vision": (None, ("vlm",)),
+    "image_token_id": (0, ("vlm",)),
+    "pixel_shuffle": (1, ("vlm",)),
     # the members' assemblies do not scale embeddings or recompute blocks
     "scale_embeddings": (False, ("decoder",)),
     "activation_checkpointing": (False, ("decoder",)),
     "sliding_window": (0, ("decoder",)),  # encoders have local_window (both ways)
     "layer_types": (None, ("decoder",)),
+    "qk_norm": (False, ("decoder",)),
+    "sandwich_norm": (False, ("decoder",)),
+    "parallel_block": (False, ("decoder",)),
+    "attn_softcap": (None, ("decoder",)),
+    "logit_softcap": (None, ("decoder",)),
 }
 
 
@@ -115,6 +125,11 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     shared_qk: bool = False  # one projection for queries and keys (Reformer's shared-QK; needs n_kv_heads == n_heads)
+    qk_norm: bool = False  # a `norm` over each head's q and k (width head_dim) before RoPE (Qwen3, Gemma 3)
+    sandwich_norm: bool = False  # pre-norm plus a norm on each sub-layer's output before the residual add (Gemma 2, 3)
+    parallel_block: bool = False  # x + Attn(Norm(x)) + FFN(Norm(x)): both sub-layers off one norm (Falcon, GPT-J)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2); explicit path
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # False: every token sees every other (an encoder's attention; a decoder trained so cheats)
     tie_embeddings: bool = False
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani et al. 2017, Gemma)
@@ -141,11 +156,16 @@ class ModelConfig:
     decoder_start_token_id: int = 0  # seq2seq: the first decoder input (T5: the pad token)
     local_window: int = 0  # encoder: >0 makes layers local, each token seeing keys within local_window // 2 of it
     global_every: int = 1  # encoder with local_window: layer i attends globally when i % global_every == 0
-    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; None: rope_theta
+    local_rope_theta: float | None = None  # encoder: the RoPE base of local layers; decoder: of sliding-window layers
+    # (no rope_scaling on them: Gemma 3); None: rope_theta
     skip_first_attn_norm: bool = False  # encoder: layer 0 reads the (already normalised) embedding (ModernBERT)
     image_size: int = 224  # vit: height = width of the input image, in pixels
     patch_size: int = 16  # vit: side of a square patch; must divide image_size
     n_channels: int = 3  # vit: colour channels of the input
+    class_token: bool = True  # vit: a learned class token in front of the patches (False: SigLIP, positions per patch)
+    vision: dict[str, Any] | None = None  # vlm: the vision tower's config (a ModelConfig dict of family "vit")
+    image_token_id: int = 0  # vlm: the token whose embeddings are replaced by image features, one per feature
+    pixel_shuffle: int = 1  # vlm: s, each s x s block of patch features concatenated into one token (Idefics3)
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (architecture name, source); never read by layers
 
     def __post_init__(self) -> None:
@@ -218,6 +238,31 @@ class ModelConfig:
         self._check_member_build()
         if self.family == "vit":
             self._check_vit()
+        if self.family == "vlm":
+            self._check_vlm()
+
+    def _check_vlm(self) -> None:
+        """The vision tower is a bare ViT config whose patch grid the pixel shuffle divides; the image token exists."""
+        if not isinstance(self.vision, dict):
+            raise ConfigError("family 'vlm' needs `vision`: the vision tower's config (a dict of family 'vit')")
+        vision = ModelConfig.from_dict(self.vision, "vision").validate()
+        if vision.family != "vit" or vision.head != "none":
+            raise ConfigError(f"vision must be a ViT with head 'none', got family {vision.family!r}, {vision.head!r}")
+        side, s = vision.image_size // vision.patch_size, self.pixel_shuffle
+        if not isinstance(s, int) or s < 1 or side % s:
+            raise ConfigError(
+                f"pixel_shuffle={s!r} must be a positive integer dividing the {side} x {side} patch grid of the vision "
+                "tower (each s x s block of patches becomes one token)"
+            )
+        if not 0 <= self.image_token_id < self.vocab_size:
+            raise ConfigError(f"image_token_id={self.image_token_id} is not a token of the {self.vocab_size} ids")
+
+    @property
+    def image_tokens(self) -> int:
+        """vlm: tokens per image, (image_size / patch_size / pixel_shuffle)^2."""
+        vision = self.vision or {}
+        side = vision.get("image_size", 224) // vision.get("patch_size", 16) // self.pixel_shuffle
+        return side * side
 
     def _check_member_values(self) -> None:
         """The members' own counts and scales, each in its range."""
@@ -236,8 +281,9 @@ class ModelConfig:
 
     def _check_member_fields(self) -> None:
         """Fields of other members (MEMBER_FIELDS), of the classify head and of T5's positions keep their defaults."""
+        family = "decoder" if self.family == "vlm" else self.family  # a VLM's language model is a decoder
         for name, (default, families) in MEMBER_FIELDS.items():
-            if getattr(self, name) != default and self.family not in families:
+            if getattr(self, name) != default and family not in families and self.family not in families:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is implemented only for family {' / '.join(families)}, not "
                     f"{self.family!r}; leave it at {default!r}"
@@ -284,10 +330,11 @@ class ModelConfig:
             raise ConfigError(
                 f"family 'vit' uses learned positions (one per patch + class token), got {self.positions!r}"
             )
-        if self.max_seq_len != self.n_patches + 1:
+        rows = self.n_patches + self.class_token
+        if self.max_seq_len != rows:
             raise ConfigError(
-                f"a ViT's position table has one row per patch plus the class token: max_seq_len must be "
-                f"{self.n_patches + 1} for image_size={self.image_size}, patch_size={self.patch_size}, "
+                f"a ViT's position table has one row per patch{' plus the class token' * self.class_token}: "
+                f"max_seq_len must be {rows} for image_size={self.image_size}, patch_size={self.patch_size}, "
                 f"got {self.max_seq_len}"
             )
 
@@ -330,6 +377,29 @@ class ModelConfig:
             )
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        self._check_block_options()
+
+    def _check_block_options(self) -> None:
+        """The decoder block's options of the later models (Qwen3, Gemma 2 / 3, Falcon), each with what it needs."""
+        for name in ("attn_softcap", "logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None (no capping), got {value!r}")
+        if (self.sandwich_norm or self.parallel_block) and self.norm_placement != "pre":
+            what = "sandwich_norm" if self.sandwich_norm else "parallel_block"
+            raise ConfigError(f"{what} is a pre-norm block; set norm_placement='pre'")
+        if self.sandwich_norm and self.parallel_block:
+            raise ConfigError("sandwich_norm and parallel_block cannot both be set: pick one block layout")
+        if self.qk_norm and self.shared_qk:
+            raise ConfigError("qk_norm normalises queries and keys apart; shared_qk has no keys of their own")
+        if self.family == "decoder" and self.local_rope_theta is not None:
+            if self.positions != "rope" or not self.sliding_window:
+                raise ConfigError(
+                    "local_rope_theta is the RoPE base of a decoder's sliding-window layers: it needs positions='rope' "
+                    "and sliding_window > 0"
+                )
+            if not self.local_rope_theta > 0:
+                raise ConfigError(f"local_rope_theta must be > 0, got {self.local_rope_theta!r}")
 
     def _check_window(self) -> None:
         window, types = self.sliding_window, self.layer_types

@@ -24,6 +24,7 @@ from .quant.load import parse as parse_quantize
 from .seq2seq import Seq2Seq
 from .tokenizer import Tokenizer, TokenizerError
 from .vit import ViT
+from .vlm import VLM
 
 _DTYPES = {
     "float32": torch.float32,
@@ -198,11 +199,12 @@ def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
 
 
 def model_class(config) -> type[torch.nn.Module]:
-    """The module of the config's member: the decoder, the encoder (BERT), the encoder-decoder (T5) or ViT."""
+    """The module of the config's member: the decoder, the encoder (BERT), the encoder-decoder (T5), ViT or the
+    vision-language model."""
     return MEMBERS[config.family]
 
 
-MEMBERS = {"decoder": Transformer, "encoder": Encoder, "seq2seq": Seq2Seq, "vit": ViT}
+MEMBERS = {"decoder": Transformer, "encoder": Encoder, "seq2seq": Seq2Seq, "vit": ViT, "vlm": VLM}
 
 
 def load_tokenizer(source: str | os.PathLike | None = None) -> Tokenizer:

@@ -36,6 +36,8 @@ class Transformer(nn.Module):
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps) if pre else nn.Identity()
         self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
+        # local_rope_theta: sliding-window layers rotate with their own base and no scaling (Gemma 3)
+        self.register_buffer("local_inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.attention_factor = 1.0
         self.windows = sorted({config.layer_window(i) for i in range(config.n_layers)})  # 0: full attention
         self.reset_rope()
@@ -51,6 +53,8 @@ class Transformer(nn.Module):
         )
         device = None if self.inv_freq.is_meta else self.inv_freq.device
         self.inv_freq = inv_freq.to(device)
+        local = self.config.local_rope_theta or self.config.rope_theta
+        self.local_inv_freq = inverse_frequencies(self.config.head_dim, local, None)[0].to(device)
         if self.pos_embed is not None:
             self.pos_embed.reset(device)
 
@@ -102,11 +106,12 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding; S = T or the cache length
         last_only: bool = False,  # logits for the last position only (generation)
+        embeds: torch.Tensor | None = None,  # (B, T, D) in place of token_embeddings(input_ids) (a VLM's merged text)
     ) -> torch.Tensor:  # (B, T, V) float32 logits, or (B, 1, V) with last_only
         B, T = self._check_inputs(input_ids, input_pos, cache, attention_mask)
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
-        x = self._embed(input_ids, input_pos, attention_mask)  # (B, T, D)
+        x = self._embed(input_ids, input_pos, attention_mask, embeds)  # (B, T, D)
         rolling = isinstance(cache, RollingKVCache)
         if rolling:
             self._check_rolling(cache, input_pos)
@@ -128,16 +133,24 @@ class Transformer(nn.Module):
             x = x[:, -1:]  # (B, 1, D)
         x = self.norm(x)
         if self.lm_head is not None:
-            return self.lm_head(x).float()  # (B, T, V)
+            return self._cap(self.lm_head(x).float())  # (B, T, V)
         tied = getattr(self.embed, "project", None)  # a quantized embedding is also the tied head (quant/)
-        return (tied(x) if tied is not None else linear(x, self.embed.weight)).float()  # (B, T, V)
+        return self._cap((tied(x) if tied is not None else linear(x, self.embed.weight)).float())  # (B, T, V)
 
-    def _embed(self, input_ids, input_pos, attention_mask) -> torch.Tensor:
-        """Token embeddings (scaled by sqrt(D) if asked), plus absolute positions, then embedding dropout."""
-        cfg = self.config
+    def _cap(self, logits: torch.Tensor) -> torch.Tensor:
+        """Final-logit soft-capping, cap * tanh(logits / cap) (Gemma 2), when the config asks for it."""
+        cap = self.config.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        """Token embeddings, scaled by sqrt(D) if the config asks."""
         x = self.embed(input_ids)  # (B, T, D)
-        if cfg.scale_embeddings:
-            x = x * math.sqrt(cfg.d_model)
+        return x * math.sqrt(self.config.d_model) if self.config.scale_embeddings else x
+
+    def _embed(self, input_ids, input_pos, attention_mask, embeds=None) -> torch.Tensor:
+        """Token embeddings (or `embeds`), plus absolute positions, then embedding dropout."""
+        cfg = self.config
+        x = self.token_embeddings(input_ids) if embeds is None else embeds  # (B, T, D)
         if self.pos_embed is not None and self.pos_embed.absolute:  # a table: added or concatenated
             x = self.pos_embed.add(x, absolute_positions(input_pos, attention_mask))  # (B, T, D)
         return F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
@@ -150,6 +163,9 @@ class Transformer(nn.Module):
         A rolling cache's windowed layers attend over their W slots and the T new keys."""
         cfg, out = self.config, {}
         rope = self._rope(input_pos) if cfg.positions == "rope" else None  # (inv_freq, factor, cos, sin)
+        local = None
+        if rope is not None and cfg.local_rope_theta is not None:  # windowed layers: their own base, no scaling
+            local = (None, 1.0, *rope_cos_sin(input_pos, self.local_inv_freq, 1.0, torch.float32))
         for window in self.windows:
             rolling = isinstance(cache, RollingKVCache) and window > 0
             if rolling:
@@ -164,9 +180,10 @@ class Transformer(nn.Module):
                 mask = self.pos_embed.bias_mask(input_pos, key_pos, mask, dtype)  # (B or 1, H, T, S), or as it was
             tables = None
             if rope is not None:
-                inv_freq, factor, cos, sin = rope
+                inv_freq, factor, cos, sin = local if window and local is not None else rope
                 tables = (cos.to(dtype), sin.to(dtype))
-                if cache is not None and is_length_dependent(cfg.rope_scaling):  # keys cached unrotated
+                # keys cached unrotated (a length-dependent scaling; local layers have none: inv_freq None)
+                if inv_freq is not None and cache is not None and is_length_dependent(cfg.rope_scaling):
                     key_tables = rope_cos_sin(key_pos.clamp(min=0), inv_freq, factor, dtype)  # (S, Dh) or (B, S, Dh)
                     tables = (*tables, *key_tables)
             out[window] = (tables, mask, key_pos)

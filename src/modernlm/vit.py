@@ -1,7 +1,8 @@
 """The Vision Transformer member (Dosovitskiy et al. 2021): an image is cut into P x P patches, each patch projected
 to a token (a strided convolution, the same as flattening each patch and one Linear), a learned class token put in
 front, learned positions added; then the encoder's pre-norm blocks, a final norm, and a linear head on the class
-token's state.
+token's state. With class_token=False (SigLIP, the vision tower of SmolVLM / Idefics3) there is no class token: one
+learned position per patch, and the final norm's states of the patches are the output (head "none").
 
 Shapes: B images, C channels, H = W image side, P patch side, N = (H/P)^2 patches, D width, L labels.
 """
@@ -33,8 +34,8 @@ class ViT(nn.Module):
             raise ValueError(f"ViT needs a config of family 'vit', got {cfg.family!r}")
         P = cfg.patch_size
         self.patch_embed = nn.Conv2d(cfg.n_channels, cfg.d_model, kernel_size=P, stride=P)  # one token per patch
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
-        self.positions = make_positions(cfg, bidirectional=True)  # (N + 1, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.class_token else None
+        self.positions = make_positions(cfg, bidirectional=True)  # (N + 1, D), or (N, D) without the class token
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.classifier = Linear(cfg.d_model, cfg.n_classes, bias=True) if cfg.head == "classify" else None
@@ -59,7 +60,8 @@ class ViT(nn.Module):
         self.check_images(pixel_values)
         x = self.patch_embed(pixel_values.to(self.embed_weight.dtype))  # (B, D, H/P, W/P)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D): patches in row-major order
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N + 1, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N + 1, D)
         x = self.positions.add(x, torch.arange(x.shape[1], device=x.device))  # (B, N + 1, D)
         x = F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
         for block in self.blocks:

@@ -61,7 +61,7 @@ def training_flops(
     if recompute:
         down = 2 * batch_size * seq_len * cfg.ffn_hidden * cfg.d_model * cfg.n_layers  # the FFN's last matmul
         parts["recompute"] = sum(fwd[p] for p in MATMUL_PARTS if p != "lm_head")
-        parts["recompute"] -= down if cfg.norm_placement == "pre" else 0
+        parts["recompute"] -= down if cfg.norm_placement == "pre" and not cfg.sandwich_norm else 0  # a norm reads it
     parts["total"] = sum(parts.values())
     parts["softmax"] = 3 * fwd["softmax"]  # forward, its backward (about 2x), for reference only
     parts["per_token"] = parts["total"] // (batch_size * seq_len)

@@ -331,7 +331,7 @@ def per_rank_memory(
     `gathered_units`: the full parameters of the units in flight (the root's embedding, final norm and head for the
     whole step, two blocks: the one running and the one prefetched) in the compute dtype, and one block's full
     gradients before their reduce-scatter. Autocast's weight copies are then those of the gathered units only."""
-    from .params import attention_parameters, ffn_parameters, norm_parameters, parameter_counts
+    from .params import attention_parameters, block_norms, ffn_parameters, norm_parameters, parameter_counts
 
     _check("parallel", parallel, PARALLEL_MODES)
     if world_size < 1 or batch_size % world_size:
@@ -342,7 +342,7 @@ def per_rank_memory(
             raise ValueError("the fsdp accounting covers full training of a float model, not LoRA or QLoRA")
         return parts
     e = PRECISIONS[kw.get("precision", "fp32")]
-    block = attention_parameters(cfg) + ffn_parameters(cfg) + 2 * norm_parameters(cfg)
+    block = attention_parameters(cfg) + ffn_parameters(cfg) + block_norms(cfg) * norm_parameters(cfg)
     root = parameter_counts(cfg)["total"] - cfg.n_layers * block
     recompute = parts["activations_recompute_peak"] - parts["activations"]
     for name in ("parameters", "gradients", "optimizer_states"):

@@ -5,16 +5,26 @@ from __future__ import annotations
 from ..config import GATED_FFNS, ModelConfig
 
 
-def norm_parameters(cfg: ModelConfig) -> int:
-    """One norm's parameters: a gain, and a bias for LayerNorm and BatchNorm (whose running statistics are buffers)."""
-    return cfg.d_model * (2 if cfg.norm in ("layernorm", "batchnorm") else 1)
+def norm_parameters(cfg: ModelConfig, dim: int | None = None) -> int:
+    """One norm's parameters over `dim` (default d_model): a gain, and a bias for LayerNorm and BatchNorm (whose
+    running statistics are buffers)."""
+    return (dim or cfg.d_model) * (2 if cfg.norm in ("layernorm", "batchnorm") else 1)
+
+
+def block_norms(cfg: ModelConfig) -> int:
+    """Norms of width D in one block: two (before attention and FFN), one for a parallel block (both read it), four
+    for a sandwich block (one more after each sub-layer)."""
+    return 1 if cfg.parallel_block else 4 if cfg.sandwich_norm else 2
 
 
 def attention_parameters(cfg: ModelConfig) -> int:
-    """One attention layer: q (and k unless shared with q), v, o projections and their biases."""
+    """One attention layer: q (and k unless shared with q), v, o projections and their biases; with qk_norm, the norms
+    of width head_dim over queries and keys."""
     kv_projections = 1 if cfg.shared_qk else 2  # shared_qk: no key projection (n_kv_heads == n_heads)
     in_width = cfg.q_dim + kv_projections * cfg.kv_dim
-    return cfg.d_model * in_width + in_width * cfg.qkv_bias + cfg.q_dim * cfg.d_model + cfg.d_model * cfg.out_bias
+    qk_norms = 2 * norm_parameters(cfg, cfg.head_dim) if cfg.qk_norm else 0
+    out = cfg.q_dim * cfg.d_model + cfg.d_model * cfg.out_bias
+    return cfg.d_model * in_width + in_width * cfg.qkv_bias + out + qk_norms
 
 
 def ffn_parameters(cfg: ModelConfig) -> int:
@@ -34,9 +44,9 @@ def position_parameters(cfg: ModelConfig) -> int:
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Parameters of each part of the model and the total. Norms: two per block, plus the final norm of a pre-norm
-    stack (a post-norm stack ends in its last block's norm)."""
-    n_norms = 2 * cfg.n_layers + (1 if cfg.norm_placement == "pre" else 0)
+    """Parameters of each part of the model and the total. Norms: those of each block (block_norms), plus the final
+    norm of a pre-norm stack (a post-norm stack ends in its last block's norm)."""
+    n_norms = block_norms(cfg) * cfg.n_layers + (1 if cfg.norm_placement == "pre" else 0)
     counts = {
         "embedding": cfg.vocab_size * cfg.d_model,
         "positions": position_parameters(cfg),
@@ -45,9 +55,22 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         "norms": n_norms * norm_parameters(cfg),
         "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model,
     }
+    if cfg.family == "vlm":  # the vision tower and the projector beside the decoder
+        vision = ModelConfig.from_dict(cfg.vision, "vision")
+        counts["vision"] = vision_parameters(vision)
+        counts["projector"] = vision.d_model * cfg.pixel_shuffle**2 * cfg.d_model
     counts["total"] = sum(counts.values())
     counts["non_embedding"] = counts["total"] - counts["embedding"] - counts["positions"] - counts["lm_head"]
     return counts
+
+
+def vision_parameters(cfg: ModelConfig) -> int:
+    """A ViT tower: the patch projection (a strided convolution with bias), the class token if any, one learned
+    position per token, its pre-norm blocks and final norm (no head)."""
+    patch = cfg.n_channels * cfg.patch_size**2 * cfg.d_model + cfg.d_model
+    tokens = cfg.n_patches + cfg.class_token
+    blocks = cfg.n_layers * (attention_parameters(cfg) + ffn_parameters(cfg) + 2 * norm_parameters(cfg))
+    return patch + cfg.class_token * cfg.d_model + tokens * cfg.d_model + blocks + norm_parameters(cfg)
 
 
 def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:

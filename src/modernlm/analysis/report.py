@@ -95,7 +95,7 @@ def memory_report(
 def check_member_request(cfg: ModelConfig, name: str, *, seq_len, target_len, padded: bool, lora: bool) -> None:
     """Refuse the counts a member's report cannot make, naming the flag: LoRA/QLoRA and the decoder's options for an
     encoder, encoder-decoder or ViT; the encoders' options for a decoder."""
-    if cfg.family == "decoder":
+    if cfg.family in ("decoder", "vlm"):
         if target_len is not None or padded:
             raise ValueError(f"--target-len and --padded describe encoders and encoder-decoders; {name} is a decoder")
         return

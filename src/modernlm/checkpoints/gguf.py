@@ -7,6 +7,12 @@ Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, the IQ types) loads. Two conventions
   them back. `qwen2` files use llama.cpp's "neox" RoPE, which is the halves convention, and are not reordered.
 - Llama 3's RoPE scaling is stored as a `rope_freqs.weight` tensor of per-frequency divisors, not as metadata;
   `_llama3_scaling` recovers the scaling parameters from it.
+The other architectures llama.cpp defines that are configuration over our decoder (ARCHITECTURES): `qwen3` (QK-norm),
+`phi3` (fused attn_qkv, and ffn_up holding gate and up), `gemma2` / `gemma3` (norm gains stored as 1 + w, which is what
+our norms hold; the soft-caps, window and layer pattern as llama.cpp sets them: one global layer in 2 for Gemma 2, in 6
+for Gemma 3, whose local layers rotate with base 10000; queries scaled by 1/sqrt(D / H) for the 27B models, by
+1/sqrt(head_dim) otherwise), `falcon` (the 7B layout: LayerNorm, parallel attention and MLP off one norm, fused
+attn_qkv; GELU taken exact as Falcon was trained, where llama.cpp computes the tanh approximation).
 GGUF shapes are written innermost-first ([in, out]); `gguf.GGUFReader` gives numpy arrays in torch order (out, in).
 """
 
@@ -24,6 +30,7 @@ import torch
 
 from ..config import ConfigError, ModelConfig
 from .base import CheckpointError
+from .decoders import split_qkv
 from .names import NameTable
 
 
@@ -35,6 +42,10 @@ class GGUFError(CheckpointError):
 class _Arch:
     hf_name: str  # the transformers class a Hugging Face checkpoint of it would name
     permuted_qk: bool  # llama.cpp's converter reordered the Q/K rows (llama RoPE); undone on load
+    fields: tuple[tuple[str, Any], ...] = ()  # our config fields the architecture fixes
+
+
+_GEMMA = (("ffn", "geglu"), ("sandwich_norm", True), ("scale_embeddings", True))
 
 
 # `general.architecture` -> how its tensors were written. All share llama's tensor names and metadata keys.
@@ -43,13 +54,25 @@ ARCHITECTURES = {
     "llama": _Arch("LlamaForCausalLM", permuted_qk=True),
     "mistral": _Arch("MistralForCausalLM", permuted_qk=False),
     "qwen2": _Arch("Qwen2ForCausalLM", permuted_qk=False),
+    "qwen3": _Arch("Qwen3ForCausalLM", permuted_qk=False, fields=(("qk_norm", True),)),
+    "phi3": _Arch("Phi3ForCausalLM", permuted_qk=False),
+    "gemma2": _Arch("Gemma2ForCausalLM", permuted_qk=False, fields=_GEMMA),
+    "gemma3": _Arch("Gemma3ForCausalLM", permuted_qk=False, fields=(*_GEMMA, ("qk_norm", True))),
+    "falcon": _Arch("FalconForCausalLM", permuted_qk=False,
+                    fields=(("norm", "layernorm"), ("ffn", "gelu_erf"), ("parallel_block", True))),  # fmt: skip
 }
+_LARGEST = {"gemma2": 46, "gemma3": 62}  # layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(D / H)
 
 # ---- names ------------------------------------------------------------------------------------------------------
 # (GGUF name, our name); `{i}` is the layer index. The one place GGUF names meet ours.
 NAME_TABLE = NameTable([
     ("token_embd.weight", "embed.weight"),
-    ("blk.{i}.attn_norm.weight", "blocks.{i}.attn_norm.weight"),
+    ("blk.{i}.attn_norm.{t}", "blocks.{i}.attn_norm.{t}"),
+    ("blk.{i}.attn_qkv.{t}", "blocks.{i}.attn.qkv.{t}"),  # fused (phi3, falcon): split on load
+    ("blk.{i}.attn_q_norm.weight", "blocks.{i}.attn.q_norm.weight"),
+    ("blk.{i}.attn_k_norm.weight", "blocks.{i}.attn.k_norm.weight"),
+    ("blk.{i}.post_attention_norm.weight", "blocks.{i}.attn_post_norm.weight"),
+    ("blk.{i}.post_ffw_norm.weight", "blocks.{i}.ffn_post_norm.weight"),
     *[
         (f"blk.{{i}}.attn_{g}.{t}", f"blocks.{{i}}.attn.{p}_proj.{t}")
         for g, p in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o"))
@@ -61,11 +84,11 @@ NAME_TABLE = NameTable([
         for p in ("gate", "up", "down")
         for t in ("weight", "bias")
     ],
-    ("output_norm.weight", "norm.weight"),
+    ("output_norm.{t}", "norm.{t}"),
     ("output.weight", "lm_head.weight"),
 ])  # fmt: skip
 # Tensors that describe the config rather than weights: read into it (rope_freqs) or recomputed (attn_rot_embd).
-_NOT_WEIGHTS = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd)$")
+_NOT_WEIGHTS = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd|rope_factors_(long|short)\.weight)$")
 
 
 def gguf_to_ours(name: str) -> str | None:
@@ -205,7 +228,7 @@ def _architecture(meta: dict[str, Any], where: Path) -> str:
     if arch not in ARCHITECTURES:
         raise GGUFError(
             f"{where}: unsupported GGUF architecture {arch!r}; supported: {', '.join(ARCHITECTURES)} "
-            "(Llama-style decoders: SmolLM, Llama 2/3, Mistral, Qwen2)"
+            "(decoders: SmolLM, Llama 2/3, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3, Falcon)"
         )
     return arch
 
@@ -257,7 +280,7 @@ def config_from_gguf(
 
 
 def _gguf_config(meta, shapes, key, number, d_model, n_heads, head_dim, theta, rope_freqs, where, arch) -> ModelConfig:
-    return ModelConfig(
+    fields = dict(
         vocab_size=shapes["token_embd.weight"][0],  # (V, D)
         d_model=d_model,
         n_layers=key("block_count"),
@@ -276,7 +299,38 @@ def _gguf_config(meta, shapes, key, number, d_model, n_heads, head_dim, theta, r
         tie_embeddings="output.weight" not in shapes,
         max_seq_len=key("context_length", 2048),
         extra={"architecture": ARCHITECTURES[arch].hf_name, "gguf_architecture": arch, "format": "gguf"},
-    ).validate()
+    )
+    fields.update(ARCHITECTURES[arch].fields)
+    fields.update(_arch_fields(arch, fields, key, number, shapes, where))
+    return ModelConfig(**fields).validate()
+
+
+def _arch_fields(arch: str, fields: dict[str, Any], key, number, shapes, where: Path) -> dict[str, Any]:
+    """What an architecture reads besides llama's keys: Falcon's LayerNorm epsilon and fused biases, the windows,
+    layer patterns, soft-caps, local RoPE base and query scale of Gemma 2 / 3, Phi-3's window."""
+    out: dict[str, Any] = {}
+    if arch == "falcon":
+        if "blk.0.attn_norm_2.weight" in shapes:
+            raise GGUFError(f"{where}: a Falcon with two norms per block (new_decoder_architecture: 40B / 180B) is "
+                            "not supported; the 7B layout is")  # fmt: skip
+        biased = "blk.0.attn_qkv.bias" in shapes
+        out.update(norm_eps=float(number("attention.layer_norm_epsilon", 1e-5, float)), qkv_bias=biased)
+    if arch == "phi3" and any(name.startswith("rope_factors") for name in shapes):
+        raise GGUFError(f"{where}: Phi-3's LongRoPE factors (rope_factors_long / short) are not supported in GGUF "
+                        "files; load the Hugging Face checkpoint, whose LongRoPE is")  # fmt: skip
+    window = key("attention.sliding_window", 0) if arch in ("phi3", "gemma2", "gemma3") else 0
+    if window and window < fields["max_seq_len"]:
+        out["sliding_window"] = window
+        if arch in ("gemma2", "gemma3"):
+            every = 2 if arch == "gemma2" else 6
+            types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(fields["n_layers"])]
+            out["layer_types"] = types if "full_attention" in types else None
+            out["local_rope_theta"] = 10000.0 if arch == "gemma3" else None
+    if arch == "gemma2":
+        out.update(attn_softcap=key("attn_logit_softcapping", None), logit_softcap=key("final_logit_softcapping", None))
+    if fields["n_layers"] == _LARGEST.get(arch):
+        out["attn_scale"] = (fields["d_model"] / fields["n_heads"]) ** -0.5
+    return out
 
 
 def _rope_scaling(key, rope_freqs: torch.Tensor | None, head_dim: int, theta: float, where: Path) -> dict | None:
@@ -342,7 +396,7 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Ten
             f"Llama-style decoder (supported architectures: {', '.join(ARCHITECTURES)})"
         )
     config = contents.config()
-    state_dict = {}
+    state_dict: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         ours = gguf_to_ours(name)
         if ours is None:
@@ -353,7 +407,22 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Ten
         elif contents.permuted_qk and ".attn_k." in name:
             weight = unpermute_qk(weight, config.n_kv_heads)  # (K * Dh, D)
         state_dict[ours] = weight
-    return config, state_dict
+    return config, _split_fused(config, state_dict, arch)
+
+
+def _split_fused(config: ModelConfig, state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Fused attn_qkv ([q | k | v] rows, as llama.cpp's converter writes Phi-3 and Falcon) into q, k, v; Phi-3's
+    ffn_up ([gate | up] rows) into gate and up."""
+    out = {}
+    for name, tensor in state.items():
+        if ".attn.qkv." in name:
+            for p, part in zip("qkv", split_qkv(config, tensor), strict=True):
+                out[name.replace(".attn.qkv.", f".attn.{p}_proj.")] = part
+        elif arch == "phi3" and ".ffn.up_proj." in name:
+            out[name.replace(".up_proj.", ".gate_proj.")], out[name] = tensor.chunk(2, dim=0)  # (2F, D) -> (F, D) x2
+        else:
+            out[name] = tensor
+    return out
 
 
 def tokenizer_from_gguf(path: str | os.PathLike):

@@ -1,8 +1,10 @@
 """Hugging Face directories in and out: config.json + model.safetensors (or shards with an index).
 
-Reads LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel (its table in gpt2.py); writes
-GPT2LMHeadModel for a GPT-2-shaped config (learned positions, pre-norm LayerNorm, GELU/ReLU, biases, MHA), else
-LlamaForCausalLM (Qwen2ForCausalLM when the model has q/k/v biases only), which `transformers` loads.
+Reads LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM and GPT2LMHeadModel
+(its table in gpt2.py), and through decoders.py Gemma2ForCausalLM, Gemma3ForCausalLM and FalconForCausalLM; writes
+GPT2LMHeadModel for a GPT-2-shaped config (learned positions, pre-norm LayerNorm, GELU/ReLU, biases, MHA), Gemma 2 / 3
+or Falcon for their blocks (decoders.writes), else LlamaForCausalLM (Qwen2ForCausalLM when the model has q/k/v biases
+only, Qwen3ForCausalLM with QK-norm, Phi3ForCausalLM for a model read from one), which `transformers` loads.
 Weights are read with safetensors, never with pickle.
 """
 
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 
 from ..config import ConfigError, ModelConfig
 from ..text import read_json
-from . import family, gpt2
+from . import decoders, family, gpt2, vlm
 from .base import CheckpointError, positive_field, write_directory
 from .names import NameTable
 
@@ -26,6 +28,8 @@ SUPPORTED = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    decoders.PHI3: "phi3",  # Llama's config; its fused weights are split and joined in decoders.py
     gpt2.ARCHITECTURE: "gpt2",
 }
 
@@ -40,6 +44,7 @@ NAME_TABLE = NameTable([
         for p in "qkvo"
         for t in ("weight", "bias")
     ],
+    *[(f"model.layers.{{i}}.self_attn.{p}_norm.weight", f"blocks.{{i}}.attn.{p}_norm.weight") for p in "qk"],  # Qwen3
     ("model.layers.{i}.post_attention_layernorm.weight", "blocks.{i}.ffn_norm.weight"),
     *[
         (f"model.layers.{{i}}.mlp.{p}_proj.{t}", f"blocks.{{i}}.ffn.{p}_proj.{t}")
@@ -59,17 +64,24 @@ def rename(name: str, to_hf: bool) -> str | None:
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     by_type = {v: k for k, v in SUPPORTED.items()}
     by_type.update(family.BY_MODEL_TYPE)
+    by_type.update(decoders.BY_MODEL_TYPE)
+    by_type.update(vlm.BY_MODEL_TYPE)
     arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
     if arch in family.MEMBERS:  # an encoder, encoder-decoder or ViT
         return family.config_from_hf(arch, hf, where)
+    if arch in decoders.ARCHITECTURES:  # Gemma 2 / 3, Falcon
+        return decoders.config_from_hf(arch, hf, where)
+    if arch in vlm.ARCHITECTURES:  # Idefics3, SmolVLM: a vision tower, the projector, a decoder read here
+        return vlm.config_from_hf(arch, hf, where, config_from_hf)
     if arch not in SUPPORTED:
-        raise CheckpointError(
-            f"{where}: unsupported architecture {arch!r}; supported: {', '.join([*SUPPORTED, *family.MEMBERS])}"
-        )
+        supported = [*SUPPORTED, *decoders.ARCHITECTURES, *vlm.ARCHITECTURES, *family.MEMBERS]
+        raise CheckpointError(f"{where}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
     if arch == gpt2.ARCHITECTURE:
         return gpt2.config_from_gpt2(hf, where)
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported for {arch}; expected 'silu'")
+    if arch == decoders.PHI3:
+        decoders.check_phi3(hf, where)
     theta, scaling = _rope_from_hf(hf, where)
     heads = positive_field(hf, "num_attention_heads", where)
     positive_field(hf, "hidden_size", where)
@@ -99,6 +111,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         qkv_bias=is_qwen2 or attention_bias,
         out_bias=attention_bias and not is_qwen2,
         mlp_bias=bool(hf.get("mlp_bias", False)),
+        qk_norm=SUPPORTED[arch] == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=context,
         sliding_window=window,
@@ -133,9 +146,9 @@ def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[s
     """The sliding window and per-layer types as transformers builds them: Mistral windows every layer (4096 when
     config.json does not say; null: none); Qwen2 only with use_sliding_window, on layer_types or the layers from
     max_window_layers on; Llama has none (transformers ignores the field). A window as long as the context is none."""
-    if kind == "mistral":
-        window, types = hf.get("sliding_window", 4096), None
-    elif kind == "qwen2" and hf.get("use_sliding_window", False):
+    if kind in ("mistral", "phi3"):  # Phi-3 windows every layer when config.json gives a window
+        window, types = hf.get("sliding_window", 4096 if kind == "mistral" else None), None
+    elif kind in ("qwen2", "qwen3") and hf.get("use_sliding_window", False):
         window, n = hf.get("sliding_window", 4096), hf["num_hidden_layers"]
         first = hf.get("max_window_layers", 28)
         if not isinstance(first, int) or not isinstance(n, int):
@@ -155,6 +168,10 @@ def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[s
 
 
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    if cfg.family == "vlm":
+        return vlm.config_to_hf(cfg, dtype, config_to_hf)
+    if decoders.writes(cfg):
+        return decoders.config_to_hf(cfg, dtype)
     if not gpt2.gpt2_mismatches(cfg) and not cfg.sliding_window:
         return gpt2.config_to_gpt2(cfg, dtype)
     not_llama = {
@@ -165,6 +182,9 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "shared_qk": (cfg.shared_qk, False),
         "causal": (cfg.causal, True),
         "scale_embeddings": (cfg.scale_embeddings, False),
+        "attn_softcap": (cfg.attn_softcap, None),
+        "logit_softcap": (cfg.logit_softcap, None),
+        "local_rope_theta": (cfg.local_rope_theta, None),
     }
     for field, (value, needed) in not_llama.items():
         if value != needed:
@@ -172,12 +192,15 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
                 f"cannot save as a Llama/Qwen2 checkpoint: {field}={value!r} (needs {needed!r}); nor as GPT-2: "
                 f"{'; '.join(gpt2.gpt2_mismatches(cfg))}. modernlm.checkpoints.native.save_native writes any config"
             )
-    qwen2 = cfg.qkv_bias and not cfg.out_bias and not cfg.mlp_bias
+    qwen2 = cfg.qkv_bias and not cfg.out_bias and not cfg.mlp_bias and not cfg.qk_norm
     if cfg.qkv_bias != cfg.out_bias and not qwen2:
         raise CheckpointError("cannot save: q/k/v and output biases differ, which neither Llama nor Qwen2 expresses")
+    if cfg.qk_norm and cfg.mlp_bias:
+        raise CheckpointError("cannot save: QK-norm (Qwen3) with MLP biases, which Qwen3 does not express")
+    kind = "qwen3" if cfg.qk_norm else "qwen2" if qwen2 else "llama"
     hf = {
-        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-        "model_type": "qwen2" if qwen2 else "llama",
+        "architectures": [{"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(kind, "LlamaForCausalLM")],
+        "model_type": kind,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "num_hidden_layers": cfg.n_layers,
@@ -194,8 +217,10 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
     }
     if not qwen2:
         hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    if decoders.is_phi3(cfg) and not cfg.qk_norm:
+        return decoders.phi3_to_hf(cfg, hf)
     if cfg.sliding_window:
-        hf.update(_window_to_hf(cfg, qwen2))
+        hf.update(_window_to_hf(cfg, qwen2 or cfg.qk_norm))
     return hf
 
 
@@ -280,8 +305,14 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             raise CheckpointError(
                 f"{file} cannot be read ({e}); the file is truncated or corrupt: download it again"
             ) from e
+        if config.family == "vlm":
+            state_dict.update(vlm.state_from_hf(tensors, file.name, rename))
+            continue
         if config.family != "decoder":
             state_dict.update(family.state_from_hf(config, tensors, file.name))
+            continue
+        if config.extra["architecture"] in decoders.TABLES:  # Gemma 2 / 3, Falcon, Phi-3
+            state_dict.update(decoders.state_from_hf(config, tensors, file.name))
             continue
         if config.extra["architecture"] == gpt2.ARCHITECTURE:
             state_dict.update(gpt2.state_from_gpt2(tensors, file.name))
@@ -295,18 +326,23 @@ def load_hf(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
             state_dict[ours] = tensor
     if config.tie_embeddings:
         state_dict.pop("lm_head.weight", None)
+        state_dict.pop("text.lm_head.weight", None)
     return config, state_dict
 
 
 def save_hf(model: torch.nn.Module, directory: Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors (and the tokenizer, if given) to `directory`."""
-    if model.config.family != "decoder":
+    if model.config.family not in ("decoder", "vlm"):
         return family.save(model, directory, tokenizer)
     dtype = next(model.parameters()).dtype
     hf_config = config_to_hf(model.config, dtype)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if hf_config["architectures"] == [gpt2.ARCHITECTURE]:
+    if model.config.family == "vlm":
+        tensors = vlm.state_to_hf(state, rename)
+    elif hf_config["architectures"] == [gpt2.ARCHITECTURE]:
         tensors = gpt2.state_to_gpt2(state)
+    elif hf_config["architectures"][0] in decoders.TABLES:
+        tensors = decoders.state_to_hf(model.config, state, hf_config["architectures"][0])
     else:
         tensors = {rename(k, to_hf=True): v for k, v in state.items()}
     return write_directory(directory, tensors, hf_config, tokenizer)

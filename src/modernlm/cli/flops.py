@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     cfg = load_config(args.model)  # no weights read
-    if cfg.family != "decoder":
+    if cfg.family not in ("decoder", "vlm"):  # a VLM: its language model over the text and image tokens
         return run_member(args, member_flops_report(cfg, args.seq_len, args.batch_size, args.checkpointing))
     report = flops_report(cfg, args.seq_len or cfg.max_seq_len, args.batch_size, args.checkpointing)
     if args.json:

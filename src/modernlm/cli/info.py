@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 def describe(model: torch.nn.Module) -> dict:
     cfg = model.config
-    if cfg.family != "decoder":
+    if cfg.family not in ("decoder", "vlm"):  # a VLM's counts add its tower and projector to the decoder's
         return describe_member(model)
     counts = parameter_counts(cfg)
     from ..quant import describe as quantized
@@ -62,6 +62,10 @@ def describe_member(model: torch.nn.Module) -> dict:
     }
 
 
+OPTIONS = ("sliding_window", "local_rope_theta", "qk_norm", "sandwich_norm", "parallel_block", "attn_softcap",
+           "logit_softcap", "scale_embeddings", "attn_scale")  # fmt: skip
+
+
 def run(args) -> int:
     info = describe(load_for(args, tokenizer=False)[0])
     if args.json:
@@ -89,6 +93,9 @@ def run(args) -> int:
     )
     for key in keys:
         print(f"  {key:<16} {cfg[key]}")
+    for key in OPTIONS:  # the block options of the later decoders (Qwen3, Gemma, Falcon), where set
+        if cfg.get(key) not in (None, False, 0):
+            print(f"  {key:<16} {cfg[key]}")
     print("parameters:")
     for part, n in counts.items():
         share = "" if part == "non_embedding" else f"  {100 * n / max(counts['total'], 1):5.1f}%"

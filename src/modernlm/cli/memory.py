@@ -45,7 +45,7 @@ def run(args) -> int:
     cfg = load_config(args.model)  # no weights read
     check_member_request(cfg, args.model, seq_len=args.seq_len, target_len=args.target_len, padded=args.padded,
                          lora=bool(args.targets or args.quantize))  # fmt: skip
-    if cfg.family != "decoder":
+    if cfg.family not in ("decoder", "vlm"):  # a VLM: all its parameters, its language model's activations
         return run_member(args, cfg)
     seq_len = args.seq_len or cfg.max_seq_len
     if getattr(args, "ppo", None):

@@ -46,6 +46,12 @@ def _check_mappable(cfg) -> str:
         "mlp_bias": (cfg.mlp_bias, False),
         "scale_embeddings": (cfg.scale_embeddings, False),
         "sliding_window": (cfg.sliding_window, 0),  # llama.cpp's llama architecture attends to every key
+        # the later decoders' blocks (Qwen3, Gemma, Falcon): read from GGUF, not written
+        "qk_norm": (cfg.qk_norm, False),
+        "sandwich_norm": (cfg.sandwich_norm, False),
+        "parallel_block": (cfg.parallel_block, False),
+        "attn_softcap": (cfg.attn_softcap, None),
+        "logit_softcap": (cfg.logit_softcap, None),
     }
     bad = {k: v for k, (v, want) in wrong.items() if v != want}
     if bad:

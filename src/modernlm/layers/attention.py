@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .linear import Linear, attention_dtype
+from .norm import make_norm
 from .rope import apply_rope
 
 
@@ -33,6 +34,10 @@ class Attention(nn.Module):
         self.k_proj = None if cfg.shared_qk else Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
+        # qk_norm: a norm over each head's queries and keys before RoPE (Qwen3, Gemma 3)
+        self.q_norm = make_norm(cfg.norm, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg.norm, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.softcap = cfg.attn_softcap  # None: SDPA; a cap: the explicit path, scores -> cap * tanh(scores / cap)
 
     def forward(
         self,
@@ -56,6 +61,8 @@ class Attention(nn.Module):
         if self.k_proj is not None:
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # (B, T, H, Dh), (B, T, K, Dh)
         # rope of 4 tables with a cache: the frequencies depend on the current length (dynamic NTK, LongRoPE), so keys
         # are cached unrotated and the keys read back are rotated with this step's tables (2 and 3)
         late = rope is not None and len(rope) == 4 and kv is not None
@@ -87,18 +94,43 @@ class Attention(nn.Module):
         if dtype is not None:  # the fp32 kernel on bf16 values (see layers/linear.py)
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
+        dropout = self.dropout if self.training else 0.0
         with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
+            if self.softcap is not None:
+                return softcapped_attention(q, k, v, mask, causal, self.scale, self.softcap, dropout).to(out_dtype)
             y = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
                 attn_mask=mask,
                 is_causal=causal,
-                dropout_p=self.dropout if self.training else 0.0,
+                dropout_p=dropout,
                 enable_gqa=self.n_kv_heads != self.n_heads,
                 scale=self.scale,
             )
         return y.to(out_dtype)
+
+
+def softcapped_attention(q, k, v, mask, causal: bool, scale: float | None, cap: float, dropout: float) -> torch.Tensor:
+    """Attention with the scores soft-capped, cap * tanh(q.k * scale / cap), before the mask and the softmax (Gemma 2),
+    written out (SDPA has no such hook). q (B, H, T, Dh), k and v (B, K, S, Dh); mask as for SDPA: bool (True = may
+    attend) or a float bias, broadcastable to (B, H, T, S); None with `causal` is causal over T = S."""
+    H, K = q.shape[1], k.shape[1]
+    k, v = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)  # (B, H, S, Dh)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
+    scores = torch.tanh(scores / cap) * cap
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # (T, S)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask.float()
+    weights = scores.softmax(-1).to(v.dtype)  # (B, H, T, S)
+    if dropout:
+        weights = F.dropout(weights, dropout, True)
+    return weights @ v  # (B, H, T, Dh)
 
 
 def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 pre  (GPT-2, Llama, ViT, T5): x = x + Drop(Attn(Norm(x)));   x = x + Drop(FFN(Norm(x)))
 post (Vaswani et al. 2017, BERT): x = Norm(x + Drop(Attn(x)));   x = Norm(x + Drop(FFN(x)))
+sandwich (pre, and a norm on each output; Gemma 2, 3): x = x + Drop(Norm'(Attn(Norm(x))));   the same for the FFN
+parallel (Falcon, GPT-J): x = x + Drop(Attn(Norm(x))) + Drop(FFN(Norm(x))), one norm read by both
 
 Attention is bidirectional or causal by the mask it is given, so the same block serves encoders and decoders.
 `CrossBlock`, the decoder block of an encoder-decoder, adds cross-attention between the two (pre-norm, T5):
@@ -27,10 +29,21 @@ class Block(nn.Module):
         self.post_norm = cfg.norm_placement == "post"
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.parallel = cfg.parallel_block
+        self.ffn_norm = None if self.parallel else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = make_ffn(cfg)
+        if cfg.sandwich_norm:  # a norm on each sub-layer's output (Gemma's post_attention / post_feedforward norms)
+            self.attn_post_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+            self.ffn_post_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.sandwich = cfg.sandwich_norm
 
     def forward(self, x, rope, mask, kv=None, input_pos=None) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if self.parallel:
+            h = self.attn_norm(x)
+            return x + self._drop(self.attn(h, rope, mask, kv, input_pos)) + self._drop(self.ffn(h))
+        if self.sandwich:
+            x = x + self._drop(self.attn_post_norm(self.attn(self.attn_norm(x), rope, mask, kv, input_pos)))
+            return x + self._drop(self.ffn_post_norm(self.ffn(self.ffn_norm(x))))
         if self.post_norm:
             x = self.attn_norm(x + self._drop(self.attn(x, rope, mask, kv, input_pos)))
             return self.ffn_norm(x + self._drop(self.ffn(x)))
