@@ -137,3 +137,12 @@ def test_cli_kv_cache_flag(capsys):
     int8 = capsys.readouterr().out
     assert main(args) == 0
     assert capsys.readouterr().out.split()[:2] == int8.split()[:2]  # SmolLM2's first words survive the rounding
+
+
+def test_int8_with_a_sliding_window_keeps_every_position_and_follows_the_float_cache():
+    torch.manual_seed(0)
+    windowed = Transformer(preset("llama-tiny", vocab_size=97, max_seq_len=96, sliding_window=8)).eval()
+    prompt = torch.randint(0, 97, (20,)).tolist()  # past the window
+    assert isinstance(new_cache(windowed, 1, 40, "int8"), Int8KVCache)
+    full, small = generate(windowed, prompt, 12)[0], generate(windowed, prompt, 12, kv_cache="int8")[0]
+    assert sum(a == b for a, b in zip(full, small, strict=True)) >= 9, (full, small)

@@ -187,12 +187,10 @@ class Int8Layer:
 def new_cache(model: torch.nn.Module, batch_size: int, max_len: int, kv: str = "auto", rolling: bool = True) -> KVCache:
     """The KV cache generation uses: `kv` "auto" (the model's `kv_cache` attribute when set, e.g. by the CLI's
     --kv-cache; else the model's dtype), a float dtype name, or "int8". With `rolling`, a sliding-window model keeps
-    only its window per windowed layer (RollingKVCache, float only), so memory stays flat however long it generates;
-    without it (prefix reuse, speculative decoding rewind), every position."""
+    only its window per windowed layer (RollingKVCache, float kinds only), so memory stays flat however long it
+    generates; without it (prefix reuse, speculative decoding rewind), every position."""
     kv, dtype, device = kind_of(model, kv), model_dtype(model), next(model.parameters()).device
-    if kv == "int8":
-        if model.config.sliding_window and rolling:
-            raise ValueError("an int8 KV cache with a sliding-window model is not implemented; use --kv-cache bfloat16")
+    if kv == "int8":  # every position kept, also for a sliding window (its mask makes that exact): no rolling int8
         return Int8KVCache(model.config, batch_size, max_len, dtype, device)
     cls = RollingKVCache if model.config.sliding_window and rolling else KVCache
     return cls(model.config, batch_size, max_len, dtype if kv == "auto" else getattr(torch, kv), device)
