@@ -6,11 +6,16 @@ Dimension names used in the shape comments:
   B batch, T new tokens, S keys attended (T without a cache, the cache length with one, the encoder's length for
   cross-attention),
   D model width, H query heads, K kv heads (H % K == 0; K == H is MHA, K == 1 is MQA), Dh head dim.
+
+Attention runs through SDPA, which never forms the (T, S) probabilities. Inside `recording(modules)` (a model's
+`output_attentions=True`, modernlm.inspect) the same attention runs the explicit softmax instead, as transformers'
+"eager" attention does, and each call's probabilities are kept; outside it nothing is kept and SDPA runs as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +38,7 @@ class Attention(nn.Module):
         self.k_proj = None if cfg.shared_qk else Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
+        self.probs: list[torch.Tensor] | None = None  # inside `recording`: each call's probabilities (B, H, T, S)
 
     def forward(
         self,
@@ -88,6 +94,10 @@ class Attention(nn.Module):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
         with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
+            if self.probs is not None:  # recording: the explicit softmax, its probabilities kept
+                y, probs = self._attend_eager(q, k, v, mask, causal)
+                self.probs.append(probs)
+                return y.to(out_dtype)
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -99,6 +109,43 @@ class Attention(nn.Module):
                 scale=self.scale,
             )
         return y.to(out_dtype)
+
+    def _attend_eager(self, q, k, v, mask, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDPA's computation written out (transformers' eager attention): softmax(q k^T * scale + mask) v, the softmax
+        in float32. (B, H, T, Dh), (B, K, S, Dh) x2 -> the output (B, H, T, Dh) and the probabilities (B, H, T, S)."""
+        T, S = q.shape[-2], k.shape[-2]
+        if self.n_kv_heads != self.n_heads:  # each kv head serves H / K query heads in a row (SDPA's enable_gqa)
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, Dh)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, Dh)
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
+        if causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # (T, S), top-left aligned as SDPA
+        if mask is not None and mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:  # a float bias (ALiBi, T5), -inf where hidden
+            scores = scores + mask.float()
+        probs = scores.softmax(-1)  # (B, H, T, S)
+        if self.training and self.dropout:
+            probs = F.dropout(probs, self.dropout)
+        return probs.to(v.dtype) @ v, probs  # (B, H, T, Dh), (B, H, T, S)
+
+
+@contextlib.contextmanager
+def recording(modules: list[Attention]) -> Iterator[list[list[torch.Tensor]]]:
+    """Run `modules` through the explicit softmax while inside, and yield one list per module that collects each of
+    its calls' probabilities (B, H, T, S); on the way out each module is as it was (SDPA, or an outer recording)."""
+    before = [module.probs for module in modules]
+    logs: list[list[torch.Tensor]] = [[] for _ in modules]
+    for module, log in zip(modules, logs, strict=True):
+        module.probs = log
+    try:
+        yield logs
+    finally:
+        for module, old, log in zip(modules, before, logs, strict=True):
+            module.probs = old
+            if old is not None:  # an outer recording sees these calls too
+                old.extend(log)
 
 
 def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
