@@ -139,7 +139,7 @@ class Transformer(nn.Module):
         states = [x] if output_hidden_states else None
         with recording_if(output_attentions, [block.attn for block in self.blocks]) as probs:
             x = self._blocks(x, input_pos, cache, attention_mask, states)  # (B, T, D)
-        logits = self._logits(x[:, -1:] if last_only else x)  # (B, T or 1, V)
+        logits = self.unembed(x[:, -1:] if last_only else x)  # (B, T or 1, V)
         if not (output_attentions or output_hidden_states):
             return logits
         if states is not None:  # transformers' last hidden state is the final norm's output
@@ -171,7 +171,7 @@ class Transformer(nn.Module):
             cache.slot_pos.index_copy_(0, new % cache.window, new)
         return x
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V) float32
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V) float32
         """The final norm, then the LM head (its own matrix, the tied embedding, or a quantized embedding's head)."""
         x = self.norm(x)
         if self.lm_head is not None:
