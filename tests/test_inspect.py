@@ -227,3 +227,52 @@ def test_measures_on_patterns_built_by_hand():
     torch.testing.assert_close(distances, distances.T, **TOL)
     ids = repeated_tokens(100, n, batch=2, seed=0, prefix=99)
     assert ids.shape == (2, 1 + 2 * n) and (ids[:, 0] == 99).all() and torch.equal(ids[:, 1 : 1 + n], ids[:, 1 + n :])
+
+
+# ---- modernlm inspect ---------------------------------------------------------------------------------------------
+def test_cli_writes_the_data_pictures_and_page_of_a_tiny_model(tmp_path, capsys):
+    import json
+
+    from modernlm.cli.__main__ import main
+    from tiny_chat import save_tiny_chat_model
+
+    source = save_tiny_chat_model(tmp_path / "model", "the quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "out"
+    args = ["inspect", "--model", str(source), "--prompt", "the quick brown fox", "--out", str(out)]
+    assert main([*args, "--layer", "1", "--head", "0", "--html"]) == 0
+    printed = capsys.readouterr()
+    assert "next token" in printed.err
+    data = json.loads((out / "inspect.json").read_text())
+    T, L, H = len(data["tokens"]), 2, 2
+    assert data["model"] == str(source) and (data["layers"], data["heads"]) == (L, H) and T >= 2
+    att = torch.tensor(data["attentions"])  # (L, H, T, T)
+    assert att.shape == (L, H, T, T) and (att.triu(1) == 0).all()
+    torch.testing.assert_close(att.sum(-1), torch.ones(L, H, T), atol=1e-3, rtol=0)
+    lens = data["logit_lens"]
+    assert len(lens["top_tokens"]) == L + 1 and len(lens["top_tokens"][0]) == T and lens["agrees_with_final"][-1] == 1
+    assert len(data["residual_norms"]) == L + 1 and torch.tensor(data["entropy"]).shape == (L, H)
+    assert data["ablation"]["layers"] == [0, 1] and torch.tensor(data["ablation"]["loss_change"]).shape == (L, H)
+    pictures = ["attention_grid", "logit_lens", "answer_by_layer", "residual_norms", "entropy", "ablation"]
+    for name in [*pictures, "attention_L1_H0"]:
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert str(out / f"{name}.png") in printed.out
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 7 and "src=\"http" not in page and "<script" not in page
+    assert main([*args, "--layer", "1", "--ablate", "0"]) == 0
+    assert (out / "attention_L1.png").is_file() and json.loads((out / "inspect.json").read_text())["ablation"] == {
+        "layers": [], "base_loss": data["ablation"]["base_loss"], "loss_change": []}  # fmt: skip
+    for bad, message in [(["--layer", "2", "--head", "0"], "layers 0..1"), (["--head", "1"], "--head needs --layer")]:
+        assert main([*args, *bad]) == 2 and message in capsys.readouterr().err
+
+
+def test_cli_on_smollm2(tmp_path, capsys):
+    import json
+
+    from modernlm.cli.__main__ import main
+
+    out = tmp_path / "smol"
+    assert main(["inspect", "--prompt", "The capital of France is", "--out", str(out), "--ablate", "2"]) == 0
+    data = json.loads((out / "inspect.json").read_text())
+    assert (data["layers"], data["heads"]) == (30, 9) and data["ablation"]["layers"] == [0, 29]
+    assert data["logit_lens"]["answer"] == " Paris" and data["logit_lens"]["answer_prob_by_layer"][-1] > 0.3
+    assert (out / "attention_grid.png").is_file() and (out / "logit_lens.png").is_file()
