@@ -54,7 +54,7 @@ def test_the_cache_reads_every_point_and_they_add_up(model):
     with torch.no_grad():
         logits, cache = run_with_cache(model, ids)
         ref = model(ids, output_attentions=True, output_hidden_states=True)
-    assert no_hooks_left(model) and all(block.attn.probs is None for block in model.blocks)
+    assert no_hooks_left(model) and all(not block.attn.probs for block in model.blocks)
     assert set(cache) == set(default_names(model)) and len(cache) == 3 * 7
     assert cache["blocks.1.attn.z"].shape == (2, 12, 4, 16) and cache["blocks.1.attn.pattern"].shape == (2, 4, 12, 12)
     torch.testing.assert_close(logits, ref.logits, **TOL)

@@ -184,8 +184,34 @@ def test_without_the_flags_the_logits_tensor_comes_back_through_sdpa(monkeypatch
         monkeypatch.setattr(Attention, "_attend_eager", lambda *a, **k: pytest.fail("probabilities formed unasked"))
         plain = model(ids)
     assert type(plain) is torch.Tensor and len(calls) == model.config.n_layers
-    assert all(block.attn.probs is None for block in model.blocks)  # nothing left recording
+    assert all(not block.attn.probs for block in model.blocks)  # nothing left recording
     torch.testing.assert_close(asked.logits, plain, **TOL)
     for a in asked.attentions:  # probabilities: rows of 1, exactly 0 above the diagonal
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), **TOL)
         assert (a.triu(1) == 0).all()
+
+
+def test_recording_is_per_thread():
+    """A server's engine thread running the same model while a request handler records stays on SDPA."""
+    import threading
+
+    from modernlm.layers.attention import recording
+
+    torch.manual_seed(0)
+    model = modernlm.Transformer(modernlm.preset("llama-tiny")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 10))
+    go = threading.Event()
+
+    def other():
+        go.wait()
+        with torch.no_grad():
+            model(ids)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with torch.no_grad(), recording([block.attn for block in model.blocks]) as logs:
+        go.set()
+        thread.join()
+        assert [len(log) for log in logs] == [0, 0]  # the other thread's forward recorded nothing
+        model(ids)
+    assert [len(log) for log in logs] == [1, 1] and all(not block.attn.probs for block in model.blocks)

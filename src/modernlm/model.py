@@ -154,7 +154,7 @@ class Transformer(nn.Module):
             self._check_rolling(cache, input_pos)
         inputs = self._layer_inputs(input_pos, cache, attention_mask, x.dtype)  # window -> (rope, mask, key_pos)
         recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        recompute = recompute and self.blocks[0].attn.probs is None  # a recorded pass is not recomputed
+        recompute = recompute and not self.blocks[0].attn.probs  # a recorded pass is not recomputed
         for i, block in enumerate(self.blocks):
             rope, mask, _ = inputs[self.config.layer_window(i)]
             if recompute:  # keep only each block's input; recompute its insides in the backward pass

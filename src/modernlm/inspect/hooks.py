@@ -123,7 +123,7 @@ def _register(point: Point, fn: Hook):
 
     def after(module, args, out):
         if point.side == "pattern":
-            fn(module.probs[-1])
+            fn(module.recorded()[-1])
             return None
         new = fn(split(out))
         return None if new is None else join(new, out)

@@ -10,11 +10,13 @@ Dimension names used in the shape comments:
 Attention runs through SDPA, which never forms the (T, S) probabilities. Inside `recording(modules)` (a model's
 `output_attentions=True`, modernlm.inspect) the same attention runs the explicit softmax instead, as transformers'
 "eager" attention does, and each call's probabilities are kept; outside it nothing is kept and SDPA runs as before.
+Recording is per thread: a server's engine thread running the same model meanwhile stays on SDPA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -38,7 +40,9 @@ class Attention(nn.Module):
         self.k_proj = None if cfg.shared_qk else Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.q_dim, cfg.d_model, bias=cfg.out_bias)
-        self.probs: list[torch.Tensor] | None = None  # inside `recording`: each call's probabilities (B, H, T, S)
+        # inside `recording`, per thread (another thread may run the model meanwhile, as a server's engine does):
+        # the list each call's probabilities (B, H, T, S) go to; empty outside, where SDPA runs
+        self.probs: dict[int, list[torch.Tensor]] = {}
 
     def forward(
         self,
@@ -94,9 +98,10 @@ class Attention(nn.Module):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
         with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
-            if self.probs is not None:  # recording: the explicit softmax, its probabilities kept
+            log = self.recorded() if self.probs else None
+            if log is not None:  # recording: the explicit softmax, its probabilities kept
                 y, probs = self._attend_eager(q, k, v, mask, causal)
-                self.probs.append(probs)
+                log.append(probs)
                 return y.to(out_dtype)
             y = F.scaled_dot_product_attention(
                 q,
@@ -109,6 +114,10 @@ class Attention(nn.Module):
                 scale=self.scale,
             )
         return y.to(out_dtype)
+
+    def recorded(self) -> list[torch.Tensor] | None:
+        """This thread's list of recorded probabilities (B, H, T, S), or None outside `recording`."""
+        return self.probs.get(threading.get_ident())
 
     def _attend_eager(self, q, k, v, mask, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """SDPA's computation written out (transformers' eager attention): softmax(q k^T * scale + mask) v, the softmax
@@ -133,18 +142,22 @@ class Attention(nn.Module):
 
 @contextlib.contextmanager
 def recording(modules: list[Attention]) -> Iterator[list[list[torch.Tensor]]]:
-    """Run `modules` through the explicit softmax while inside, and yield one list per module that collects each of
-    its calls' probabilities (B, H, T, S); on the way out each module is as it was (SDPA, or an outer recording)."""
-    before = [module.probs for module in modules]
+    """Run `modules` through the explicit softmax while inside, in this thread only, and yield one list per module
+    that collects each of its calls' probabilities (B, H, T, S); on the way out each module is as it was (SDPA, or
+    an outer recording, which gets these calls too)."""
+    thread = threading.get_ident()
+    before = [module.probs.get(thread) for module in modules]
     logs: list[list[torch.Tensor]] = [[] for _ in modules]
     for module, log in zip(modules, logs, strict=True):
-        module.probs = log
+        module.probs[thread] = log
     try:
         yield logs
     finally:
         for module, old, log in zip(modules, before, logs, strict=True):
-            module.probs = old
-            if old is not None:  # an outer recording sees these calls too
+            if old is None:
+                module.probs.pop(thread, None)
+            else:
+                module.probs[thread] = old
                 old.extend(log)
 
 
