@@ -29,7 +29,8 @@ class ModelOutput:
     """What a member returns when asked for more than its logits (transformers' names and layout).
 
     attentions: with `output_attentions=True`, one tensor of probabilities per layer, (B, H, T, S): S = T, or the
-    cache's slots with a KV cache (zero where a slot is hidden: empty, or past the query).
+    cache's slots with a KV cache (zero where a slot is hidden: empty, or past the query); a rolling cache's windowed
+    layers: its W slots, then the T new keys.
     hidden_states: with `output_hidden_states=True`, layers + 1 tensors of (B, T, D): the embeddings, then each block's
     output; the last one after the final norm (transformers' `last_hidden_state`), except ViT's (transformers' too)."""
 
