@@ -88,3 +88,22 @@ def test_a_one_gpu_nccl_group_trains_and_matches_the_plain_run(config, mode):
     result = distributed_train(config(mode, device="cuda", parallel=mode))
     assert result.status == "done"
     torch.testing.assert_close(result.losses, plain.losses, rtol=1e-4, atol=1e-4)
+
+
+def test_attentions_on_cuda_equal_the_cpu_ones():
+    """output_attentions on the GPU (the explicit softmax there, SDPA's CUDA kernels otherwise) against the CPU."""
+    from modernlm import Transformer, preset
+
+    torch.manual_seed(0)
+    model = Transformer(preset("llama-tiny")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        cpu = model(ids, output_attentions=True, output_hidden_states=True)
+        model.cuda()
+        gpu = model(ids.cuda(), output_attentions=True, output_hidden_states=True)
+        plain = model(ids.cuda())
+    assert type(plain) is torch.Tensor
+    torch.testing.assert_close(plain.cpu(), cpu.logits, atol=1e-3, rtol=1e-3)
+    for a, b in zip(gpu.attentions, cpu.attentions, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=0)
+        assert (a.triu(1) == 0).all()

@@ -33,6 +33,7 @@ FLOORS = [
     {"loading"},
     {"generation"},
     {"analysis"},
+    {"inspect"},  # activations by name, interventions, the logit lens (the lab and the CLI use it)
     {"export"},  # GGUF out: dequantizes quant's layers, inverts checkpoints' GGUF names
     {"eval"},
     {"serving"},

@@ -87,3 +87,64 @@ def test_chat_page_streams_a_reply(tiny, tmp_path):  # noqa: F811
         browser.quit()
         server.stop()
         engine.stop()
+
+
+def test_attention_view_reads_the_api_rows_in_node(tmp_path):
+    """attention.js's functions on a packed row, in node (no browser needed): bytes back to weights, one head's or
+    the mean of the heads."""
+    import base64
+    import json
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("no node installed")
+    script = Path(__file__).parents[1] / "src/modernlm/serving/web/attention.js"
+    row = bytes([255, 0, 0, 51, 204, 0, 0, 0, 255, 102, 102, 51])  # 2 layers x 2 heads x 3 keys
+    packed = base64.b64encode(row).decode()
+    check = (f"{script.read_text()}\nconst rows = decodeRows([{json.dumps(packed)}]);\n"
+             "console.log(JSON.stringify([Array.from(rows[0]), attentionWeights(rows[0], 2, 3, 1, 0), "
+             "attentionWeights(rows[0], 2, 3, 1, -1)]));")  # fmt: skip
+    done = subprocess.run([node, "-e", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    raw, one, mean = json.loads(done.stdout)
+    assert raw == list(row)
+    assert one == pytest.approx([0, 0, 1]) and mean == pytest.approx([0.2, 0.2, 0.6])
+
+
+@pytest.mark.slow
+def test_chat_page_shows_what_a_reply_token_attended_to(tiny, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    server, engine, model, tokenizer = start(tiny)
+    browser = chromium(tmp_path)
+    try:
+        browser.get(server.url + "/")
+        wait(lambda: browser.find_element(By.ID, "model").get_attribute("value") == "tiny")
+        browser.find_element(By.ID, "toggle-settings").click()
+        for name, value in (("temperature", "0"), ("max_tokens", "12")):
+            field = browser.find_element(By.ID, name)
+            field.clear()
+            field.send_keys(value)
+        browser.find_element(By.ID, "attention").click()
+        browser.find_element(By.ID, "input").send_keys("the quick brown fox")
+        browser.find_element(By.ID, "send").click()
+        tokens = wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .tok"))
+        prompt = chat_ids(tokenizer, [{"role": "user", "content": "the quick brown fox"}])
+        _, out = expected(model, tokenizer, prompt, 12)
+        assert [t.get_attribute("textContent") for t in tokens] == [tokenizer.decode([i]) for i in out]
+        tokens[2].click()
+        keys = wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .attention .key"))
+        assert len(keys) == len(prompt) + 2 and "chosen" in tokens[2].get_attribute("class")
+        shown = [float(k.get_attribute("title")) for k in keys]
+        Select(browser.find_elements(By.CSS_SELECTOR, ".attention select")[1]).select_by_index(1)  # head 0
+        keys = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .attention .key")
+        head0 = [float(k.get_attribute("title")) for k in keys]
+        assert sum(shown) == pytest.approx(1, abs=0.05) and sum(head0) == pytest.approx(1, abs=0.05)
+        browser.save_screenshot(str(tmp_path / "attention.png"))
+    finally:
+        browser.quit()
+        server.stop()
+        engine.stop()

@@ -23,7 +23,7 @@ from .layers.ffn import ACTIVATIONS
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
 from .layers.positions import make_positions
-from .model import Transformer
+from .model import ModelOutput, Transformer, collected, recording_if
 
 
 class MLMHead(nn.Module):
@@ -72,15 +72,28 @@ class Encoder(nn.Module):
         input_ids: torch.Tensor,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, T) 1 = real token, 0 = padding (on the right)
         token_type_ids: torch.Tensor | None = None,  # (B, T) segment of each token; default all 0
-    ) -> torch.Tensor:  # (B, T, V) mlm, (B, T, D) none, (B, C) classify; float32
-        x = self.hidden_states(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        *,
+        output_attentions: bool = False,  # also each layer's attention probabilities (B, H, T, T)
+        output_hidden_states: bool = False,  # also the embeddings and each block's output (B, T, D)
+    ) -> torch.Tensor | ModelOutput:  # (B, T, V) mlm, (B, T, D) none, (B, C) classify; float32; a ModelOutput if asked
+        states = [] if output_hidden_states else None
+        with recording_if(output_attentions, [block.attn for block in self.blocks]) as probs:
+            x = self.hidden_states(input_ids, attention_mask, token_type_ids, states)  # (B, T, D)
+        logits = self._head(x, attention_mask)
+        if not (output_attentions or output_hidden_states):
+            return logits
+        return ModelOutput(logits, attentions=collected(probs), hidden_states=None if states is None else tuple(states))
+
+    def _head(self, x: torch.Tensor, attention_mask) -> torch.Tensor:  # (B, T, D) -> the head's output, float32
         if self.mlm is not None:
             return self.mlm(x, self.embed.weight).float()  # (B, T, V)
         if self.classifier is not None:
             return self.classifier(self.pool(x, attention_mask)).float()  # (B, C)
         return x.float()
 
-    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:  # (B, T, D)
+    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, states=None) -> torch.Tensor:
+        """The final hidden states (B, T, D); `states`, a list, receives the embeddings and each block's output (the
+        last one after the final norm)."""
         cfg = self.config
         B, T = check_token_ids(input_ids, cfg.vocab_size, cfg.max_seq_len, attention_mask)
         pos = torch.arange(T, device=input_ids.device)  # (T,)
@@ -98,10 +111,16 @@ class Encoder(nn.Module):
         ropes = {local: self.positions.rope(pos, x.dtype, local) for local in kinds}  # (T, Dh) x2 or None
         masks = {local: self.positions.bias_mask(pos, pos, window(visible, pos, cfg.local_window if local else 0),
                                                  x.dtype) for local in kinds}  # fmt: skip
+        keep = states.append if states is not None else lambda _: None  # (B, T, D) each, only if asked
+        keep(x)
         for i, block in enumerate(self.blocks):
             local = self.is_local(i)
             x = block(x, ropes[local], masks[local])
-        return self.norm(x)
+            keep(x)
+        x = self.norm(x)
+        if states is not None:  # transformers' last hidden state is the final norm's output
+            states[-1] = x
+        return x
 
     def is_local(self, layer: int) -> bool:
         """Whether a layer attends within the local window (ModernBERT: all but every `global_every`-th)."""

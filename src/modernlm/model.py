@@ -4,6 +4,8 @@ layers/; there is no second model class."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .layers.attention import recording
 from .layers.block import Block
 from .layers.kv_cache import KVCache, RollingKVCache
 from .layers.linear import Linear, linear
@@ -19,6 +22,31 @@ from .layers.norm import make_norm
 from .layers.positions import absolute_positions, make_positions
 from .layers.rope import inverse_frequencies, rope_cos_sin
 from .layers.rope_scaling import is_length_dependent
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """What a member returns when asked for more than its logits (transformers' names and layout).
+
+    attentions: with `output_attentions=True`, one tensor of probabilities per layer, (B, H, T, S): S = T, or the
+    cache's slots with a KV cache (zero where a slot is hidden: empty, or past the query); a rolling cache's windowed
+    layers: its W slots, then the T new keys.
+    hidden_states: with `output_hidden_states=True`, layers + 1 tensors of (B, T, D): the embeddings, then each block's
+    output; the last one after the final norm (transformers' `last_hidden_state`), except ViT's (transformers' too)."""
+
+    logits: torch.Tensor  # (B, T, V) for a decoder; what the member's forward returns otherwise
+    attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def collected(logs: list[list[torch.Tensor]] | None) -> tuple[torch.Tensor, ...] | None:
+    """`recording`'s logs as transformers' tuple: each layer's one call's probabilities (B, H, T, S)."""
+    return None if logs is None else tuple(log[-1] for log in logs)
+
+
+def recording_if(asked: bool, attentions: list[nn.Module]) -> contextlib.AbstractContextManager:
+    """`recording(attentions)` if the caller asked for attentions; else nothing changes (SDPA, nothing kept)."""
+    return recording(attentions) if asked else contextlib.nullcontext()
 
 
 class Transformer(nn.Module):
@@ -107,30 +135,50 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding; S = T or the cache length
         last_only: bool = False,  # logits for the last position only (generation)
         embeds: torch.Tensor | None = None,  # (B, T, D) in place of token_embeddings(input_ids) (a VLM's merged text)
-    ) -> torch.Tensor:  # (B, T, V) float32 logits, or (B, 1, V) with last_only
+        output_attentions: bool = False,  # also each layer's attention probabilities (the explicit softmax path)
+        output_hidden_states: bool = False,  # also the embeddings and each block's output
+    ) -> torch.Tensor | ModelOutput:  # (B, T, V) float32 logits, or (B, 1, V) with last_only; a ModelOutput if asked
         B, T = self._check_inputs(input_ids, input_pos, cache, attention_mask)
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
         x = self._embed(input_ids, input_pos, attention_mask, embeds)  # (B, T, D)
+        states = [x] if output_hidden_states else None
+        with recording_if(output_attentions, [block.attn for block in self.blocks]) as probs:
+            x = self._blocks(x, input_pos, cache, attention_mask, states)  # (B, T, D)
+        logits = self.unembed(x[:, -1:] if last_only else x)  # (B, T or 1, V)
+        if not (output_attentions or output_hidden_states):
+            return logits
+        if states is not None:  # transformers' last hidden state is the final norm's output
+            states[-1] = self.norm(x)
+        return ModelOutput(logits, attentions=collected(probs), hidden_states=None if states is None else tuple(states))
+
+    def _blocks(self, x, input_pos, cache, attention_mask, states=None) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        """The stack over x, writing the cache if one is given; each block's output appended to `states` if a list."""
+        T = x.shape[1]
         rolling = isinstance(cache, RollingKVCache)
         if rolling:
             self._check_rolling(cache, input_pos)
         inputs = self._layer_inputs(input_pos, cache, attention_mask, x.dtype)  # window -> (rope, mask, key_pos)
         recompute = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        recompute = recompute and not self.blocks[0].attn.probs  # a recorded pass is not recomputed
         for i, block in enumerate(self.blocks):
             rope, mask, _ = inputs[self.config.layer_window(i)]
             if recompute:  # keep only each block's input; recompute its insides in the backward pass
                 x = checkpoint(block, x, rope, mask, use_reentrant=False)
-                continue
-            kv = cache.layer(i) if cache is not None else None
-            if rolling and cache.rolling[i]:  # the last min(T, W) new keys overwrite their slots
-                kv = (*kv, input_pos[-min(T, cache.window) :] % cache.window)
-            x = block(x, rope, mask, kv, input_pos)
+            else:
+                kv = cache.layer(i) if cache is not None else None
+                if rolling and cache.rolling[i]:  # the last min(T, W) new keys overwrite their slots
+                    kv = (*kv, input_pos[-min(T, cache.window) :] % cache.window)
+                x = block(x, rope, mask, kv, input_pos)
+            if states is not None:
+                states.append(x)
         if rolling:  # the slots now hold the newest positions (read by every layer above, so written last)
             new = input_pos[-min(T, cache.window) :]
             cache.slot_pos.index_copy_(0, new % cache.window, new)
-        if last_only:
-            x = x[:, -1:]  # (B, 1, D)
+        return x
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, V) float32
+        """The final norm, then the LM head (its own matrix, the tied embedding, or a quantized embedding's head)."""
         x = self.norm(x)
         if self.lm_head is not None:
             return self._cap(self.lm_head(x).float())  # (B, T, V)

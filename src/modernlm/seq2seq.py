@@ -26,9 +26,24 @@ from .layers.kv_cache import KVCache
 from .layers.linear import Linear, linear
 from .layers.norm import make_norm
 from .layers.positions import make_positions
-from .model import Transformer
+from .model import Transformer, collected, recording_if
 
 Memory = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: cross-attention k, v (B, K, S, Dh)
+
+
+@dataclasses.dataclass
+class Seq2SeqOutput:
+    """What `Seq2Seq` returns when asked for more than its logits (transformers' Seq2SeqLMOutput names): attentions
+    one (B, H, queries, keys) tensor of probabilities per layer, the cross-attentions' keys the encoder's tokens;
+    hidden states the embeddings and each block's output per stack (the last one after the stack's final norm)."""
+
+    logits: torch.Tensor  # (B, T, V)
+    encoder_last_hidden_state: torch.Tensor  # (B, S, D)
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None  # (B, H, S, S) each
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None  # (B, H, T, T) each
+    cross_attentions: tuple[torch.Tensor, ...] | None = None  # (B, H, T, S) each
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None  # (B, S, D) each
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None  # (B, T, D) each
 
 
 class Seq2Seq(nn.Module):
@@ -59,21 +74,50 @@ class Seq2Seq(nn.Module):
         input_ids: torch.Tensor,  # (B, S) encoder tokens
         decoder_input_ids: torch.Tensor,  # (B, T) decoder tokens (the targets shifted right, after the start token)
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real encoder token, 0 = padding
-    ) -> torch.Tensor:  # (B, T, V) float32 logits
-        memory = self.memory_kv(self.encode(input_ids, attention_mask))
-        return self.decode(decoder_input_ids, memory, attention_mask)
+        *,
+        output_attentions: bool = False,  # also each layer's self- and cross-attention probabilities
+        output_hidden_states: bool = False,  # also both stacks' embeddings and block outputs
+    ) -> torch.Tensor | Seq2SeqOutput:  # (B, T, V) float32 logits; a Seq2SeqOutput if asked for more
+        enc_states, dec_states = ([], []) if output_hidden_states else (None, None)
+        with recording_if(output_attentions, [block.attn for block in self.encoder]) as enc_probs:
+            encoded = self.encode(input_ids, attention_mask, enc_states)  # (B, S, D)
+        memory = self.memory_kv(encoded)
+        with (
+            recording_if(output_attentions, [block.attn for block in self.decoder]) as dec_probs,
+            recording_if(output_attentions, [block.cross_attn for block in self.decoder]) as cross_probs,
+        ):
+            logits = self.decode(decoder_input_ids, memory, attention_mask, states=dec_states)  # (B, T, V)
+        if not (output_attentions or output_hidden_states):
+            return logits
+        as_tuple = lambda states: None if states is None else tuple(states)  # noqa: E731
+        return Seq2SeqOutput(
+            logits,
+            encoder_last_hidden_state=encoded,
+            encoder_attentions=collected(enc_probs),
+            decoder_attentions=collected(dec_probs),
+            cross_attentions=collected(cross_probs),
+            encoder_hidden_states=as_tuple(enc_states),
+            decoder_hidden_states=as_tuple(dec_states),
+        )
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The encoder's final hidden states (B, S, D)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, states=None) -> torch.Tensor:
+        """The encoder's final hidden states (B, S, D); `states`, a list, receives the embeddings and each block's
+        output (the last one after the final norm)."""
         cfg = self.config
         B, S = check_token_ids(input_ids, cfg.vocab_size, None, attention_mask)
         pos = torch.arange(S, device=input_ids.device)  # (S,)
         x = self.enc_positions.add(self.embed(input_ids), pos)  # (B, S, D)
         x = F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
         mask = self.enc_positions.bias_mask(pos, pos, padding_mask(attention_mask, S, x.device), x.dtype)
+        keep = states.append if states is not None else lambda _: None  # (B, S, D) each, only if asked
+        keep(x)
         for block in self.encoder:
             x = block(x, None, mask)
-        return self.enc_norm(x)
+            keep(x)
+        x = self.enc_norm(x)
+        if states is not None:  # transformers' last hidden state is the final norm's output
+            states[-1] = x
+        return x
 
     def memory_kv(self, encoded: torch.Tensor) -> Memory:
         """Each decoder block's cross-attention keys and values of the encoder output (B, S, D), computed once."""
@@ -88,6 +132,7 @@ class Seq2Seq(nn.Module):
         input_pos: torch.Tensor | None = None,  # (T,) positions of these decoder tokens; default 0..T-1
         cache: KVCache | None = None,  # the decoder's self-attention cache (see new_cache)
         last_only: bool = False,
+        states: list[torch.Tensor] | None = None,  # receives the embeddings and each block's output, (B, T, D)
     ) -> torch.Tensor:  # (B, T, V) float32, or (B, 1, V) with last_only
         cfg = self.config
         B, T = check_token_ids(decoder_input_ids, cfg.vocab_size, None, name="decoder_input_ids")
@@ -100,9 +145,14 @@ class Seq2Seq(nn.Module):
         causal = (key_pos[None, :] <= input_pos[:, None])[None, None]  # (1, 1, T, S')
         mask = self.dec_positions.bias_mask(input_pos, key_pos, causal, x.dtype)
         memory_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        keep = states.append if states is not None else lambda _: None  # only if asked
+        keep(x)
         for i, block in enumerate(self.decoder):
             kv = cache.layer(i) if cache is not None else None
             x = block(x, None, mask, kv, input_pos, memory=memory[i], memory_mask=memory_mask)
+            keep(x)
+        if states is not None:  # transformers' last hidden state is the final norm's output
+            states[-1] = self.dec_norm(x)
         if last_only:
             x = x[:, -1:]  # (B, 1, D)
         x = self.dec_norm(x)

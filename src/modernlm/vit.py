@@ -19,7 +19,7 @@ from .layers.block import Block
 from .layers.linear import Linear
 from .layers.norm import make_norm
 from .layers.positions import make_positions
-from .model import Transformer
+from .model import ModelOutput, Transformer, collected, recording_if
 
 
 class ImageShapeError(ValueError):
@@ -51,11 +51,24 @@ class ViT(nn.Module):
     def reset_rope(self) -> None:  # no non-persistent buffers (the loader's hook)
         pass
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L) logits, float32
-        x = self.hidden_states(pixel_values)  # (B, N + 1, D)
-        return (self.classifier(x[:, 0]) if self.classifier is not None else x).float()
+    def forward(
+        self,
+        pixel_values: torch.Tensor,  # (B, C, H, W)
+        *,
+        output_attentions: bool = False,  # also each layer's attention probabilities (B, H, N + 1, N + 1)
+        output_hidden_states: bool = False,  # also the embeddings and each block's output (B, N + 1, D)
+    ) -> torch.Tensor | ModelOutput:  # (B, L) logits, float32 (or (B, N + 1, D) headless); a ModelOutput if asked
+        states = [] if output_hidden_states else None
+        with recording_if(output_attentions, [block.attn for block in self.blocks]) as probs:
+            x = self.hidden_states(pixel_values, states)  # (B, N + 1, D)
+        logits = (self.classifier(x[:, 0]) if self.classifier is not None else x).float()
+        if not (output_attentions or output_hidden_states):
+            return logits
+        return ModelOutput(logits, attentions=collected(probs), hidden_states=None if states is None else tuple(states))
 
-    def hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N + 1, D)
+    def hidden_states(self, pixel_values: torch.Tensor, states=None) -> torch.Tensor:  # (B, C, H, W) -> (B, N + 1, D)
+        """The final norm's output; `states`, a list, receives the embeddings and each block's output (before the
+        final norm, as transformers' ViT gives them)."""
         cfg = self.config
         self.check_images(pixel_values)
         x = self.patch_embed(pixel_values.to(self.embed_weight.dtype))  # (B, D, H/P, W/P)
@@ -64,8 +77,11 @@ class ViT(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N + 1, D)
         x = self.positions.add(x, torch.arange(x.shape[1], device=x.device))  # (B, N + 1, D)
         x = F.dropout(x, cfg.embed_dropout, self.training) if cfg.embed_dropout else x
+        keep = states.append if states is not None else lambda _: None  # (B, N + 1, D) each, only if asked
+        keep(x)
         for block in self.blocks:
             x = block(x, None, None)  # no mask: every patch sees every other (causal=False)
+            keep(x)
         return self.norm(x)
 
     def check_images(self, pixel_values) -> None:

@@ -13,6 +13,7 @@ VERBS += ["embed", "fill_mask", "classify", "eval"]  # the other members' verbs 
 VERBS += ["export"]  # issue 12 (eval is shared with it)
 VERBS += ["serve"]  # issue 14
 VERBS += ["align"]  # issue 17
+VERBS += ["inspect"]  # issue 29
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ MODULES = (  # files of this package that hold experiments
     *("postnorm_depth", "batchnorm", "positions_concat"),
     "long_context",  # issue 15: RoPE scalings and positions at 8x the training length
     *("alignment",),  # issue 17
+    *("induction", "logit_lens", "head_diversity", "causal_zero"),  # issue 29: looking inside SmolLM2
 )
 
 

@@ -6,11 +6,18 @@ Dimension names used in the shape comments:
   B batch, T new tokens, S keys attended (T without a cache, the cache length with one, the encoder's length for
   cross-attention),
   D model width, H query heads, K kv heads (H % K == 0; K == H is MHA, K == 1 is MQA), Dh head dim.
+
+Attention runs through SDPA, which never forms the (T, S) probabilities. Inside `recording(modules)` (a model's
+`output_attentions=True`, modernlm.inspect) the same attention runs the explicit softmax instead, as transformers'
+"eager" attention does, and each call's probabilities are kept; outside it nothing is kept and SDPA runs as before.
+Recording is per thread: a server's engine thread running the same model meanwhile stays on SDPA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +45,9 @@ class Attention(nn.Module):
         self.q_norm = make_norm(cfg.norm, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg.norm, cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.softcap = cfg.attn_softcap  # None: SDPA; a cap: the explicit path, scores -> cap * tanh(scores / cap)
+        # inside `recording`, per thread (another thread may run the model meanwhile, as a server's engine does):
+        # the list each call's probabilities (B, H, T, S) go to; empty outside, where SDPA runs
+        self.probs: dict[int, list[torch.Tensor]] = {}
 
     def forward(
         self,
@@ -96,8 +106,12 @@ class Attention(nn.Module):
             mask = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask
         dropout = self.dropout if self.training else 0.0
         with torch.autocast("cpu", enabled=False) if dtype is not None else contextlib.nullcontext():
-            if self.softcap is not None:
-                return softcapped_attention(q, k, v, mask, causal, self.scale, self.softcap, dropout).to(out_dtype)
+            log = self.recorded() if self.probs else None
+            if self.softcap is not None or log is not None:  # the explicit softmax: soft-capped, or its weights kept
+                y, probs = explicit_attention(q, k, v, mask, causal, self.scale, self.softcap, dropout)
+                if log is not None:
+                    log.append(probs)
+                return y.to(out_dtype)
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -110,27 +124,56 @@ class Attention(nn.Module):
             )
         return y.to(out_dtype)
 
+    def recorded(self) -> list[torch.Tensor] | None:
+        """This thread's list of recorded probabilities (B, H, T, S), or None outside `recording`."""
+        return self.probs.get(threading.get_ident())
 
-def softcapped_attention(q, k, v, mask, causal: bool, scale: float | None, cap: float, dropout: float) -> torch.Tensor:
-    """Attention with the scores soft-capped, cap * tanh(q.k * scale / cap), before the mask and the softmax (Gemma 2),
-    written out (SDPA has no such hook). q (B, H, T, Dh), k and v (B, K, S, Dh); mask as for SDPA: bool (True = may
-    attend) or a float bias, broadcastable to (B, H, T, S); None with `causal` is causal over T = S."""
+
+@contextlib.contextmanager
+def recording(modules: list[Attention]) -> Iterator[list[list[torch.Tensor]]]:
+    """Run `modules` through the explicit softmax while inside, in this thread only, and yield one list per module
+    that collects each of its calls' probabilities (B, H, T, S); on the way out each module is as it was (SDPA, or
+    an outer recording, which gets these calls too)."""
+    thread = threading.get_ident()
+    before = [module.probs.get(thread) for module in modules]
+    logs: list[list[torch.Tensor]] = [[] for _ in modules]
+    for module, log in zip(modules, logs, strict=True):
+        module.probs[thread] = log
+    try:
+        yield logs
+    finally:
+        for module, old, log in zip(modules, before, logs, strict=True):
+            if old is None:
+                module.probs.pop(thread, None)
+            else:
+                module.probs[thread] = old
+                old.extend(log)
+
+
+def explicit_attention(
+    q, k, v, mask, causal: bool, scale: float | None, cap: float | None, dropout: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's computation written out (transformers' eager attention), softmax(q k^T * scale + mask) v with the softmax
+    in float32, for what SDPA has no hook for: scores soft-capped to cap * tanh(scores / cap) before the mask (Gemma
+    2; `cap` None: none), and the probabilities kept (`recording`). q (B, H, T, Dh), k and v (B, K, S, Dh); mask as for
+    SDPA: bool (True = may attend) or a float bias, broadcastable to (B, H, T, S); None with `causal` is causal over
+    T = S. Returns the output (B, H, T, Dh) and the probabilities (B, H, T, S), before dropout."""
     H, K = q.shape[1], k.shape[1]
-    k, v = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)  # (B, H, S, Dh)
+    k, v = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)  # (B, H, S, Dh): each kv head serves H / K
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-1, -2)).float() * scale  # (B, H, T, S)
-    scores = torch.tanh(scores / cap) * cap
+    if cap is not None:
+        scores = torch.tanh(scores / cap) * cap
     if causal:
         T, S = scores.shape[-2:]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # (T, S)
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
+    elif mask is not None:  # a float bias (ALiBi, T5), -inf where hidden
         scores = scores + mask.float()
-    weights = scores.softmax(-1).to(v.dtype)  # (B, H, T, S)
-    if dropout:
-        weights = F.dropout(weights, dropout, True)
-    return weights @ v  # (B, H, T, Dh)
+    probs = scores.softmax(-1)  # (B, H, T, S)
+    weights = F.dropout(probs, dropout, True) if dropout else probs
+    return weights.to(v.dtype) @ v, probs  # (B, H, T, Dh), (B, H, T, S)
 
 
 def _write_cache(kv, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP app (FastAPI): /v1/chat/completions, /v1/completions (server-sent events or one JSON),
-/v1/models, /health, /metrics (Prometheus text) and the chat page at /.
+/v1/models, /health, /metrics (Prometheus text) and the chat page at /. A whole chat completion may carry each
+reply token's attention row (`"return_attentions"`, serving/attention.py).
 
 Every error, the client's or ours, leaves in the API's shape `{"error": {"message", "type", "param", "code"}}` with
 400 (bad field), 401 (API key), 404 (unknown route or model), 405, 413 (body too large), 429 (queue full), 500 (a bug,
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation.inputs import encode_prompt
 from . import params as P
+from .attention import attention_rows, parse_spec
 from .engine import Engine, Event, QueueFull
 from .engine import Request as EngineRequest
 from .params import APIError
@@ -159,6 +161,7 @@ class _Server:
         body = P.check_fields(await self.body(request), P.CHAT_FIELDS if chat else P.COMPLETION_FIELDS)
         self.check_model(body.get("model"))
         s = P.sampling(body, self.max_tokens, chat)
+        attentions = parse_spec(body.get("return_attentions"), self.engine.model.config, s.stream) if chat else None
         prompts = [self.chat_prompt(body)] if chat else [self.completion_prompt(p) for p in P.prompts(body, 0)]
         requests = [self.engine_request(ids, s, chat) for ids in prompts for _ in range(s.n)]
         for i, r in enumerate(requests):
@@ -167,7 +170,8 @@ class _Server:
         run = _Run(self.engine, requests)
         run.start()
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        meta = dict(rid=rid, created=int(time.time()), model=self.model_id, chat=chat, s=s, n_prompts=len(prompts))
+        meta = dict(rid=rid, created=int(time.time()), model=self.model_id, chat=chat, s=s, n_prompts=len(prompts),
+                    attentions=attentions)  # fmt: skip
         if s.stream:
             return StreamingResponse(self.stream(request, run, meta), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
@@ -241,6 +245,10 @@ class _Server:
             if meta["chat"]:
                 choice["message"] = {"role": "assistant", "content": text}
                 choice["logprobs"] = self.chat_logprobs(logprobs[i]) if run.requests[i].logprobs is not None else None
+                if meta["attentions"] is not None:  # beside the engine, off the event loop
+                    choice["attentions"] = await asyncio.to_thread(
+                        attention_rows, self.engine.model, self.token_text, run.requests[i].prompt,
+                        [e.token for e in logprobs[i]], meta["attentions"])  # fmt: skip
             else:
                 choice["text"] = text
                 choice["logprobs"] = (

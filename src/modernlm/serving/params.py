@@ -34,7 +34,7 @@ SAMPLING = {
     "stream_options",
     "user",
 }
-CHAT_FIELDS = SAMPLING | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
+CHAT_FIELDS = SAMPLING | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "return_attentions"}
 COMPLETION_FIELDS = SAMPLING | {"prompt", "logprobs"}
 UNSUPPORTED = {
     "tools",

@@ -1,22 +1,28 @@
 // The chat page: the conversation and the settings live in this browser (localStorage); replies stream from
-// /v1/chat/completions as server-sent events. No build step, no outside resources: it works offline.
+// /v1/chat/completions as server-sent events, or, with "Show attention" on, come whole with each token's attention
+// (attention.js draws it). No build step, no outside resources: it works offline.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["model", "system", "temperature", "top_p", "top_k", "max_tokens", "seed", "api_key"];
+const SETTINGS = ["model", "system", "temperature", "top_p", "top_k", "max_tokens", "seed", "api_key", "attention"];
+const value = (el) => (el.type === "checkbox" ? el.checked : el.value);
 let conversation = JSON.parse(localStorage.getItem("modernlm.conversation") || "[]");
 let controller = null;
 
 function save() {
   localStorage.setItem("modernlm.conversation", JSON.stringify(conversation));
   const settings = {};
-  for (const id of SETTINGS) settings[id] = $(id).value;
+  for (const id of SETTINGS) settings[id] = value($(id));
   localStorage.setItem("modernlm.settings", JSON.stringify(settings));
 }
 
 function restoreSettings() {
   const settings = JSON.parse(localStorage.getItem("modernlm.settings") || "{}");
-  for (const id of SETTINGS) if (settings[id] !== undefined && id !== "model") $(id).value = settings[id];
+  for (const id of SETTINGS) {
+    if (settings[id] === undefined || id === "model") continue;
+    if ($(id).type === "checkbox") $(id).checked = settings[id] === true;
+    else $(id).value = settings[id];
+  }
   return settings.model;
 }
 
@@ -75,6 +81,11 @@ function requestBody() {
   const topK = Number($("top_k").value);
   if (topK > 0) body.top_k = topK;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("attention").checked) {  // the whole reply at once, with each token's attention rows (compact bytes)
+    body.stream = false;
+    delete body.stream_options;
+    body.return_attentions = { encoding: "uint8" };
+  }
   return body;
 }
 
@@ -116,12 +127,22 @@ async function send(text) {
   let content = "", pieces = 0, first = null, usage = null;
   const started = performance.now();
   try {
+    const request = requestBody();
     const r = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: controller.signal,
+      method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
     });
     if (!r.ok) {
       const data = await r.json().catch(() => ({}));
       throw new Error(data.error ? data.error.message : r.status + " " + r.statusText);
+    }
+    if (!request.stream) {  // a whole reply: its text, then its tokens made clickable
+      const data = await r.json();
+      first = performance.now();
+      usage = data.usage;
+      content = data.choices[0].message.content;
+      body.textContent = content;
+      if (data.choices[0].attentions) attentionView(reply, data.choices[0].attentions);
+      return;
     }
     await readEvents(r, (chunk) => {
       if (chunk.error) throw new Error(chunk.error.message);
