@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), and a GGUF writer."""
+"""Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), a GGUF writer, the lab's
+quick runs, and tiny random modernlm decoders (`tiny_decoder`)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,31 @@ def ran(tmp_path_factory):
         return done[name]
 
     return get
+
+
+# ---- tiny random decoders -----------------------------------------------------------------------------------------
+# Shapes over the llama-tiny preset (vocabulary 512, 2 layers, d_model 64, 4 heads, 2 KV heads, context 256).
+DECODER_SHAPES = {
+    "tiny": {},  # the preset as it is
+    "narrow": dict(d_model=32, n_heads=2, n_kv_heads=1),  # the tiny chat model's: whole runs, servers, CLIs
+    "wide": dict(d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08),  # kernels, int4, drafts
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder():
+    """tiny_decoder(shape="tiny", seed=0, **fields) -> a random llama-tiny modernlm decoder in eval mode, built right
+    after torch.manual_seed(seed) (so the global generator's state after it is fixed too). shape: a key of
+    DECODER_SHAPES; fields: ModelConfig overrides on top of it (vocab_size=, max_seq_len=, positions=, ...)."""
+    import torch
+
+    import modernlm
+
+    def build(shape: str = "tiny", seed: int = 0, **fields):
+        if shape not in DECODER_SHAPES:
+            raise ValueError(f"unknown decoder shape {shape!r}; shapes: {', '.join(DECODER_SHAPES)}")
+        torch.manual_seed(seed)
+        return modernlm.Transformer(modernlm.preset("llama-tiny", **{**DECODER_SHAPES[shape], **fields})).eval()
+
+    return build
+
