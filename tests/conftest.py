@@ -1,5 +1,5 @@
 """Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), a GGUF writer, the lab's
-quick runs, and tiny random modernlm decoders (`tiny_decoder`)."""
+quick runs, tiny random modernlm decoders (`tiny_decoder`), and the tiny chat model's directory (`tiny_chat_dir`)."""
 
 from __future__ import annotations
 
@@ -118,4 +118,38 @@ def tiny_decoder():
         return modernlm.Transformer(modernlm.preset("llama-tiny", **{**DECODER_SHAPES[shape], **fields})).eval()
 
     return build
+
+
+# ---- the tiny chat model, saved ------------------------------------------------------------------------------------
+CHAT_TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, tiny_decoder):
+    """tiny_chat_dir(text=CHAT_TEXT, **fields) -> a Hugging Face directory of a tiny Llama-style chat model, for tests
+    that run the CLI, the server or whole runs on a real directory: a byte-level BPE tokenizer (300 tokens) trained on
+    `text` with a minimal chat template (CHAT_TEMPLATE), and the random "narrow" tiny_decoder (seed 0) of its
+    vocabulary; fields: ModelConfig overrides (e.g. max_seq_len). Built once per session for each (text, fields):
+    read it, never write into it (copy it first)."""
+    import modernlm
+    from modernlm.training.bpe import train_bpe
+
+    built: dict[tuple, Path] = {}
+
+    def get(text: str = CHAT_TEXT, **fields) -> Path:
+        key = (text, tuple(sorted(fields.items())))
+        if key not in built:
+            tokenizer = train_bpe([text], 300)
+            tokenizer.chat_template = CHAT_TEMPLATE
+            model = tiny_decoder("narrow", vocab_size=tokenizer.vocab_size, **fields)
+            out = tmp_path_factory.mktemp("tiny-chat") / "model"
+            modernlm.save_model(model, out, tokenizer=tokenizer)
+            built[key] = out
+        return built[key]
+
+    return get
 

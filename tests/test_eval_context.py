@@ -15,7 +15,6 @@ from modernlm.cli.__main__ import main
 from modernlm.config import ModelConfig
 from modernlm.eval import long_context as lc
 from modernlm.layers.kv_cache import RollingKVCache
-from tiny_chat import save_tiny_chat_model
 
 V = 128
 
@@ -144,10 +143,10 @@ def test_passkey_beyond_the_context_or_memory_is_refused_before_starting(model64
         lc.passkey(model64, WordTokenizer(), [64], [0.5])
 
 
-def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys):
+def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys, tiny_chat_dir):
     text = "the quick brown fox jumps over the lazy dog. " * 40
     text += "".join(f"line {i} of the text.\n" for i in range(300))
-    model = save_tiny_chat_model(tmp_path / "m", text, max_seq_len=160)
+    model = tiny_chat_dir(text, max_seq_len=160)
     (tmp_path / "long.txt").write_text(text)
     args = ["eval", "context", "--model", str(model), "--scaling", "dynamic,none", "--factor", "2"]
     args += ["--depths", "0,1", "--trials", "1", "--buckets", "4", "--text", str(tmp_path / "long.txt")]
