@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), a GGUF writer, the lab's
-quick runs, tiny random modernlm decoders (`tiny_decoder`), and the tiny chat model's directory (`tiny_chat_dir`)."""
+quick runs, tiny random modernlm decoders (`tiny_decoder`), the tiny chat model's directory (`tiny_chat_dir`), and the
+transformers references our members are checked against (`hf_reference`, `hf_logits`)."""
 
 from __future__ import annotations
 
@@ -153,3 +154,44 @@ def tiny_chat_dir(tmp_path_factory, tiny_decoder):
 
     return get
 
+
+# ---- transformers references ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def hf_reference():
+    """hf_reference(model_class, config, directory, seed=0, attn=None, jitter=(), **save) -> (model, directory): a
+    random-initialised transformers model, built right after torch.manual_seed(seed) and put in eval mode, then
+    saved with save_pretrained(directory, **save) (directory None: not saved), for the parity tests that load the
+    directory with modernlm and compare. model_class: a class or any callable of the config
+    (transformers.AutoModelForCausalLM.from_config); attn: the config's attention implementation ("eager"), None
+    leaves transformers' default; jitter: substrings of parameter names which, with every bias, get N(0, 0.1^2)
+    noise (biases and norm gains start at 0 and 1, so a missed one would not show)."""
+    import torch
+
+    def build(model_class, config, directory, seed: int = 0, attn: str | None = None, jitter=(), **save):
+        if attn is not None:
+            config._attn_implementation = attn
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
+        if jitter:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith("bias") or any(part in name for part in jitter):
+                        p.add_(torch.randn_like(p) * 0.1)
+        if directory is not None:
+            model.save_pretrained(directory, **save)
+        return model, directory
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def hf_logits():
+    """hf_logits(model, ids, **inputs) -> a transformers model's float logits for input_ids `ids` (and inputs such as
+    attention_mask, position_ids), without gradients."""
+    import torch
+
+    def logits(model, ids, **inputs):
+        with torch.no_grad():
+            return model(input_ids=ids, **inputs).logits.float()
+
+    return logits
