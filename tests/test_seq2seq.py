@@ -21,7 +21,7 @@ KINDS = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def hf_t5(hf_reference):
     """hf_t5(directory, **fields) -> a random T5ForConditionalGeneration of T5 + fields, saved in directory."""
 
