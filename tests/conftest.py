@@ -1,4 +1,6 @@
-"""Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), and a GGUF writer."""
+"""Shared fixtures: the embedded SmolLM2 GGUF, transformers' tokenizer of it (loaded once), a GGUF writer, the lab's
+quick runs, tiny random modernlm decoders (`tiny_decoder`), the tiny chat model's directory (`tiny_chat_dir`), and the
+transformers references our members are checked against (`hf_reference`, `hf_logits`)."""
 
 from __future__ import annotations
 
@@ -90,3 +92,106 @@ def ran(tmp_path_factory):
         return done[name]
 
     return get
+
+
+# ---- tiny random decoders -----------------------------------------------------------------------------------------
+# Shapes over the llama-tiny preset (vocabulary 512, 2 layers, d_model 64, 4 heads, 2 KV heads, context 256).
+DECODER_SHAPES = {
+    "tiny": {},  # the preset as it is
+    "narrow": dict(d_model=32, n_heads=2, n_kv_heads=1),  # the tiny chat model's: whole runs, servers, CLIs
+    "wide": dict(d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08),  # kernels, int4, drafts
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder():
+    """tiny_decoder(shape="tiny", seed=0, **fields) -> a random llama-tiny modernlm decoder in eval mode, built right
+    after torch.manual_seed(seed) (so the global generator's state after it is fixed too). shape: a key of
+    DECODER_SHAPES; fields: ModelConfig overrides on top of it (vocab_size=, max_seq_len=, positions=, ...)."""
+    import torch
+
+    import modernlm
+
+    def build(shape: str = "tiny", seed: int = 0, **fields):
+        if shape not in DECODER_SHAPES:
+            raise ValueError(f"unknown decoder shape {shape!r}; shapes: {', '.join(DECODER_SHAPES)}")
+        torch.manual_seed(seed)
+        return modernlm.Transformer(modernlm.preset("llama-tiny", **{**DECODER_SHAPES[shape], **fields})).eval()
+
+    return build
+
+
+# ---- the tiny chat model, saved ------------------------------------------------------------------------------------
+CHAT_TEXT = "the quick brown fox jumps over the lazy dog. " * 40
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, tiny_decoder):
+    """tiny_chat_dir(text=CHAT_TEXT, **fields) -> a Hugging Face directory of a tiny Llama-style chat model, for tests
+    that run the CLI, the server or whole runs on a real directory: a byte-level BPE tokenizer (300 tokens) trained on
+    `text` with a minimal chat template (CHAT_TEMPLATE), and the random "narrow" tiny_decoder (seed 0) of its
+    vocabulary; fields: ModelConfig overrides (e.g. max_seq_len). Built once per session for each (text, fields):
+    read it, never write into it (copy it first)."""
+    import modernlm
+    from modernlm.training.bpe import train_bpe
+
+    built: dict[tuple, Path] = {}
+
+    def get(text: str = CHAT_TEXT, **fields) -> Path:
+        key = (text, tuple(sorted(fields.items())))
+        if key not in built:
+            tokenizer = train_bpe([text], 300)
+            tokenizer.chat_template = CHAT_TEMPLATE
+            model = tiny_decoder("narrow", vocab_size=tokenizer.vocab_size, **fields)
+            out = tmp_path_factory.mktemp("tiny-chat") / "model"
+            modernlm.save_model(model, out, tokenizer=tokenizer)
+            built[key] = out
+        return built[key]
+
+    return get
+
+
+# ---- transformers references ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def hf_reference():
+    """hf_reference(model_class, config, directory, seed=0, attn=None, jitter=(), **save) -> (model, directory): a
+    random-initialised transformers model, built right after torch.manual_seed(seed) and put in eval mode, then
+    saved with save_pretrained(directory, **save) (directory None: not saved), for the parity tests that load the
+    directory with modernlm and compare. model_class: a class or any callable of the config
+    (transformers.AutoModelForCausalLM.from_config); attn: the config's attention implementation ("eager"), None
+    leaves transformers' default; jitter: substrings of parameter names which, with every bias, get N(0, 0.1^2)
+    noise (biases and norm gains start at 0 and 1, so a missed one would not show)."""
+    import torch
+
+    def build(model_class, config, directory, seed: int = 0, attn: str | None = None, jitter=(), **save):
+        if attn is not None:
+            config._attn_implementation = attn
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
+        if jitter:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith("bias") or any(part in name for part in jitter):
+                        p.add_(torch.randn_like(p) * 0.1)
+        if directory is not None:
+            model.save_pretrained(directory, **save)
+        return model, directory
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def hf_logits():
+    """hf_logits(model, ids, **inputs) -> a transformers model's float logits for input_ids `ids` (and inputs such as
+    attention_mask, position_ids), without gradients."""
+    import torch
+
+    def logits(model, ids, **inputs):
+        with torch.no_grad():
+            return model(input_ids=ids, **inputs).logits.float()
+
+    return logits

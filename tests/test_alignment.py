@@ -20,7 +20,8 @@ KL_BOUND = 15.0  # nats per reply: far from the reference would be a collapsed p
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def sft_root(tmp_path_factory):
+    """The shipped task in sft_root/task and a tiny model trained on its SFT mix in sft_root/sft."""
     root = tmp_path_factory.mktemp("align")
     with one_thread():
         build_tiny_sft_model(root / "sft")
@@ -33,12 +34,12 @@ def _one_thread():
         yield
 
 
-def _cfg(tiny: Path, method: str, tmp_path: Path, **kw) -> AlignConfig:
+def _cfg(sft_root: Path, method: str, tmp_path: Path, **kw) -> AlignConfig:
     kind = "pairs" if method in ("reward", "dpo") else "prompts"
-    data = tiny / "task"
+    data = sft_root / "task"
     answers = {} if method == "reward" else dict(eval_file=str(data / "heldout_prompts.jsonl"), max_new_tokens=12)
     return AlignConfig(
-        method=method, base=str(tiny / "sft"), train_file=str(data / f"train_{kind}.jsonl"),
+        method=method, base=str(sft_root / "sft"), train_file=str(data / f"train_{kind}.jsonl"),
         heldout_file=str(data / f"heldout_{kind}.jsonl"), out_dir=str(tmp_path / method), eval_interval=0,
         **answers | kw,
     )  # fmt: skip
@@ -68,12 +69,12 @@ def test_task_is_built_deterministically_with_an_exact_checker(tmp_path):
         assert pair.chosen == next(p.answer for p in heldout if p.prompt == pair.prompt[0]["content"])
 
 
-def test_reward_model_learns_and_loads_in_transformers(tiny, tmp_path):
+def test_reward_model_learns_and_loads_in_transformers(sft_root, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from modernlm.alignment.reward import load_reward_model, train_reward
 
-    result = train_reward(_cfg(tiny, "reward", tmp_path, steps=30, lr=3e-3, batch_size=16))
+    result = train_reward(_cfg(sft_root, "reward", tmp_path, steps=30, lr=3e-3, batch_size=16))
     assert result.loss_after < result.loss_before and result.accuracy_after > 0.7  # chance is 0.5
     ours = load_reward_model(result.model_dir)
     hf = AutoModelForSequenceClassification.from_pretrained(result.model_dir).eval()
@@ -86,59 +87,59 @@ def test_reward_model_learns_and_loads_in_transformers(tiny, tmp_path):
     torch.testing.assert_close(result.model(ids), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_dpo_improves_heldout_reward(tiny, tmp_path):
+def test_dpo_improves_heldout_reward(sft_root, tmp_path):
     from modernlm.alignment.dpo import train_dpo
 
-    result = train_dpo(_cfg(tiny, "dpo", tmp_path, steps=30, lr=2e-3, batch_size=16))
+    result = train_dpo(_cfg(sft_root, "dpo", tmp_path, steps=30, lr=2e-3, batch_size=16))
     _improved(result)
     assert result.summary["pair_accuracy_after"] > result.summary["pair_accuracy_before"]
 
 
-def test_dpo_reference_is_the_base_without_adapters(tiny):
+def test_dpo_reference_is_the_base_without_adapters(sft_root):
     import modernlm
     from modernlm.alignment.dpo import pair_logps, reference_logps
     from modernlm.finetune.lora import LoraConfig, apply_lora, lora_modules
 
-    tokenizer = modernlm.load_tokenizer(tiny / "sft")
-    pairs = encode_pairs(tokenizer, read_pairs(tiny / "task" / "heldout_pairs.jsonl")[:5], "pairs")
-    policy = apply_lora(_tiny_model(tiny), LoraConfig())
+    tokenizer = modernlm.load_tokenizer(sft_root / "sft")
+    pairs = encode_pairs(tokenizer, read_pairs(sft_root / "task" / "heldout_pairs.jsonl")[:5], "pairs")
+    policy = apply_lora(_sft_model(sft_root), LoraConfig())
     for m in lora_modules(policy).values():
         torch.nn.init.normal_(m.lora_B)  # a trained adapter: the policy now differs from the base
     ref = reference_logps(policy, None, pairs, tokenizer.eos_token_id, needed=[0, 2, 3])
     with torch.no_grad():
-        c, r, _, _ = pair_logps(_tiny_model(tiny), pairs, tokenizer.eos_token_id)
+        c, r, _, _ = pair_logps(_sft_model(sft_root), pairs, tokenizer.eos_token_id)
         moved, _, _, _ = pair_logps(policy, pairs, tokenizer.eos_token_id)
     torch.testing.assert_close(ref[[0, 2, 3]], torch.stack([c, r], 1)[[0, 2, 3]])
     assert ref[[1, 4]].isnan().all() and not torch.allclose(moved, c)
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "simpo"])
-def test_dpo_loss_options_train(tiny, tmp_path, loss_type):
+def test_dpo_loss_options_train(sft_root, tmp_path, loss_type):
     from modernlm.alignment.dpo import train_dpo
 
-    cfg = _cfg(tiny, "dpo", tmp_path, steps=3, lr=2e-3, loss_type=loss_type, eval_prompts=0)
+    cfg = _cfg(sft_root, "dpo", tmp_path, steps=3, lr=2e-3, loss_type=loss_type, eval_prompts=0)
     result = train_dpo(cfg)
     assert result.summary["pair_loss_after"] < result.summary["pair_loss_before"]
 
 
-def test_grpo_improves_heldout_reward(tiny, tmp_path):
+def test_grpo_improves_heldout_reward(sft_root, tmp_path):
     from modernlm.alignment.grpo import train_grpo
 
-    _improved(train_grpo(_cfg(tiny, "grpo", tmp_path, steps=20, lr=1e-2, group_size=4, ppo_epochs=1)))
+    _improved(train_grpo(_cfg(sft_root, "grpo", tmp_path, steps=20, lr=1e-2, group_size=4, ppo_epochs=1)))
 
 
-def test_dpo_with_an_sft_term_improves_heldout_reward(tiny, tmp_path):
+def test_dpo_with_an_sft_term_improves_heldout_reward(sft_root, tmp_path):
     from modernlm.alignment.dpo import train_dpo
 
-    result = train_dpo(_cfg(tiny, "dpo", tmp_path, steps=30, lr=2e-3, batch_size=16, sft_weight=1.0))
+    result = train_dpo(_cfg(sft_root, "dpo", tmp_path, steps=30, lr=2e-3, batch_size=16, sft_weight=1.0))
     _improved(result)
     assert "the chosen replies' token NLL (RPO)" in (result.run_dir / "before_after.md").read_text()
 
 
-def test_ppo_improves_heldout_reward(tiny, tmp_path):
+def test_ppo_improves_heldout_reward(sft_root, tmp_path):
     from modernlm.alignment.ppo import train_ppo
 
-    _improved(train_ppo(_cfg(tiny, "ppo", tmp_path, steps=30, lr=3e-3, batch_size=16)))
+    _improved(train_ppo(_cfg(sft_root, "ppo", tmp_path, steps=30, lr=3e-3, batch_size=16)))
 
 
 # ---- the four PPO models over shared weights ----------------------------------------------------------------------
@@ -151,12 +152,12 @@ def _save_reward_model(path: Path, base: str | Path, tokenizer=None) -> Path:
     return save_reward_model(RewardModel(modernlm.load_model(base), tokenizer.eos_token_id), path, tokenizer)
 
 
-def test_ppo_models_share_one_frozen_copy_of_each_base(tiny, tmp_path):
+def test_ppo_models_share_one_frozen_copy_of_each_base(sft_root, tmp_path):
     from modernlm.alignment.common import adapters_off, weight_bytes
     from modernlm.alignment.ppo import build_models
 
-    rm_dir = _save_reward_model(tmp_path / "rm", tiny / "sft")
-    cfg = _cfg(tiny, "ppo", tmp_path, reward_model=str(rm_dir))
+    rm_dir = _save_reward_model(tmp_path / "rm", sft_root / "sft")
+    cfg = _cfg(sft_root, "ppo", tmp_path, reward_model=str(rm_dir))
     tokenizer, actor, reference, reward_model, critic = build_models(cfg)
     assert reference is None  # the reference is the actor with its adapters off
     ptr = lambda m, name: m.get_parameter(name).untyped_storage().data_ptr()  # noqa: E731
@@ -165,7 +166,7 @@ def test_ppo_models_share_one_frozen_copy_of_each_base(tiny, tmp_path):
     trainable = {n for n, p in [*actor.named_parameters(), *critic.named_parameters()] if p.requires_grad}
     assert trainable and all(".lora_" in n or n == "score.weight" for n in trainable)
     assert not any(p.requires_grad for p in reward_model.parameters())
-    base = _tiny_model(tiny)
+    base = _sft_model(sft_root)
     trained = sum(p.numel() * p.element_size() for n, p in [*actor.named_parameters(), *critic.named_parameters()]
                   if p.requires_grad)  # fmt: skip
     shared = weight_bytes([actor, reward_model, critic])
@@ -178,10 +179,10 @@ def test_ppo_models_share_one_frozen_copy_of_each_base(tiny, tmp_path):
         torch.testing.assert_close(actor(ids), base(ids))
 
 
-def _tiny_model(tiny: Path):
+def _sft_model(sft_root: Path):
     import modernlm
 
-    return modernlm.load_model(tiny / "sft")
+    return modernlm.load_model(sft_root / "sft")
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def test_pairs_in_conversation_forms(tmp_path):
         read_pairs(path)
 
 
-def test_reward_model_with_another_vocabulary_is_refused(tiny, tmp_path):
+def test_reward_model_with_another_vocabulary_is_refused(sft_root, tmp_path):
     from modernlm.alignment.ppo import build_models
     from modernlm.training.bpe import train_bpe
 
@@ -238,23 +239,23 @@ def test_reward_model_with_another_vocabulary_is_refused(tiny, tmp_path):
 
     rm_dir = save_reward_model(RewardModel(body, other.eos_token_id), tmp_path / "rm", other)
     with pytest.raises(AlignDataError, match="another vocabulary than the actor"):
-        build_models(_cfg(tiny, "ppo", tmp_path, reward_model=str(rm_dir)))
+        build_models(_cfg(sft_root, "ppo", tmp_path, reward_model=str(rm_dir)))
 
 
-def test_sampled_evaluation_scores_k_replies_per_prompt(tiny, tmp_path):
+def test_sampled_evaluation_scores_k_replies_per_prompt(sft_root, tmp_path):
     """Sampling at a vanishing temperature is greedy decoding: the sampled reward and accuracy then equal the greedy
     ones; hot sampling leaves the greedy answers as they were; without eval_samples nothing is sampled."""
     from modernlm import load_model, load_tokenizer
     from modernlm.alignment.common import evaluate
 
-    tokenizer, model = load_tokenizer(str(tiny / "sft")), load_model(str(tiny / "sft"))
-    prompts = read_prompts(tiny / "task" / "heldout_prompts.jsonl", need_answer=True)[:8]
-    cold = _cfg(tiny, "grpo", tmp_path, eval_samples=3, temperature=1e-6)
+    tokenizer, model = load_tokenizer(str(sft_root / "sft")), load_model(str(sft_root / "sft"))
+    prompts = read_prompts(sft_root / "task" / "heldout_prompts.jsonl", need_answer=True)[:8]
+    cold = _cfg(sft_root, "grpo", tmp_path, eval_samples=3, temperature=1e-6)
     e = evaluate(model, model, tokenizer, prompts, cold)
     assert e.reward is not None and (e.sampled_reward, e.sampled_accuracy) == pytest.approx((e.reward, e.accuracy))
-    hot = evaluate(model, model, tokenizer, prompts, _cfg(tiny, "grpo", tmp_path, eval_samples=3, temperature=2.0))
+    hot = evaluate(model, model, tokenizer, prompts, _cfg(sft_root, "grpo", tmp_path, eval_samples=3, temperature=2.0))
     assert hot.sampled_reward is not None and 0 <= hot.sampled_reward <= 1 and hot.answers == e.answers
-    plain = evaluate(model, model, tokenizer, prompts, _cfg(tiny, "grpo", tmp_path))
+    plain = evaluate(model, model, tokenizer, prompts, _cfg(sft_root, "grpo", tmp_path))
     assert plain.sampled_reward is None and "eval_sampled_reward" not in plain.record()
 
 
@@ -279,11 +280,11 @@ def test_config_refuses_what_the_method_would_ignore():
         AlignConfig(method="dpo", sft_weight=-1.0).validate()
 
 
-def test_cli_align_runs_and_reports_bad_input_in_one_line(tiny, tmp_path, capsys):
+def test_cli_align_runs_and_reports_bad_input_in_one_line(sft_root, tmp_path, capsys):
     from modernlm.cli.__main__ import main
 
-    data = tiny / "task"
-    common = ["--model", str(tiny / "sft"), "--max-steps", "2", "--eval-prompts", "2", "--max-new-tokens", "6"]
+    data = sft_root / "task"
+    common = ["--model", str(sft_root / "sft"), "--max-steps", "2", "--eval-prompts", "2", "--max-new-tokens", "6"]
     args = ["align", "dpo", *common, "--train", str(data / "train_pairs.jsonl"), "--out", str(tmp_path / "run")]
     assert main([*args, "--eval", str(data / "heldout_prompts.jsonl")]) == 0
     out = capsys.readouterr().out
@@ -368,14 +369,14 @@ def test_smollm2_rl_improves_heldout_reward(smol_sft, tmp_path, method, settings
     assert after.kl < KL_BOUND
 
 
-def test_a_causal_lm_is_not_a_reward_model_and_ppo_without_answers_needs_one(tiny, tmp_path):
+def test_a_causal_lm_is_not_a_reward_model_and_ppo_without_answers_needs_one(sft_root, tmp_path):
     from modernlm.alignment.ppo import train_ppo
     from modernlm.alignment.reward import RewardModelError, load_reward_model
 
     with pytest.raises(RewardModelError, match="LlamaForCausalLM is not a reward model"):
-        load_reward_model(tiny / "sft")
+        load_reward_model(sft_root / "sft")
     prompts = _jsonl(tmp_path / "prompts.jsonl", {"prompt": "What is 1 + 1?"})
-    cfg = _cfg(tiny, "ppo", tmp_path, steps=1)
+    cfg = _cfg(sft_root, "ppo", tmp_path, steps=1)
     cfg.train_file, cfg.heldout_file = str(prompts), None
     with pytest.raises(AlignDataError, match='missing "answer".*or give a reward model'):
         train_ppo(cfg)

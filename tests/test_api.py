@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import modernlm
-from tiny_chat import CHAT_TEMPLATE, save_tiny_chat_model
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'modernlm[serve]'")
 uvicorn = pytest.importorskip("uvicorn")
@@ -26,8 +25,8 @@ KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", TEXT, max_seq_len=128)
+def chat_dir(tiny_chat_dir) -> Path:
+    return tiny_chat_dir(TEXT, max_seq_len=128)
 
 
 class LiveServer:
@@ -65,8 +64,8 @@ def start(model_dir: Path, api_key=None, **engine_options):
 
 
 @pytest.fixture(scope="module")
-def live(tiny):
-    server, engine, model, tokenizer = start(tiny, api_key=KEY)
+def live(chat_dir):
+    server, engine, model, tokenizer = start(chat_dir, api_key=KEY)
     yield server, engine, model, tokenizer
     server.stop()
     engine.stop()
@@ -236,8 +235,8 @@ def test_disconnect_mid_stream_cancels_the_sequence(live, client):
     assert r.usage.completion_tokens == 3
 
 
-def test_queue_full_is_429(tiny):
-    server, engine, _, _ = start(tiny, max_batch=1, max_queue=1)
+def test_queue_full_is_429(chat_dir):
+    server, engine, _, _ = start(chat_dir, max_batch=1, max_queue=1)
     try:
         engine.stop()  # nothing is taken from the queue now
         body = {"model": "tiny", "prompt": "the", "max_tokens": 5}
@@ -302,7 +301,7 @@ def _rss(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_bounded_load_leaks_nothing(tiny):
+def test_bounded_load_leaks_nothing(chat_dir):
     """A bounded loopback load on `modernlm serve` in its own process: 16 streaming clients for 2 x 30 s (every fifth
     one hangs up early): no error responses, 0 sequences left in the engine, and the server's memory after the second
     round within 10% of its level after the first (a leak grows with the requests served)."""
@@ -315,7 +314,7 @@ def test_bounded_load_leaks_nothing(tiny):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modernlm", "serve", "--model", str(tiny), "--port", str(port), "--max-batch", "8"],
+        [sys.executable, "-m", "modernlm", "serve", "--model", str(chat_dir), "--port", str(port), "--max-batch", "8"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     body = {"model": "model", "messages": USER, "max_tokens": 40, "temperature": 0.8, "stream": True}
@@ -423,8 +422,8 @@ def test_public_host_without_key_is_announced(monkeypatch, caplog):
     assert "without --api-key" not in caplog.text
 
 
-def test_disconnect_while_waiting_for_a_whole_answer(tiny):
-    server, engine, _, _ = start(tiny, max_batch=1, prefix_blocks=0, time_limit=120)
+def test_disconnect_while_waiting_for_a_whole_answer(chat_dir):
+    server, engine, _, _ = start(chat_dir, max_batch=1, prefix_blocks=0, time_limit=120)
     try:
         body = {"model": "tiny", "prompt": "the", "max_tokens": 120, "temperature": 1.0}
         slow = threading.Event()
@@ -467,16 +466,16 @@ def test_streamed_choices_and_logprobs(live, client):
     assert r.usage.prompt_tokens == len(tokenizer.encode("the")) + len(tokenizer.encode("dog"))
 
 
-def test_a_template_that_refuses_is_a_400_without_paths(tiny):
-    server, engine, _, tokenizer = start(tiny)
+def test_a_template_that_refuses_is_a_400_without_paths(chat_dir):
+    server, engine, _, tokenizer = start(chat_dir)
     tokenizer.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-        + CHAT_TEMPLATE
+        + tokenizer.chat_template
     )
     try:
         body = {"model": "tiny", "messages": [{"role": "system", "content": "x"}, *USER]}
         err = assert_error(post((server,), CHAT, body, key=None), 400, "messages")
-        assert "System role not supported" in err["message"] and str(tiny) not in err["message"]
+        assert "System role not supported" in err["message"] and str(chat_dir) not in err["message"]
         assert post((server,), CHAT, {"model": "tiny", "messages": USER, "max_tokens": 2}, key=None).status_code == 200
     finally:
         server.stop()

@@ -20,24 +20,23 @@ import torch
 import modernlm
 from modernlm.cli.__main__ import main
 from modernlm.config import ConfigError, ModelConfig, preset
-from tiny_chat import save_tiny_chat_model
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A tiny Llama-style model with a BPE tokenizer and a chat template, saved as a Hugging Face directory."""
-    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", TEXT, max_seq_len=48)
+def chat_dir(tiny_chat_dir) -> Path:
+    """The tiny chat model's directory (a BPE tokenizer, a chat template), with a context of 48 tokens."""
+    return tiny_chat_dir(TEXT, max_seq_len=48)
 
 
-def copy_model(tiny: Path, dest: Path, edit=None, weights=None) -> Path:
-    """A copy of the tiny model directory with its config.json edited (`edit(dict) -> value`) or weights replaced."""
+def copy_model(source: Path, dest: Path, edit=None, weights=None) -> Path:
+    """A copy of a model directory with its config.json edited (`edit(dict) -> value`) or weights replaced."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    shutil.copytree(tiny, dest)
+    shutil.copytree(source, dest)
     if edit is not None:
         config = json.loads((dest / "config.json").read_text())
         (dest / "config.json").write_text(json.dumps(edit(config)))
@@ -76,15 +75,15 @@ def _scale(name, factor):
 
 # ---- the CLI: (argv, what the one-line error must say) ------------------------------------------------------------
 CLI_ERRORS = [
-    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "0"], ["--num-beams", ">= 1"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "2", "-t", "0.7"], ["--temperature 0"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--device", "cuda"], ["cuda", "--device cpu"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--device", "tpu9"], ["tpu9", "'cpu'"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--top-k", "0"], ["top_k"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--min-p", "2"], ["min_p"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--repetition-penalty", "0"], ["repetition_penalty"]),
-    (["generate", "-m", "{tiny}", "-p", "hi", "--system", "be brief"], ["--system", "--chat"]),
-    (["generate", "-m", "{tiny}", "-p", "x" * 400], ["more than the model's context of 48"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--num-beams", "0"], ["--num-beams", ">= 1"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--num-beams", "2", "-t", "0.7"], ["--temperature 0"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--device", "cuda"], ["cuda", "--device cpu"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--device", "tpu9"], ["tpu9", "'cpu'"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--top-k", "0"], ["top_k"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--min-p", "2"], ["min_p"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--repetition-penalty", "0"], ["repetition_penalty"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--system", "be brief"], ["--system", "--chat"]),
+    (["generate", "-m", "{model}", "-p", "x" * 400], ["more than the model's context of 48"]),
     (["generate", "-m", "{tmp}/nothing-here", "-p", "hi"], ["nothing-here"]),
     (["generate", "-m", "{tmp}/notes.txt", "-p", "hi"], ["not a .gguf"]),
     (["generate", "-m", "{tmp}/broken.gguf", "-p", "hi"], ["broken.gguf"]),
@@ -122,19 +121,19 @@ CLI_ERRORS = [
     (["train", "--precision", "fp8", "--out", "{tmp}/r6"], ["fp8"]),
     (["train", "--resume", "--out", "{tmp}/never-ran"], ["nothing to resume"]),
     (["train", "--extend", "--max-steps", "9", "--out", "{tmp}/r7"], ["--resume"]),
-    (["finetune", "--train", "{tmp}/assistant-first.jsonl", "--model", "{tiny}", "--out", "{tmp}/f1"], ["user turn"]),
-    (["finetune", "--train", "{tmp}/bad-line.jsonl", "--model", "{tiny}", "--out", "{tmp}/f2"], [":2", "valid JSON"]),
-    (["finetune", "--train", "{tmp}/latin1.jsonl", "--model", "{tiny}", "--out", "{tmp}/f3"], ["line 2", "not UTF-8"]),
-    (["finetune", "--train", "{tmp}/no-reply.jsonl", "--model", "{tiny}", "--out", "{tmp}/f4"], ["no assistant"]),
-    (["finetune", "--train", "{tmp}/role.jsonl", "--model", "{tiny}", "--out", "{tmp}/f5"], ["message 1", "role"]),
-    (["finetune", "--train", "{tmp}/empty.jsonl", "--model", "{tiny}", "--out", "{tmp}/f6"], ["no examples"]),
-    (["finetune", "--train", "{tmp}/missing.jsonl", "--model", "{tiny}", "--out", "{tmp}/f7"], ["missing.jsonl"]),
+    (["finetune", "--train", "{tmp}/assistant-first.jsonl", "--model", "{model}", "--out", "{tmp}/f1"], ["user turn"]),
+    (["finetune", "--train", "{tmp}/bad-line.jsonl", "--model", "{model}", "--out", "{tmp}/f2"], [":2", "valid JSON"]),
+    (["finetune", "--train", "{tmp}/latin1.jsonl", "--model", "{model}", "--out", "{tmp}/f3"], ["line 2", "not UTF-8"]),
+    (["finetune", "--train", "{tmp}/no-reply.jsonl", "--model", "{model}", "--out", "{tmp}/f4"], ["no assistant"]),
+    (["finetune", "--train", "{tmp}/role.jsonl", "--model", "{model}", "--out", "{tmp}/f5"], ["message 1", "role"]),
+    (["finetune", "--train", "{tmp}/empty.jsonl", "--model", "{model}", "--out", "{tmp}/f6"], ["no examples"]),
+    (["finetune", "--train", "{tmp}/missing.jsonl", "--model", "{model}", "--out", "{tmp}/f7"], ["missing.jsonl"]),
     (["tokenizer", "train", "--data", "{tmp}/notes.txt", "--vocab-size", "100", "--out", "{tmp}/t"], ["vocab"]),
 ]
 
 
 @pytest.fixture(scope="module")
-def files(tiny, tmp_path_factory) -> Path:
+def files(chat_dir, tmp_path_factory) -> Path:
     """The bad files the table names, written once."""
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "notes.txt").write_text("hello world, some notes\n" * 20)
@@ -143,27 +142,26 @@ def files(tiny, tmp_path_factory) -> Path:
     (tmp / "list.json").write_text("[1, 2, 3]")
     (tmp / "bad-types.json").write_text(json.dumps({"max_steps": "many"}))
     (tmp / "latin1.json").write_bytes('{"out_dir": "caf\xe9"}'.encode("latin-1"))
-    copy_model(tiny, tmp / "list-config", edit=lambda c: [c])
-    copy_model(tiny, tmp / "zero-heads", edit=lambda c: _with(c, num_attention_heads=0))
-    copy_model(tiny, tmp / "str-width", edit=lambda c: _with(c, hidden_size="wide"))
-    copy_model(tiny, tmp / "wrong-vocab", edit=lambda c: _with(c, vocab_size=c["vocab_size"] + 5))
-    copy_model(
-        tiny, tmp / "wrong-shape", weights=lambda w: {**w, "model.layers.0.self_attn.q_proj.weight": torch.zeros(4, 4)}
-    )
-    copy_model(tiny, tmp / "nan-weights", weights=_scale("model.layers.1.mlp.up_proj.weight", float("nan")))
-    copy_model(tiny, tmp / "no-template")
+    copy_model(chat_dir, tmp / "list-config", edit=lambda c: [c])
+    copy_model(chat_dir, tmp / "zero-heads", edit=lambda c: _with(c, num_attention_heads=0))
+    copy_model(chat_dir, tmp / "str-width", edit=lambda c: _with(c, hidden_size="wide"))
+    copy_model(chat_dir, tmp / "wrong-vocab", edit=lambda c: _with(c, vocab_size=c["vocab_size"] + 5))
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    copy_model(chat_dir, tmp / "wrong-shape", weights=lambda w: {**w, q_proj: torch.zeros(4, 4)})
+    copy_model(chat_dir, tmp / "nan-weights", weights=_scale("model.layers.1.mlp.up_proj.weight", float("nan")))
+    copy_model(chat_dir, tmp / "no-template")
     (tmp / "no-template" / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
     )
-    copy_model(tiny, tmp / "bad-tokenizer")
+    copy_model(chat_dir, tmp / "bad-tokenizer")
     (tmp / "bad-tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
-    copy_model(tiny, tmp / "bad-json")
+    copy_model(chat_dir, tmp / "bad-json")
     (tmp / "bad-json" / "config.json").write_text("{'hidden_size': 32,")
-    copy_model(tiny, tmp / "latin1-config")
+    copy_model(chat_dir, tmp / "latin1-config")
     (tmp / "latin1-config" / "config.json").write_bytes(b'{"model_type": "llama", "name": "caf\xe9"}')
-    copy_model(tiny, tmp / "no-weights")
+    copy_model(chat_dir, tmp / "no-weights")
     (tmp / "no-weights" / "model.safetensors").unlink()
-    copy_model(tiny, tmp / "truncated-weights")
+    copy_model(chat_dir, tmp / "truncated-weights")
     data = (tmp / "truncated-weights" / "model.safetensors").read_bytes()
     (tmp / "truncated-weights" / "model.safetensors").write_bytes(data[: len(data) // 2])
     user, reply = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
@@ -185,9 +183,9 @@ def files(tiny, tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "argv, words", CLI_ERRORS, ids=[" ".join(a[:3]) + f" #{i}" for i, (a, _) in enumerate(CLI_ERRORS)]
 )
-def test_cli_bad_input_is_one_clear_line(argv, words, tiny, files, capsys, monkeypatch, tmp_path):
+def test_cli_bad_input_is_one_clear_line(argv, words, chat_dir, files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MODERNLM_CACHE", str(tmp_path / "cache"))
-    argv = [a.replace("{tiny}", str(tiny)).replace("{tmp}", str(files)) for a in argv]
+    argv = [a.replace("{model}", str(chat_dir)).replace("{tmp}", str(files)) for a in argv]
     code, _, err = run(argv, capsys)
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
@@ -197,43 +195,44 @@ def test_cli_bad_input_is_one_clear_line(argv, words, tiny, files, capsys, monke
 
 
 # ---- text that is not UTF-8 ---------------------------------------------------------------------------------------
-def test_prompt_bytes_that_are_not_utf8_are_replaced_with_a_notice(tiny, capsys):
-    code, out, err = run(["generate", "-m", str(tiny), "-p", "-", "-n", "3", "-q"], capsys, stdin=b"caf\xe9 au lait")
+def test_prompt_bytes_that_are_not_utf8_are_replaced_with_a_notice(chat_dir, capsys):
+    argv = ["generate", "-m", str(chat_dir), "-p", "-", "-n", "3", "-q"]
+    code, out, err = run(argv, capsys, stdin=b"caf\xe9 au lait")
     assert code == 0 and out.strip() != ""
     assert "not valid UTF-8" in err and "offset 3" in err
 
 
-def test_argv_bytes_that_are_not_utf8_are_replaced_with_a_notice(tiny, capsys):
+def test_argv_bytes_that_are_not_utf8_are_replaced_with_a_notice(chat_dir, capsys):
     prompt = b"caf\xe9".decode("utf-8", errors="surrogateescape")  # how Python hands such argv bytes over
-    code, _, err = run(["generate", "-m", str(tiny), "-p", prompt, "-n", "3", "-q"], capsys)
+    code, _, err = run(["generate", "-m", str(chat_dir), "-p", prompt, "-n", "3", "-q"], capsys)
     assert code == 0 and "--prompt is not valid UTF-8" in err
 
 
-def test_chat_survives_a_bad_line_and_an_overlong_turn(tiny, capsys):
+def test_chat_survives_a_bad_line_and_an_overlong_turn(chat_dir, capsys):
     stdin = b"hello\ncaf\xe9\n" + b"fox " * 200 + b"\n/reset\nthe dog\n"
-    code, out, err = run(["chat", "-m", str(tiny), "-n", "2", "-t", "0", "-q"], capsys, stdin=stdin)
+    code, out, err = run(["chat", "-m", str(chat_dir), "-n", "2", "-t", "0", "-q"], capsys, stdin=stdin)
     assert code == 0
     assert "this line is not valid UTF-8" in err
     assert "more than the model's context" in err and "/reset" in err  # the long turn is refused, the chat goes on
     assert len([line for line in out.splitlines()]) >= 3  # replies to hello, the bad line and the dog
 
 
-def test_generation_that_reaches_the_context_limit_says_so(tiny, capsys, caplog):
+def test_generation_that_reaches_the_context_limit_says_so(chat_dir, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="modernlm"):
-        code, _, _ = run(["generate", "-m", str(tiny), "-p", "the fox " * 10, "-n", "200", "--ignore-eos"], capsys)
+        code, _, _ = run(["generate", "-m", str(chat_dir), "-p", "the fox " * 10, "-n", "200", "--ignore-eos"], capsys)
     assert code == 0
     assert any("leaves room for" in r.getMessage() and "200 new tokens" in r.getMessage() for r in caplog.records)
 
 
 # ---- the Python API -----------------------------------------------------------------------------------------------
-def test_python_api_type_mistakes_get_our_messages(tiny):
-    model = modernlm.load_model(tiny)
+def test_python_api_type_mistakes_get_our_messages(chat_dir):
+    model = modernlm.load_model(chat_dir)
     cases = [
         (lambda: modernlm.load_model(123), TypeError, "source must be a model name, a path"),
         (lambda: modernlm.load_tokenizer(["a"]), TypeError, "source must be"),
-        (lambda: modernlm.load_model(tiny, dtype="int8"), ValueError, "unknown dtype 'int8'"),
-        (lambda: modernlm.load_model(tiny, dtype=torch.int64), ValueError, "not a floating-point"),
-        (lambda: modernlm.load_model(tiny, device="cuda:3"), ValueError, "no CUDA GPU"),
+        (lambda: modernlm.load_model(chat_dir, dtype="int8"), ValueError, "unknown dtype 'int8'"),
+        (lambda: modernlm.load_model(chat_dir, dtype=torch.int64), ValueError, "not a floating-point"),
+        (lambda: modernlm.load_model(chat_dir, device="cuda:3"), ValueError, "no CUDA GPU"),
         (lambda: modernlm.generate(model, "text", 5), TypeError, "tokenizer.encode(text)"),
         (lambda: modernlm.generate(model, [["a", "b"]], 5), TypeError, "encode text"),
         (lambda: modernlm.generate(model, [1, 2], 0), ValueError, "max_new_tokens"),
@@ -241,7 +240,7 @@ def test_python_api_type_mistakes_get_our_messages(tiny):
         (lambda: modernlm.generate(model, [1, 2], 2, num_beams=0), ValueError, "num_beams"),
         (lambda: model(torch.tensor([[1.0, 2.0]])), ValueError, "integer tensor"),
         (lambda: model(torch.tensor([[1, 10**6]])), ValueError, "vocab"),
-        (lambda: modernlm.save_model("model", tiny.parent / "x"), TypeError, "save_model takes a modernlm model"),
+        (lambda: modernlm.save_model("model", chat_dir.parent / "x"), TypeError, "save_model takes a modernlm model"),
         (lambda: ModelConfig.from_dict([1, 2]), ConfigError, "must be a JSON object"),
         (lambda: ModelConfig(n_heads="8"), ConfigError, "n_heads must be an integer"),
         (lambda: preset("llama-tiny", tie_embeddings="maybe"), ConfigError, "true or false"),
@@ -252,17 +251,17 @@ def test_python_api_type_mistakes_get_our_messages(tiny):
         assert words in str(info.value), (words, str(info.value))
 
 
-def test_save_model_writes_the_tokenizer_of_the_source(tiny, tmp_path):
-    model = modernlm.load_model(tiny)
+def test_save_model_writes_the_tokenizer_of_the_source(chat_dir, tmp_path):
+    model = modernlm.load_model(chat_dir)
     modernlm.save_model(model, tmp_path / "again")
     assert (tmp_path / "again" / "tokenizer.json").is_file()
-    assert modernlm.load_tokenizer(tmp_path / "again").encode("the fox") == modernlm.load_tokenizer(tiny).encode(
+    assert modernlm.load_tokenizer(tmp_path / "again").encode("the fox") == modernlm.load_tokenizer(chat_dir).encode(
         "the fox"
     )
 
 
 def test_the_readme_python_snippet_runs_as_written(tmp_path, monkeypatch):
-    """The README's Python block, executed as a newcomer would paste it (on the tiny model, not the real one)."""
+    """The README's Python block, executed as a newcomer would paste it (on the chat_dir model, not the real one)."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
     assert "import torch" in block  # the snippet uses torch.tensor: it must import it

@@ -11,17 +11,10 @@ import sys
 import pytest
 import torch
 
-import modernlm
 from modernlm import threads
 from modernlm.generation import generate
 from modernlm.generation.compiled import compile_decode, decode_step
 from modernlm.quant import quantize
-
-
-def tiny():
-    torch.manual_seed(0)
-    cfg = modernlm.preset("llama-tiny", d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08)
-    return modernlm.Transformer(cfg).eval()
 
 
 def test_thread_count_leaves_busy_cores_alone():
@@ -49,8 +42,8 @@ def test_wait_policy_is_set_before_torch_loads():
     assert out.split() == [threads.SPIN_COUNT, "True"]
 
 
-def test_failed_compile_falls_back_to_the_same_tokens(monkeypatch, caplog):
-    model = quantize(tiny(), "int4")
+def test_failed_compile_falls_back_to_the_same_tokens(monkeypatch, caplog, tiny_decoder):
+    model = quantize(tiny_decoder("wide"), "int4")
     want = generate(model, [1, 2, 3], 6)
 
     def broken(fn, **kwargs):
@@ -70,8 +63,8 @@ def test_failed_compile_falls_back_to_the_same_tokens(monkeypatch, caplog):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [None, "int4"])
-def test_compiled_step_equals_eager(kind):
-    model = tiny() if kind is None else quantize(tiny(), kind)
+def test_compiled_step_equals_eager(kind, tiny_decoder):
+    model = tiny_decoder("wide") if kind is None else quantize(tiny_decoder("wide"), kind)
     prompts = [[1, 2, 3, 4], [5, 6]]
     want = generate(model, prompts, 8)
     compile_decode(model)

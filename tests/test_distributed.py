@@ -286,21 +286,19 @@ def test_torchrun_launches_modernlm_train(run, tmp_path):
         pytest.param("ddp", False, marks=pytest.mark.slow),
     ],
 )
-def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, tmp_path, mode, paused):
+def test_finetuning_on_two_processes_gives_the_losses_and_adapters_of_one(run, tmp_path, mode, paused, tiny_chat_dir):
     """LoRA fine-tuning where the two halves of a batch hold different numbers of target tokens: each process's loss
     is weighted by its share, so the step is the one-process step (unweighted means would differ here). `paused`:
     stopped at step 2 and resumed (a checkpoint of the adapters alone and their AdamW states)."""
-    from tiny_chat import save_tiny_chat_model
-
     _, env, _ = run
-    save_tiny_chat_model(tmp_path / "base", TEXT)
+    base = tiny_chat_dir(TEXT)
     pairs = [("Is simple better?", "Simple is better than complex, and much better than complicated."),
              ("Flat?", "Yes."), ("What counts?", "Readability counts."), ("Errors?", "Never silently.")]  # fmt: skip
     lines = "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs * 4)
     (tmp_path / "train.jsonl").write_text(lines)
 
     def args(out: Path, *extra: str) -> list[str]:
-        return ["finetune", "--model", str(tmp_path / "base"), "--train", str(tmp_path / "train.jsonl"), "--val",
+        return ["finetune", "--model", str(base), "--train", str(tmp_path / "train.jsonl"), "--val",
                 str(tmp_path / "train.jsonl"), "--out", str(out), "--max-steps", "4", "--batch-size", "4",
                 "--max-len", "32", "--save-interval", "2", "--eval-interval", "2", "--compare-prompts", "1",
                 "--no-progress", "--num-threads", "1", "--lr", "1e-2", *extra]  # fmt: skip

@@ -52,8 +52,10 @@ def test_embed_cli_prints_one_json_line_per_text(minilm_dir, capsys):
     assert abs(sum(v * v for v in lines[0]["embedding"]) - 1) < 1e-4
 
 
-def wordpiece_dir(tmp_path):
-    """A tiny BERT-style WordPiece tokenizer.json and a random BertForMaskedLM of its vocabulary."""
+@pytest.fixture
+def wordpiece_dir(tmp_path, hf_reference):
+    """In tmp_path: a tiny BERT-style WordPiece tokenizer.json and a random BertForMaskedLM of its vocabulary; (the
+    model, the tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     words = "paris is the capital of france a city big small ##s".split()
@@ -70,14 +72,12 @@ def wordpiece_dir(tmp_path):
     config = transformers.BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
     )
-    torch.manual_seed(0)
-    ref = transformers.BertForMaskedLM(config).eval()
-    ref.save_pretrained(tmp_path)
+    ref, _ = hf_reference(transformers.BertForMaskedLM, config, tmp_path)
     return ref, tok
 
 
-def test_fill_mask_agrees_with_transformers(tmp_path, capsys):
-    ref, tok = wordpiece_dir(tmp_path)
+def test_fill_mask_agrees_with_transformers(tmp_path, capsys, wordpiece_dir):
+    ref, tok = wordpiece_dir
     model, tokenizer = modernlm.load_model(tmp_path), modernlm.load_tokenizer(tmp_path)
     text = "Paris is the [MASK] of [MASK]."
     got = fill_mask(model, tokenizer, text, top_k=3)
@@ -93,9 +93,9 @@ def test_fill_mask_agrees_with_transformers(tmp_path, capsys):
     assert capsys.readouterr().out.count("[MASK]") == 2
 
 
-def test_wrong_models_and_texts_are_refused(tmp_path, capsys):
+def test_wrong_models_and_texts_are_refused(tmp_path, capsys, wordpiece_dir):
     decoder = modernlm.Transformer(modernlm.preset("llama-tiny"))
-    _, tok = wordpiece_dir(tmp_path)
+    _, tok = wordpiece_dir
     tokenizer = modernlm.load_tokenizer(tmp_path)
     with pytest.raises(NotAnEncoderError, match="needs an encoder.*decoder.*modernlm generate"):
         embed(decoder, tokenizer, ["hello"])

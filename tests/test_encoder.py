@@ -22,11 +22,8 @@ BERT = dict(
 )
 
 
-def hf_bert(cls, tmp_path, **fields):
-    torch.manual_seed(0)
-    model = cls(transformers.BertConfig(**{**BERT, **fields})).eval()
-    model.save_pretrained(tmp_path)
-    return model
+def bert_config(**fields) -> transformers.BertConfig:
+    return transformers.BertConfig(**{**BERT, **fields})
 
 
 def inputs(B=2, T=11):
@@ -39,8 +36,8 @@ def inputs(B=2, T=11):
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu"])
-def test_bert_mlm_logits_equal_transformers(tmp_path, act):
-    ref = hf_bert(transformers.BertForMaskedLM, tmp_path, hidden_act=act)
+def test_bert_mlm_logits_equal_transformers(tmp_path, act, hf_reference):
+    ref, _ = hf_reference(transformers.BertForMaskedLM, bert_config(hidden_act=act), tmp_path)
     ours = modernlm.load_model(tmp_path)
     assert isinstance(ours, Encoder) and ours.config.family == "encoder" and ours.config.head == "mlm"
     ids, types, mask = inputs()
@@ -52,8 +49,8 @@ def test_bert_mlm_logits_equal_transformers(tmp_path, act):
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
 
 
-def test_bert_model_hidden_states_and_pooler_equal_transformers(tmp_path):
-    ref = hf_bert(transformers.BertModel, tmp_path)
+def test_bert_model_hidden_states_and_pooler_equal_transformers(tmp_path, hf_reference):
+    ref, _ = hf_reference(transformers.BertModel, bert_config(), tmp_path)
     ours = modernlm.load_model(tmp_path)
     assert ours.config.head == "none"
     ids, types, mask = inputs()
@@ -66,8 +63,8 @@ def test_bert_model_hidden_states_and_pooler_equal_transformers(tmp_path):
     torch.testing.assert_close(pooled, out.pooler_output, atol=1e-4, rtol=0)
 
 
-def test_sequence_classification_equals_transformers(tmp_path):
-    ref = hf_bert(transformers.BertForSequenceClassification, tmp_path, num_labels=3)
+def test_sequence_classification_equals_transformers(tmp_path, hf_reference):
+    ref, _ = hf_reference(transformers.BertForSequenceClassification, bert_config(num_labels=3), tmp_path)
     ours = modernlm.load_model(tmp_path)
     ids, types, mask = inputs()
     with torch.no_grad():

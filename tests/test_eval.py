@@ -13,15 +13,12 @@ from modernlm.eval import heldout_text, perplexity
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    torch.manual_seed(0)
+def pair(tmp_path_factory, hf_reference):
     config = transformers.LlamaConfig(
         vocab_size=320, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128,
     )  # fmt: skip
-    hf = transformers.LlamaForCausalLM(config).eval()
-    path = tmp_path_factory.mktemp("ppl")
-    hf.save_pretrained(path)
+    hf, path = hf_reference(transformers.LlamaForCausalLM, config, tmp_path_factory.mktemp("ppl"))
     return hf, modernlm.load_model(path)
 
 

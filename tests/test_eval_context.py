@@ -15,7 +15,6 @@ from modernlm.cli.__main__ import main
 from modernlm.config import ModelConfig
 from modernlm.eval import long_context as lc
 from modernlm.layers.kv_cache import RollingKVCache
-from tiny_chat import save_tiny_chat_model
 
 V = 128
 
@@ -81,24 +80,24 @@ def test_passkey_prompt_has_the_length_and_the_needle_at_its_depth():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return modernlm.Transformer(ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=64))
+def model64(tiny_decoder):
+    """A tiny decoder with a 64-token context."""
+    return tiny_decoder(vocab_size=V, d_model=32, max_seq_len=64)
 
 
-def test_chunked_prefill_equals_one_forward_pass(tiny):
+def test_chunked_prefill_equals_one_forward_pass(model64):
     ids = torch.randint(0, V, (200,), generator=torch.Generator().manual_seed(0)).tolist()
-    lc.apply_scaling(tiny, "yarn", 4.0)
+    lc.apply_scaling(model64, "yarn", 4.0)
     try:
         with torch.no_grad():
-            whole = torch.log_softmax(tiny(torch.tensor([ids[:-1]]))[0], -1)
+            whole = torch.log_softmax(model64(torch.tensor([ids[:-1]]))[0], -1)
         want = whole.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-        torch.testing.assert_close(lc.chunked_logprobs(tiny, ids[:-1], ids[1:], chunk=48), want, atol=1e-5, rtol=0)
-        result = lc.position_perplexity(tiny, ids, 128, buckets=4, windows=2, chunk=48)
+        torch.testing.assert_close(lc.chunked_logprobs(model64, ids[:-1], ids[1:], chunk=48), want, atol=1e-5, rtol=0)
+        result = lc.position_perplexity(model64, ids, 128, buckets=4, windows=2, chunk=48)
         assert result.bucket == 32 and len(result.perplexity) == 4
     finally:
-        tiny.config = ModelConfig.from_dict({**tiny.config.to_dict(), "rope_scaling": None, "max_seq_len": 64})
-        tiny.reset_rope()
+        model64.config = ModelConfig.from_dict({**model64.config.to_dict(), "rope_scaling": None, "max_seq_len": 64})
+        model64.reset_rope()
 
 
 def test_kv_cache_report_beside_the_formula(tmp_path):
@@ -136,18 +135,18 @@ def test_bad_scaling_requests_are_refused(kind, factor, fields, message):
         lc.apply_scaling(model, kind, factor)
 
 
-def test_passkey_beyond_the_context_or_memory_is_refused_before_starting(tiny, monkeypatch):
+def test_passkey_beyond_the_context_or_memory_is_refused_before_starting(model64, monkeypatch):
     with pytest.raises(lc.LongContextError, match=r"passkey lengths \[128\] exceed the model's context 64"):
-        lc.passkey(tiny, CharTokenizer(), [32, 128], [0.5])
+        lc.passkey(model64, CharTokenizer(), [32, 128], [0.5])
     monkeypatch.setattr(lc, "available_bytes", lambda device: 1000)
     with pytest.raises(lc.LongContextError, match="passkey at 64 tokens needs about .* GiB is available"):
-        lc.passkey(tiny, WordTokenizer(), [64], [0.5])
+        lc.passkey(model64, WordTokenizer(), [64], [0.5])
 
 
-def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys):
+def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys, tiny_chat_dir):
     text = "the quick brown fox jumps over the lazy dog. " * 40
     text += "".join(f"line {i} of the text.\n" for i in range(300))
-    model = save_tiny_chat_model(tmp_path / "m", text, max_seq_len=160)
+    model = tiny_chat_dir(text, max_seq_len=160)
     (tmp_path / "long.txt").write_text(text)
     args = ["eval", "context", "--model", str(model), "--scaling", "dynamic,none", "--factor", "2"]
     args += ["--depths", "0,1", "--trials", "1", "--buckets", "4", "--text", str(tmp_path / "long.txt")]

@@ -16,19 +16,23 @@ from modernlm.export import export_gguf
 TOLERANCE = {"f16": 2e-3, "q8_0": 5e-2, "q4_0": 0.3}
 
 
-def hf_llama(path, vocab_size: int):
-    """A random transformers Llama, saved, loaded as ours."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.05,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return modernlm.load_model(path)
+@pytest.fixture(scope="module")
+def hf_llama(hf_reference):
+    """hf_llama(path, vocab_size): a random transformers Llama, saved, loaded as ours."""
+
+    def build(path, vocab_size: int):
+        config = transformers.LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.05,
+        )  # fmt: skip
+        hf_reference(transformers.LlamaForCausalLM, config, path)
+        return modernlm.load_model(path)
+
+    return build
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory):
+def ours(tmp_path_factory, hf_llama):
     return hf_llama(tmp_path_factory.mktemp("hf"), 320)
 
 
@@ -45,7 +49,7 @@ def test_transformers_loads_the_export(ours, tmp_path, kind):
 
 
 @pytest.mark.slow  # ~30 s: three parses of a 49k-token vocabulary
-def test_tokenizer_and_chat_template_survive(smollm2_gguf, hf_smollm2_tokenizer, tmp_path):
+def test_tokenizer_and_chat_template_survive(smollm2_gguf, hf_smollm2_tokenizer, tmp_path, hf_llama):
     ours = hf_llama(tmp_path / "hf", 49152)  # SmolLM2's vocabulary size, so its tokenizer fits
     source = modernlm.load_tokenizer(smollm2_gguf)
     out = export_gguf(ours, source, tmp_path / "t.gguf", kind="q8_0", tokenizer_pre="smollm")

@@ -11,30 +11,33 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import modernlm
 from modernlm.generation import IncrementalDecoder, Session, generate, generate_naive, stream_generate
 
-
 # ---- fixtures: random-initialised HF models, saved and loaded through modernlm's loader ------------------------------
-def make_pair(tmp_path, seed=0, **fields):
-    """(transformers model, our model) with the same random weights."""
-    base = dict(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.1,  # sharper than the default 0.02, so greedy choices are rarely near ties
-    )
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**{**base, **fields})
-    config._attn_implementation = "eager"
-    hf = transformers.LlamaForCausalLM(config).eval()
-    hf.save_pretrained(tmp_path)
-    return hf, modernlm.load_model(tmp_path)
+LLAMA = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.1,  # sharper than the default 0.02, so greedy choices are rarely near ties
+)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def make_pair(hf_reference):
+    """make_pair(directory, seed=0, **fields) -> (transformers model, our model) with the same random weights."""
+
+    def build(directory, seed=0, **fields):
+        config = transformers.LlamaConfig(**{**LLAMA, **fields})
+        hf, _ = hf_reference(transformers.LlamaForCausalLM, config, directory, seed=seed, attn="eager")
+        return hf, modernlm.load_model(directory)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, make_pair):
     return make_pair(tmp_path_factory.mktemp("gqa"), seed=0)
 
 
@@ -72,7 +75,7 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory, tokenizer):
+def text_model(tmp_path_factory, tokenizer, make_pair):
     return make_pair(tmp_path_factory.mktemp("bytes"), seed=3, vocab_size=tokenizer.vocab_size)[1]
 
 
@@ -93,7 +96,7 @@ def hf_new_tokens(hf, rows, **kwargs):
 
 # ---- parity with transformers ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fields", [{}, dict(num_key_value_heads=4, tie_word_embeddings=True, rope_theta=100000.0)])
-def test_greedy_matches_transformers(tmp_path, fields):
+def test_greedy_matches_transformers(tmp_path, fields, make_pair):
     hf, ours = make_pair(tmp_path, seed=1, **fields)
     rows = prompts([7, 12])
     expected = hf_new_tokens(hf, rows, max_new_tokens=40, do_sample=False, eos_token_id=None)
@@ -114,7 +117,7 @@ def test_greedy_with_eos_and_repetition_penalty_matches_transformers(pair):
 
 
 @pytest.fixture(scope="module")
-def beam_pair(tmp_path_factory):
+def beam_pair(tmp_path_factory, make_pair):
     """A tiny vocabulary with large weights: EOS (id 2) is often among the candidates, so length penalty matters."""
     return make_pair(
         tmp_path_factory.mktemp("beam"),

@@ -23,7 +23,7 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def tiny(tmp_path, write_gguf):
+def tiny_gguf(tmp_path, write_gguf):
     return write_tiny(write_gguf, tmp_path / "tiny.gguf", "llama", tiny_weights(seed=1), Q.Q4_1)
 
 
@@ -31,50 +31,50 @@ def entries(root):
     return sorted(p.name for p in (root / "gguf").iterdir() if not p.name.startswith(".")) if root.exists() else []
 
 
-def test_cached_load_equals_direct_load(cache, tiny):
-    config, direct = load_gguf(tiny)
-    first = modernlm.load_model(tiny)  # converts
+def test_cached_load_equals_direct_load(cache, tiny_gguf):
+    config, direct = load_gguf(tiny_gguf)
+    first = modernlm.load_model(tiny_gguf)  # converts
     assert len(entries(cache)) == 1
-    second = modernlm.load_model(tiny)  # reads the converted copy
+    second = modernlm.load_model(tiny_gguf)  # reads the converted copy
     assert second.config.to_dict() == config.to_dict()
     for name, tensor in direct.items():
         torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
         torch.testing.assert_close(first.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_a_changed_file_is_converted_again(cache, tiny, write_gguf):
-    modernlm.load_model(tiny)
-    write_tiny(write_gguf, tiny, "llama", tiny_weights(seed=2), Q.Q8_0)  # same path, new content
-    os.utime(tiny, ns=(1, 1))  # a different mtime even if the write fell in the same clock tick
-    _, direct = load_gguf(tiny)
-    reloaded = modernlm.load_model(tiny)
+def test_a_changed_file_is_converted_again(cache, tiny_gguf, write_gguf):
+    modernlm.load_model(tiny_gguf)
+    write_tiny(write_gguf, tiny_gguf, "llama", tiny_weights(seed=2), Q.Q8_0)  # same path, new content
+    os.utime(tiny_gguf, ns=(1, 1))  # a different mtime even if the write fell in the same clock tick
+    _, direct = load_gguf(tiny_gguf)
+    reloaded = modernlm.load_model(tiny_gguf)
     assert len(entries(cache)) == 2
     torch.testing.assert_close(reloaded.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
 
 
-def test_an_incomplete_entry_is_rebuilt(cache, tiny):
-    directory = gguf_cache.entry_dir(tiny)
+def test_an_incomplete_entry_is_rebuilt(cache, tiny_gguf):
+    directory = gguf_cache.entry_dir(tiny_gguf)
     directory.mkdir(parents=True)
     (directory / "model.safetensors").write_bytes(b"half a file")  # a conversion killed mid-write, no marker
-    _, direct = load_gguf(tiny)
-    model = modernlm.load_model(tiny)
+    _, direct = load_gguf(tiny_gguf)
+    model = modernlm.load_model(tiny_gguf)
     torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
     assert (directory / gguf_cache.DONE).is_file()
 
 
-def test_switched_off_writes_nothing(cache, tiny, monkeypatch):
+def test_switched_off_writes_nothing(cache, tiny_gguf, monkeypatch):
     monkeypatch.setenv("MODERNLM_GGUF_CACHE", "0")
-    modernlm.load_model(tiny)
+    modernlm.load_model(tiny_gguf)
     assert entries(cache) == []
 
 
-def test_unwritable_cache_warns_and_loads_directly(tmp_path, tiny, monkeypatch):
+def test_unwritable_cache_warns_and_loads_directly(tmp_path, tiny_gguf, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MODERNLM_CACHE", str(blocker / "cache"))
     with pytest.warns(UserWarning, match="cannot write the GGUF cache"):
-        model = modernlm.load_model(tiny)
-    _, direct = load_gguf(tiny)
+        model = modernlm.load_model(tiny_gguf)
+    _, direct = load_gguf(tiny_gguf)
     torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
 
 
@@ -93,14 +93,14 @@ def test_tokenizer_from_the_cache_equals_the_gguf_tokenizer(smollm2_gguf, hf_smo
     )
 
 
-def test_a_killed_conversion_leaves_nothing_for_good(cache, tiny):
+def test_a_killed_conversion_leaves_nothing_for_good(cache, tiny_gguf):
     """A conversion killed mid-way leaves its staging directory; the next start removes it (and older versions'
     `.tmp-XXXX` directories once they are an hour old), keeps a live conversion's, and converts again."""
     import time
 
     root = cache / "gguf"
     root.mkdir(parents=True)
-    dead = root / f".{gguf_cache.entry_dir(tiny).name}.tmp-{2**22 + 7}-deadbeef"
+    dead = root / f".{gguf_cache.entry_dir(tiny_gguf).name}.tmp-{2**22 + 7}-deadbeef"
     (dead / "model.safetensors").parent.mkdir()
     (dead / "model.safetensors").write_bytes(b"\0" * 1000)
     legacy = root / ".tmp-k3j4h5g6"
@@ -109,6 +109,6 @@ def test_a_killed_conversion_leaves_nothing_for_good(cache, tiny):
     os.utime(legacy, (old, old))
     live = root / f".other.tmp-{os.getpid()}-00000000"
     live.mkdir()
-    modernlm.load_model(tiny)
+    modernlm.load_model(tiny_gguf)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [live.name]
     assert len(entries(cache)) == 1

@@ -16,29 +16,23 @@ from modernlm.layers.kv_cache import KVCache
 VOCAB = 300
 
 
-def make_gpt2(seed: int = 0, **fields) -> transformers.GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=128, **fields)
-    config._attn_implementation = "eager"
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # biases and LayerNorm gains start at 0 and 1; randomise them so a missed one shows
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+@pytest.fixture(scope="module")
+def make_gpt2(hf_reference):
+    """make_gpt2(directory, seed=0, **fields) -> a random GPT2LMHeadModel (its biases and LayerNorm gains randomised
+    too), saved in directory."""
 
+    def build(directory, seed: int = 0, **fields) -> transformers.GPT2LMHeadModel:
+        config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=128, **fields)
+        return hf_reference(transformers.GPT2LMHeadModel, config, directory, seed, attn="eager", jitter=(".ln_",))[0]
 
-def hf_logits(model, ids, **kwargs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, **kwargs).logits.float()
+    return build
 
 
 @pytest.mark.parametrize(
     "fields", [dict(), dict(tie_word_embeddings=False, n_inner=96), dict(activation_function="relu")], ids=str
 )
-def test_logits_match_transformers(fields, tmp_path):
-    hf_model = make_gpt2(**fields)
-    hf_model.save_pretrained(tmp_path)
+def test_logits_match_transformers(fields, tmp_path, make_gpt2, hf_logits):
+    hf_model = make_gpt2(tmp_path, **fields)
     ours = modernlm.load_model(tmp_path)
     assert (ours.config.positions, ours.config.norm, ours.config.tie_embeddings) == (
         "learned",
@@ -51,9 +45,8 @@ def test_logits_match_transformers(fields, tmp_path):
     torch.testing.assert_close(got, hf_logits(hf_model, ids), atol=1e-4, rtol=0)
 
 
-def test_cached_decoding_and_padding(tmp_path):
-    hf_model = make_gpt2()
-    hf_model.save_pretrained(tmp_path)
+def test_cached_decoding_and_padding(tmp_path, make_gpt2, hf_logits):
+    hf_model = make_gpt2(tmp_path)
     ours = modernlm.load_model(tmp_path)
     ids = torch.randint(0, VOCAB, (1, 30))
     expected = hf_logits(hf_model, ids)
@@ -73,10 +66,9 @@ def test_cached_decoding_and_padding(tmp_path):
     )
 
 
-def test_hub_style_names_without_prefix(tmp_path):
+def test_hub_style_names_without_prefix(tmp_path, make_gpt2, hf_logits):
     """The hub's `gpt2` stores `h.0.attn.c_attn.weight` (no `transformer.`) plus the `attn.bias` mask buffers."""
-    hf_model = make_gpt2()
-    hf_model.save_pretrained(tmp_path)
+    hf_model = make_gpt2(tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     renamed = {k.removeprefix("transformer."): v for k, v in tensors.items() if k != "lm_head.weight"}
     renamed["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 128, 128))
@@ -87,9 +79,8 @@ def test_hub_style_names_without_prefix(tmp_path):
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_save_then_transformers_load(tied, tmp_path):
-    hf_model = make_gpt2(tie_word_embeddings=tied)
-    hf_model.save_pretrained(tmp_path / "in")
+def test_save_then_transformers_load(tied, tmp_path, make_gpt2, hf_logits):
+    make_gpt2(tmp_path / "in", tie_word_embeddings=tied)
     ours = modernlm.load_model(tmp_path / "in")
     modernlm.save_model(ours, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
@@ -102,7 +93,7 @@ def test_save_then_transformers_load(tied, tmp_path):
         torch.testing.assert_close(again(ids), ours(ids), atol=0, rtol=0)
 
 
-def test_a_model_built_from_a_gpt2_config_saves_as_gpt2(tmp_path):
+def test_a_model_built_from_a_gpt2_config_saves_as_gpt2(tmp_path, hf_logits):
     model = modernlm.Transformer(modernlm.preset("gpt2", n_layers=1, d_model=32, n_heads=2, vocab_size=100)).eval()
     modernlm.save_model(model, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
@@ -111,8 +102,8 @@ def test_a_model_built_from_a_gpt2_config_saves_as_gpt2(tmp_path):
         torch.testing.assert_close(hf_logits(reloaded, ids), model(ids), atol=1e-4, rtol=0)
 
 
-def test_unsupported_gpt2_options_and_unsavable_variants(tmp_path):
-    make_gpt2(scale_attn_by_inverse_layer_idx=True).save_pretrained(tmp_path)
+def test_unsupported_gpt2_options_and_unsavable_variants(tmp_path, make_gpt2):
+    make_gpt2(tmp_path, scale_attn_by_inverse_layer_idx=True)
     with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx"):
         modernlm.load_model(tmp_path)
     post = modernlm.Transformer(modernlm.preset("gpt-2017", n_layers=1, vocab_size=64, d_model=32, n_heads=2))

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tiny_chat import save_tiny_chat_model
-
 pytest.importorskip("lm_eval")
 
 TEXT = (
@@ -54,9 +52,9 @@ def _write_tasks(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_chat_dir):
     root = tmp_path_factory.mktemp("harness")
-    model = save_tiny_chat_model(root / "model", TEXT, max_seq_len=128)
+    model = tiny_chat_dir(TEXT, max_seq_len=128)
     (root / "tasks").mkdir()
     return model, _write_tasks(root / "tasks")
 

@@ -79,32 +79,26 @@ CONFIGS = {
 }
 
 
-def make_hf_model(name: str, seed: int = 0):
-    config_class, fields = CONFIGS[name]
-    torch.manual_seed(seed)
-    config = config_class(**{**BASE, **fields})
-    config._attn_implementation = "eager"
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
-    with torch.no_grad():  # biases and norm gains start at 0 and 1; randomise them so a missed one shows
-        for pname, p in model.named_parameters():
-            if pname.endswith("bias") or "norm" in pname:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+@pytest.fixture(scope="module")
+def make_hf_model(hf_reference):
+    """make_hf_model(name, directory, seed=0, **save) -> the random transformers model CONFIGS[name] describes (its
+    biases and norm gains randomised too), saved in directory with save_pretrained(**save) (None: not saved)."""
 
+    def build(name: str, directory, seed: int = 0, **save):
+        config_class, fields = CONFIGS[name]
+        config = config_class(**{**BASE, **fields})
+        build_model = transformers.AutoModelForCausalLM.from_config
+        return hf_reference(build_model, config, directory, seed, attn="eager", jitter=("norm",), **save)[0]
 
-def hf_logits(model, ids, attention_mask=None):
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=attention_mask).logits.float()
+    return build
 
 
 @pytest.fixture(params=sorted(CONFIGS))
-def hf_dir(request, tmp_path):
-    model = make_hf_model(request.param)
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    return model, tmp_path
+def hf_dir(request, tmp_path, make_hf_model):
+    return make_hf_model(request.param, tmp_path, safe_serialization=True), tmp_path
 
 
-def test_logits_match_transformers(hf_dir):
+def test_logits_match_transformers(hf_dir, hf_logits):
     hf_model, path = hf_dir
     ours = modernlm.load_model(path)
     ids = torch.randint(0, BASE["vocab_size"], (2, 100), generator=torch.Generator().manual_seed(1))
@@ -113,9 +107,8 @@ def test_logits_match_transformers(hf_dir):
     torch.testing.assert_close(got, hf_logits(hf_model, ids), atol=1e-4, rtol=0)
 
 
-def test_padding_mask_matches_transformers(tmp_path):
-    hf_model = make_hf_model("smollm2-gqa-tied-theta")
-    hf_model.save_pretrained(tmp_path)
+def test_padding_mask_matches_transformers(tmp_path, make_hf_model, hf_logits):
+    hf_model = make_hf_model("smollm2-gqa-tied-theta", tmp_path)
     ours = modernlm.load_model(tmp_path)
     ids = torch.randint(0, BASE["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 12, dtype=torch.long)
@@ -123,13 +116,12 @@ def test_padding_mask_matches_transformers(tmp_path):
     with torch.no_grad():
         got = ours(ids, attention_mask=mask)
     # transformers shifts positions past the padding; RoPE is relative, so the real tokens' logits agree.
-    torch.testing.assert_close(got[1, 5:], hf_logits(hf_model, ids, mask)[1, 5:], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1, 5:], hf_logits(hf_model, ids, attention_mask=mask)[1, 5:], atol=1e-4, rtol=0)
     torch.testing.assert_close(got[1, 5:], ours(ids[1:, 5:])[0], atol=1e-4, rtol=0)
 
 
-def test_sharded_checkpoint(tmp_path):
-    hf_model = make_hf_model("llama2-mha-untied")
-    hf_model.save_pretrained(tmp_path, max_shard_size="100KB")
+def test_sharded_checkpoint(tmp_path, make_hf_model, hf_logits):
+    hf_model = make_hf_model("llama2-mha-untied", tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ids = torch.randint(0, BASE["vocab_size"], (1, 20))
     with torch.no_grad():
@@ -137,9 +129,8 @@ def test_sharded_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smollm2-gqa-tied-theta", "qwen2-biases-tied", "llama3.1-rope-scaling"])
-def test_save_then_transformers_load(name, tmp_path):
-    hf_model = make_hf_model(name)
-    hf_model.save_pretrained(tmp_path / "in")
+def test_save_then_transformers_load(name, tmp_path, make_hf_model, hf_logits):
+    hf_model = make_hf_model(name, tmp_path / "in")
     ours = modernlm.load_model(tmp_path / "in")
     modernlm.save_model(ours, tmp_path / "out")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", torch_dtype=torch.float32).eval()
@@ -149,9 +140,8 @@ def test_save_then_transformers_load(name, tmp_path):
         torch.testing.assert_close(hf_logits(reloaded, ids), ours(ids), atol=1e-4, rtol=0)
 
 
-def test_bfloat16_load(tmp_path):
-    hf_model = make_hf_model("mqa")
-    hf_model.save_pretrained(tmp_path)
+def test_bfloat16_load(tmp_path, make_hf_model, hf_logits):
+    hf_model = make_hf_model("mqa", tmp_path)
     ours = modernlm.load_model(tmp_path, dtype="bfloat16")
     assert next(ours.parameters()).dtype == torch.bfloat16
     ids = torch.randint(0, BASE["vocab_size"], (1, 16))
@@ -168,16 +158,16 @@ def test_unsupported_architecture(tmp_path):
         modernlm.load_model(tmp_path)
 
 
-def test_truncated_safetensors(tmp_path):
-    make_hf_model("mqa").save_pretrained(tmp_path)
+def test_truncated_safetensors(tmp_path, make_hf_model):
+    make_hf_model("mqa", tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         modernlm.load_model(tmp_path)
 
 
-def test_missing_weights_and_pickle_refused(tmp_path):
-    make_hf_model("mqa").config.save_pretrained(tmp_path)
+def test_missing_weights_and_pickle_refused(tmp_path, make_hf_model):
+    make_hf_model("mqa", None).config.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         modernlm.load_model(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")

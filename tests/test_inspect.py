@@ -230,13 +230,12 @@ def test_measures_on_patterns_built_by_hand():
 
 
 # ---- modernlm inspect ---------------------------------------------------------------------------------------------
-def test_cli_writes_the_data_pictures_and_page_of_a_tiny_model(tmp_path, capsys):
+def test_cli_writes_the_data_pictures_and_page_of_a_tiny_model(tmp_path, capsys, tiny_chat_dir):
     import json
 
     from modernlm.cli.__main__ import main
-    from tiny_chat import save_tiny_chat_model
 
-    source = save_tiny_chat_model(tmp_path / "model", "the quick brown fox jumps over the lazy dog. " * 20)
+    source = tiny_chat_dir("the quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "out"
     args = ["inspect", "--model", str(source), "--prompt", "the quick brown fox", "--out", str(out)]
     assert main([*args, "--layer", "1", "--head", "0", "--html"]) == 0

@@ -132,17 +132,14 @@ def test_training_survives_a_kill_at_every_write(tmp_path, env):
     assert tried >= 50  # 54 writes when this was written
 
 
-def _finetuning(tmp_path, env, points):
-    from tiny_chat import save_tiny_chat_model
-
-    save_tiny_chat_model(tmp_path / "base", TEXT)
+def _finetuning(base, tmp_path, env, points):
     pairs = [("Is simple better?", "Simple is better than complex."), ("And flat?", "Flat is better than nested.")]
     lines = "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs * 4)
     (tmp_path / "train.jsonl").write_text(lines)
     (tmp_path / "val.jsonl").write_text(lines[: len(lines) // 4])
 
     def args(out: Path) -> list[str]:
-        return ["finetune", "--model", str(tmp_path / "base"), "--train", str(tmp_path / "train.jsonl"), "--val",
+        return ["finetune", "--model", str(base), "--train", str(tmp_path / "train.jsonl"), "--val",
                 str(tmp_path / "val.jsonl"), "--out", str(out), "--max-steps", "4", "--batch-size", "2", "--max-len",
                 "32", "--save-interval", "2", "--eval-interval", "2", "--compare-prompts", "1", "--no-progress",
                 "--num-threads", "1"]  # fmt: skip
@@ -151,12 +148,12 @@ def _finetuning(tmp_path, env, points):
     return sweep(args, tmp_path / "straight", tmp_path, env, points, [*outputs, "before_after.md"])
 
 
-def test_finetuning_survives_a_kill_at_spread_write_points(tmp_path, env):
-    assert _finetuning(tmp_path, env, points=[3, 14, 21]) == 3
+def test_finetuning_survives_a_kill_at_spread_write_points(tmp_path, env, tiny_chat_dir):
+    assert _finetuning(tiny_chat_dir(TEXT), tmp_path, env, points=[3, 14, 21]) == 3
 
 
 @pytest.mark.slow
-def test_finetuning_survives_a_kill_at_every_write(tmp_path, env):
-    tried = _finetuning(tmp_path, env, points=None)
+def test_finetuning_survives_a_kill_at_every_write(tmp_path, env, tiny_chat_dir):
+    tried = _finetuning(tiny_chat_dir(TEXT), tmp_path, env, points=None)
     print(f"fine-tuning: {tried} kill points survived")
     assert tried >= 30  # 32 writes when this was written

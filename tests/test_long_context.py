@@ -193,23 +193,19 @@ SCALED = {  # kind -> (rope_scaling, max_position_embeddings)
 }
 
 
-def hf_model(arch: str, tmp_path, seed: int = 0, **fields):
-    config_class, arch_fields = ARCHS[arch]
-    torch.manual_seed(seed)
-    config = config_class(**{**BASE, "max_position_embeddings": 128, **arch_fields, **fields})
-    config._attn_implementation = "eager"
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(tmp_path)
-    return model, modernlm.load_model(tmp_path)
+@pytest.fixture(scope="module")
+def hf_model(hf_reference):
+    """hf_model(arch, directory, seed=0, **fields) -> (a random transformers model of ARCHS[arch] with its biases and
+    norm gains randomised too, saved in directory; ours loaded from there)."""
 
+    def build(arch: str, directory, seed: int = 0, **fields):
+        config_class, arch_fields = ARCHS[arch]
+        config = config_class(**{**BASE, "max_position_embeddings": 128, **arch_fields, **fields})
+        build_model = transformers.AutoModelForCausalLM.from_config
+        model, _ = hf_reference(build_model, config, directory, seed, attn="eager", jitter=("norm",))
+        return model, modernlm.load_model(directory)
 
-def hf_logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+    return build
 
 
 def ids_of(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
@@ -218,7 +214,7 @@ def ids_of(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", sorted(SCALED))
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_scaled_logits_equal_transformers_past_the_original_length(arch, kind, tmp_path):
+def test_scaled_logits_equal_transformers_past_the_original_length(arch, kind, tmp_path, hf_model, hf_logits):
     scaling, max_pos = SCALED[kind]
     hf, model = hf_model(arch, tmp_path, rope_scaling=dict(scaling), max_position_embeddings=max_pos)
     assert model.config.rope_scaling["rope_type"] == kind and model.config.max_seq_len == 128
@@ -232,7 +228,7 @@ def test_scaled_logits_equal_transformers_past_the_original_length(arch, kind, t
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "longrope"])
-def test_length_dependent_generation_across_the_boundary_equals_full_recompute(kind, tmp_path):
+def test_length_dependent_generation_across_the_boundary_equals_full_recompute(kind, tmp_path, hf_model, hf_logits):
     """Prefill below the original length, decode across it: each step equals the full recompute of the sequence so
     far (ours and transformers' uncached forward, which both take the frequencies of the current length)."""
     scaling, max_pos = SCALED[kind]
@@ -248,7 +244,7 @@ def test_length_dependent_generation_across_the_boundary_equals_full_recompute(k
             torch.testing.assert_close(step, hf_logits(hf, ids[:, : p + 1])[:, -1], atol=1e-4, rtol=0)
 
 
-def test_rope_parameters_spelling_of_transformers_5(tmp_path):
+def test_rope_parameters_spelling_of_transformers_5(tmp_path, hf_model, hf_logits):
     """transformers 5 writes rope_parameters (theta and scaling together); a Phi-3-style top-level
     original_max_position_embeddings is read into the scaling as transformers does."""
     hf, model = hf_model("llama", tmp_path, rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=5e4,
@@ -282,7 +278,7 @@ WINDOWS = {
 
 
 @pytest.mark.parametrize("arch, fields", list(WINDOWS.values()), ids=list(WINDOWS))
-def test_sliding_window_equals_transformers_past_the_window(arch, fields, tmp_path):
+def test_sliding_window_equals_transformers_past_the_window(arch, fields, tmp_path, hf_model, hf_logits):
     hf, model = hf_model(arch, tmp_path, **fields)
     assert model.config.sliding_window == 16
     ids = ids_of(50, batch=2)
@@ -300,7 +296,7 @@ def test_sliding_window_equals_transformers_past_the_window(arch, fields, tmp_pa
         torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), atol=1e-4, rtol=0, msg=type(cache).__name__)
 
 
-def test_rolling_cache_memory_is_flat_and_it_refuses_to_rewind(tmp_path):
+def test_rolling_cache_memory_is_flat_and_it_refuses_to_rewind(tmp_path, hf_model):
     _, model = hf_model("mistral", tmp_path, sliding_window=16)
     small, large = (RollingKVCache(model.config, 1, n, torch.float32) for n in (32, 128))
     assert small.nbytes() == large.nbytes() == KVCache(model.config, 1, 16, torch.float32).nbytes()
@@ -310,7 +306,7 @@ def test_rolling_cache_memory_is_flat_and_it_refuses_to_rewind(tmp_path):
             model(ids_of(1), input_pos=torch.tensor([5]), cache=small)
 
 
-def test_window_at_least_the_context_is_full_attention(tmp_path):
+def test_window_at_least_the_context_is_full_attention(tmp_path, hf_model):
     _, model = hf_model("mistral", tmp_path, sliding_window=128)
     assert model.config.sliding_window == 0
     _, model = hf_model("llama", tmp_path, sliding_window=8)  # transformers' Llama has no window: ignored there too
@@ -318,7 +314,7 @@ def test_window_at_least_the_context_is_full_attention(tmp_path):
 
 
 @pytest.mark.parametrize("arch, fields", [WINDOWS["mistral"], WINDOWS["qwen2-upper-layer"]])
-def test_windowed_models_save_as_transformers_reads_them(arch, fields, tmp_path):
+def test_windowed_models_save_as_transformers_reads_them(arch, fields, tmp_path, hf_model, hf_logits):
     hf, model = hf_model(arch, tmp_path / "in", **fields)
     modernlm.save_model(model, tmp_path / "out")
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
@@ -326,7 +322,7 @@ def test_windowed_models_save_as_transformers_reads_them(arch, fields, tmp_path)
     torch.testing.assert_close(hf_logits(again, ids), hf_logits(hf, ids), atol=1e-5, rtol=0)
 
 
-def test_generation_with_a_window_equals_the_naive_reference(tmp_path):
+def test_generation_with_a_window_equals_the_naive_reference(tmp_path, hf_model):
     """generate() keeps a rolling cache for a windowed model; its tokens equal the full recompute's, past the window."""
     from modernlm.generation import generate_naive
 
@@ -362,7 +358,7 @@ def test_dynamic_ntk_rows_at_their_own_lengths_equal_each_row_alone():
     ],
     ids=["dynamic", "ntk", "ntk_by_parts"],
 )
-def test_scalings_transformers_has_no_name_for_save_as_their_equivalents(scaling, tmp_path):
+def test_scalings_transformers_has_no_name_for_save_as_their_equivalents(scaling, tmp_path, hf_logits):
     """ntk saves as a raised rope_theta, ntk_by_parts as yarn at temperature 1, dynamic with the original length as
     max_position_embeddings (what transformers' dynamic scales from): transformers reads the same logits."""
     torch.manual_seed(0)

@@ -24,9 +24,8 @@ IDS = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory, hf_reference):
     """A random-initialised transformers Llama (GQA), saved: the base model for both implementations."""
-    torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=320,
         hidden_size=64,
@@ -36,9 +35,7 @@ def hf_dir(tmp_path_factory):
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    path = tmp_path_factory.mktemp("base")
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return hf_reference(transformers.LlamaForCausalLM, config, tmp_path_factory.mktemp("base"))[1]
 
 
 def randomize_adapters(model, seed=1):

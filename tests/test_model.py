@@ -7,20 +7,15 @@ import math
 import pytest
 import torch
 
-from modernlm import ModelConfig, Transformer, preset
+from modernlm import ModelConfig, preset
 from modernlm.config import ConfigError
 from modernlm.layers.kv_cache import KVCache
 from modernlm.layers.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 
-def tiny(**overrides) -> Transformer:
-    torch.manual_seed(0)
-    return Transformer(preset("llama-tiny", **overrides)).eval()
-
-
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])  # MHA, GQA, MQA
-def test_cached_decoding_equals_full_recompute(kv_heads):
-    model = tiny(n_kv_heads=kv_heads)
+def test_cached_decoding_equals_full_recompute(kv_heads, tiny_decoder):
+    model = tiny_decoder(n_kv_heads=kv_heads)
     ids = torch.randint(0, 512, (2, 24))
     with torch.no_grad():
         full = model(ids)  # (B, T, V)
@@ -31,8 +26,8 @@ def test_cached_decoding_equals_full_recompute(kv_heads):
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 10:], atol=1e-5, rtol=0)
 
 
-def test_last_only_and_chunked_prefill():
-    model = tiny()
+def test_last_only_and_chunked_prefill(tiny_decoder):
+    model = tiny_decoder()
     ids = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         full = model(ids)
@@ -43,8 +38,8 @@ def test_last_only_and_chunked_prefill():
     torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
 
 
-def test_causal_future_tokens_do_not_change_past_logits():
-    model = tiny()
+def test_causal_future_tokens_do_not_change_past_logits(tiny_decoder):
+    model = tiny_decoder()
     a = torch.randint(0, 512, (1, 16))
     b = a.clone()
     b[0, 9:] = torch.randint(0, 512, (7,))
@@ -54,23 +49,23 @@ def test_causal_future_tokens_do_not_change_past_logits():
     assert (la[:, 9:] - lb[:, 9:]).abs().max() > 1e-3
 
 
-def test_bidirectional_model_sees_the_whole_sequence():
+def test_bidirectional_model_sees_the_whole_sequence(tiny_decoder):
     """causal=False: without positions, attention over every token is permutation-equivariant (a causal mask breaks
     that); a padded row equals its sequence alone; a cached prefill equals the plain forward; Llama and GPT-2 exports
     refuse it."""
-    model = tiny(causal=False, positions="none")
+    model = tiny_decoder(causal=False, positions="none")
     ids = torch.randint(0, 512, (1, 12))
     perm = torch.randperm(12)
     with torch.no_grad():
         out = model(ids)
         torch.testing.assert_close(model(ids[:, perm]), out[:, perm], atol=1e-5, rtol=0)
-        causal = tiny(positions="none")
+        causal = tiny_decoder(positions="none")
         assert (causal(ids[:, perm]) - causal(ids)[:, perm]).abs().max() > 1e-3
         changed = ids.clone()
         changed[0, -1] = (ids[0, -1] + 1) % 512
         assert (model(changed)[:, 0] - out[:, 0]).abs().max() > 1e-4  # the first token sees the last
     for positions in ("rope", "alibi"):
-        model = tiny(causal=False, positions=positions)
+        model = tiny_decoder(causal=False, positions=positions)
         with torch.no_grad():
             alone = model(ids[:, :9])
             padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:, :9]], dim=1)  # left padding
@@ -140,8 +135,8 @@ def test_rope_backward_is_the_derivative():
     torch.testing.assert_close(torch.autograd.grad(ours, xt, grad)[0], expected, atol=1e-12, rtol=0)
 
 
-def test_gqa_shares_kv_heads():
-    model = tiny(n_kv_heads=1)
+def test_gqa_shares_kv_heads(tiny_decoder):
+    model = tiny_decoder(n_kv_heads=1)
     attn = model.blocks[0].attn
     assert attn.k_proj.weight.shape == (16, 64) and attn.q_proj.weight.shape == (64, 64)
 
@@ -191,8 +186,8 @@ def test_registries_match_config_names():
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------
-def test_bad_inputs_raise_clear_errors():
-    model = tiny()
+def test_bad_inputs_raise_clear_errors(tiny_decoder):
+    model = tiny_decoder()
     with pytest.raises(ValueError, match="token id 512 is out of range for a vocabulary of 512"):
         model(torch.tensor([[1, 512]]))
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len 256"):
@@ -206,11 +201,11 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 4, dtype=torch.long), input_pos=torch.arange(6, 10), cache=cache)
 
 
-def test_native_directory_round_trip(tmp_path):
+def test_native_directory_round_trip(tmp_path, tiny_decoder):
     import modernlm
     from modernlm.checkpoints.native import save_native
 
-    model = tiny(norm="layernorm", ffn="gelu", tie_embeddings=True)  # not expressible as a Llama checkpoint
+    model = tiny_decoder(norm="layernorm", ffn="gelu", tie_embeddings=True)  # not expressible as a Llama checkpoint
     save_native(model, tmp_path)
     ids = torch.randint(0, 512, (1, 10))
     with torch.no_grad():

@@ -28,13 +28,8 @@ MODERNBERT = dict(
 )
 
 
-def hf_modernbert(cls, tmp_path, **fields):
-    torch.manual_seed(0)
-    config = transformers.ModernBertConfig(**{**MODERNBERT, **fields})
-    config._attn_implementation = "sdpa"
-    model = cls(config).eval()
-    model.save_pretrained(tmp_path)
-    return model
+def modernbert_config(**fields) -> transformers.ModernBertConfig:
+    return transformers.ModernBertConfig(**{**MODERNBERT, **fields})
 
 
 def batch():
@@ -45,8 +40,8 @@ def batch():
 
 
 @pytest.mark.parametrize("cls", [transformers.ModernBertForMaskedLM, transformers.ModernBertModel])
-def test_modernbert_equals_transformers(tmp_path, cls):
-    ref = hf_modernbert(cls, tmp_path)
+def test_modernbert_equals_transformers(tmp_path, cls, hf_reference):
+    ref, _ = hf_reference(cls, modernbert_config(), tmp_path, attn="sdpa")
     ours = modernlm.load_model(tmp_path)
     assert isinstance(ours, Encoder) and ours.config.positions == "rope" and ours.config.global_every == 3
     assert [ours.is_local(i) for i in range(4)] == [False, True, True, False]
@@ -59,8 +54,8 @@ def test_modernbert_equals_transformers(tmp_path, cls):
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=0)
 
 
-def test_save_model_loads_in_transformers(tmp_path):
-    hf_modernbert(transformers.ModernBertForMaskedLM, tmp_path / "in")
+def test_save_model_loads_in_transformers(tmp_path, hf_reference):
+    hf_reference(transformers.ModernBertForMaskedLM, modernbert_config(), tmp_path / "in", attn="sdpa")
     ours = modernlm.load_model(tmp_path / "in")
     modernlm.save_model(ours, tmp_path / "out")
     again = transformers.ModernBertForMaskedLM.from_pretrained(tmp_path / "out", attn_implementation="sdpa").eval()

@@ -24,12 +24,6 @@ from modernlm.quant import QuantLinear, dequantize_model, is_quantized, plain, q
 IDS = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-def tiny(kind="int4"):
-    torch.manual_seed(0)
-    cfg = modernlm.preset("llama-tiny", d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08)
-    return quantize(modernlm.Transformer(cfg).eval(), kind)
-
-
 def train(model, steps=12):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -44,8 +38,8 @@ def train(model, steps=12):
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_adapters_learn_over_frozen_codes(kind):
-    model = tiny(kind)
+def test_adapters_learn_over_frozen_codes(kind, tiny_decoder):
+    model = quantize(tiny_decoder("wide"), kind)
     with torch.no_grad():
         base = model(IDS)
     apply_lora(model, LoraConfig(r=4, targets=("q_proj", "v_proj", "down_proj")))
@@ -62,11 +56,11 @@ def test_adapters_learn_over_frozen_codes(kind):
         assert torch.equal(v, codes[k])  # the base never moved
 
 
-def test_adapters_round_trip_and_merge(tmp_path):
-    model = apply_lora(tiny(), LoraConfig(r=4, targets=("q_proj", "v_proj")))
+def test_adapters_round_trip_and_merge(tmp_path, tiny_decoder):
+    model = apply_lora(quantize(tiny_decoder("wide"), "int4"), LoraConfig(r=4, targets=("q_proj", "v_proj")))
     train(model, steps=3)
     save_adapter(model, tmp_path)
-    fresh = load_adapter(tiny(), tmp_path)
+    fresh = load_adapter(quantize(tiny_decoder("wide"), "int4"), tmp_path)
     with torch.no_grad():
         want = model(IDS)
         torch.testing.assert_close(fresh(IDS), want, rtol=0, atol=1e-5)

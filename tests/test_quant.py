@@ -39,14 +39,6 @@ def torch_kernels(monkeypatch):
 CASES = [("int8", None), ("int8", 32), ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)]
 
 
-def tiny(tie=True, dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    cfg = modernlm.preset(
-        "llama-tiny", tie_embeddings=tie, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08
-    )
-    return modernlm.Transformer(cfg).eval().to(dtype)
-
-
 def reference(x: torch.Tensor, w) -> torch.Tensor:
     """float64 x @ dequantize(W).T: the independent arithmetic the kernels are held to."""
     return x.double() @ w.dequantize().double().T
@@ -165,8 +157,8 @@ def test_gradient_reaches_the_input_not_the_codes():
 
 # ---- whole models -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,group", [("int8", None), ("int4", 32), ("int4", 64)])
-def test_quantized_model_equals_its_dequantized_twin(kind, group):
-    model = quantize(tiny(), kind, group_size=group)
+def test_quantized_model_equals_its_dequantized_twin(kind, group, tiny_decoder):
+    model = quantize(tiny_decoder("wide", tie_embeddings=True), kind, group_size=group)
     assert isinstance(model.embed, QuantEmbedding) and isinstance(model.blocks[0].attn.q_proj, QuantLinear)
     label = kind + ("" if group is None else f" g{group}")
     assert summary(model) == ({"int8": 15} if label == "int8" else {label: 14, "int8": 1})  # 2 x 7 linears, the head
@@ -181,8 +173,8 @@ def test_quantized_model_equals_its_dequantized_twin(kind, group):
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_quantized_logits_stay_near_float(kind):
-    model = tiny()
+def test_quantized_logits_stay_near_float(kind, tiny_decoder):
+    model = tiny_decoder("wide", tie_embeddings=True)
     ids = torch.randint(0, 512, (1, 12), generator=G)
     with torch.no_grad():
         want = model(ids)
@@ -193,8 +185,8 @@ def test_quantized_logits_stay_near_float(kind):
     assert err < (0.05 if kind == "int8" else 0.35)
 
 
-def test_untied_head_and_generation():
-    model = quantize(tiny(tie=False), "int4")
+def test_untied_head_and_generation(tiny_decoder):
+    model = quantize(tiny_decoder("wide", tie_embeddings=False), "int4")
     assert isinstance(model.lm_head, QuantLinear) and model.lm_head.qweight.kind == "int8"
     assert isinstance(model.embed, torch.nn.Embedding)
     out = generate(model, [1, 2, 3], 5)
@@ -202,22 +194,22 @@ def test_untied_head_and_generation():
         assert generate(model, [1, 2, 3], 5) == out
 
 
-def test_bf16_model_quantizes():
-    model = quantize(tiny(dtype=torch.bfloat16), "int8")
+def test_bf16_model_quantizes(tiny_decoder):
+    model = quantize(tiny_decoder("wide", tie_embeddings=True).to(torch.bfloat16), "int8")
     logits = model(torch.tensor([[1, 2, 3]]))
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
 
-def test_load_model_quantize(tmp_path):
-    modernlm.save_model(tiny(), tmp_path)
+def test_load_model_quantize(tmp_path, tiny_decoder):
+    modernlm.save_model(tiny_decoder("wide", tie_embeddings=True), tmp_path)
     model = modernlm.load_model(tmp_path, quantize="int4")
     assert model.quantization == {"kind": "int4", "group_size": 32, "head": "int8"}
     with pytest.raises(QuantError, match="unknown quantization 'int3'"):
         modernlm.load_model(tmp_path, quantize="int3")
 
 
-def test_bad_input_is_refused_before_any_change():
-    model = tiny()
+def test_bad_input_is_refused_before_any_change(tiny_decoder):
+    model = tiny_decoder("wide", tie_embeddings=True)
     with pytest.raises(QuantError, match="unknown quantization 'int2'.*int8, int4"):
         quantize(model, "int2")
     narrow = modernlm.Transformer(modernlm.preset("llama-tiny", d_model=96, n_heads=4, n_kv_heads=2))
@@ -230,14 +222,14 @@ def test_bad_input_is_refused_before_any_change():
     with pytest.raises(QuantError, match="already quantized"):
         quantize(model, "int4")
     with pytest.raises(QuantError, match="LoRA adapters"):
-        quantize(apply_lora(tiny(), LoraConfig(r=2)), "int8")
+        quantize(apply_lora(tiny_decoder("wide", tie_embeddings=True), LoraConfig(r=2)), "int8")
 
 
 # ---- the CLI ------------------------------------------------------------------------------------------------------
-def test_cli_info_and_generate_say_what_is_kept(tmp_path, capsys, caplog):
+def test_cli_info_and_generate_say_what_is_kept(tmp_path, capsys, caplog, tiny_decoder):
     from modernlm.cli.__main__ import main
 
-    modernlm.save_model(tiny(), tmp_path)
+    modernlm.save_model(tiny_decoder("wide", tie_embeddings=True), tmp_path)
     assert main(["info", str(tmp_path), "--quantize", "int4-g64"]) == 0
     assert "weights kept as:     int8 x1, int4 g64 x14; float32 norms" in capsys.readouterr().out
     with caplog.at_level(logging.INFO, logger="modernlm"):

@@ -21,11 +21,15 @@ KINDS = {
 }
 
 
-def hf_t5(tmp_path, **fields):
-    torch.manual_seed(0)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**{**T5, **fields})).eval()
-    model.save_pretrained(tmp_path)
-    return model
+@pytest.fixture(scope="module")
+def hf_t5(hf_reference):
+    """hf_t5(directory, **fields) -> a random T5ForConditionalGeneration of T5 + fields, saved in directory."""
+
+    def build(directory, **fields):
+        config = transformers.T5Config(**{**T5, **fields})
+        return hf_reference(transformers.T5ForConditionalGeneration, config, directory)[0]
+
+    return build
 
 
 def batch():
@@ -39,7 +43,7 @@ def batch():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_t5_logits_and_loss_equal_transformers(tmp_path, kind):
+def test_t5_logits_and_loss_equal_transformers(tmp_path, kind, hf_t5):
     ref = hf_t5(tmp_path, **KINDS[kind])
     ours = modernlm.load_model(tmp_path)
     assert isinstance(ours, Seq2Seq) and ours.config.family == "seq2seq"
@@ -55,7 +59,7 @@ def test_t5_logits_and_loss_equal_transformers(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_greedy_generation_equals_transformers_and_the_uncached_twin(tmp_path, kind):
+def test_greedy_generation_equals_transformers_and_the_uncached_twin(tmp_path, kind, hf_t5):
     from modernlm.generation.sampling import SamplingParams
     from modernlm.generation.seq2seq import generate_seq2seq
 
@@ -71,7 +75,7 @@ def test_greedy_generation_equals_transformers_and_the_uncached_twin(tmp_path, k
     assert plain == got
 
 
-def test_sampling_is_reproducible_and_lists_are_accepted(tmp_path):
+def test_sampling_is_reproducible_and_lists_are_accepted(tmp_path, hf_t5):
     hf_t5(tmp_path, **KINDS["t5-relu-tied-scaled"])
     model = modernlm.load_model(tmp_path)
     a = modernlm.generate(model, [[5, 6, 7], [8, 9]], 6, temperature=1.0, top_k=20, seed=3)
@@ -81,7 +85,7 @@ def test_sampling_is_reproducible_and_lists_are_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_save_model_loads_in_transformers(tmp_path, kind):
+def test_save_model_loads_in_transformers(tmp_path, kind, hf_t5):
     ref = hf_t5(tmp_path / "in", **KINDS[kind])
     ours = modernlm.load_model(tmp_path / "in")
     modernlm.save_model(ours, tmp_path / "out")
@@ -97,7 +101,7 @@ def test_save_model_loads_in_transformers(tmp_path, kind):
         )
 
 
-def test_bad_input_is_refused(tmp_path):
+def test_bad_input_is_refused(tmp_path, hf_t5):
     hf_t5(tmp_path, **KINDS["t5-relu-tied-scaled"])
     model = modernlm.load_model(tmp_path)
     with pytest.raises(ValueError, match="needs a target"):

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import modernlm
-from modernlm.config import preset
 from modernlm.serving import Engine, QueueFull, Request
 from modernlm.training.bpe import train_bpe
 
@@ -24,23 +23,19 @@ def tokenizer():
     return train_bpe([TEXT], 300)
 
 
-def tiny_model(tokenizer, positions: str = "rope", max_seq_len: int = 96):
-    torch.manual_seed(0)
-    cfg = preset(
-        "llama-tiny",
-        vocab_size=tokenizer.vocab_size,
-        d_model=32,
-        n_heads=2,
-        n_kv_heads=1,
-        max_seq_len=max_seq_len,
-        positions=positions,
-    )
-    return modernlm.Transformer(cfg).eval()
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer, tiny_decoder):
+    """tiny_model(positions="rope", max_seq_len=96): the narrow tiny decoder over the tokenizer's vocabulary."""
+
+    def build(positions: str = "rope", max_seq_len: int = 96):
+        return tiny_decoder("narrow", vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, positions=positions)
+
+    return build
 
 
 @pytest.fixture(scope="module", params=["rope", "alibi"])
-def model(request, tokenizer):
-    return tiny_model(tokenizer, request.param)
+def model(request, tiny_model):
+    return tiny_model(request.param)
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -96,8 +91,8 @@ def test_nine_requests_batched_equal_each_alone(model, tokenizer):
         engine.stop()
 
 
-def test_eos_and_stop_strings(tokenizer):
-    model = tiny_model(tokenizer)
+def test_eos_and_stop_strings(tokenizer, tiny_model):
+    model = tiny_model()
     engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
     try:
         prompt = tokenizer.encode("the quick brown")
@@ -115,10 +110,10 @@ def test_eos_and_stop_strings(tokenizer):
 
 
 @pytest.mark.parametrize("positions", ["rope", "alibi"])
-def test_prefix_cache_hits_equal_misses(tokenizer, positions):
+def test_prefix_cache_hits_equal_misses(tokenizer, positions, tiny_model):
     """Requests sharing a 40-token system prompt: the second onwards reuse its blocks and still give the tokens of
     an engine with no prefix cache, for RoPE and ALiBi alike."""
-    model = tiny_model(tokenizer, positions)
+    model = tiny_model(positions)
     system = prompts(1, seed=7)[0] * 3
     system = (system + list(range(5, 45)))[:40]
     asks = [system + p[:8] for p in prompts(6, seed=8)]
@@ -139,8 +134,8 @@ def test_prefix_cache_hits_equal_misses(tokenizer, positions):
         cached.stop()
 
 
-def test_prefix_cache_is_bounded(tokenizer):
-    model = tiny_model(tokenizer)
+def test_prefix_cache_is_bounded(tokenizer, tiny_model):
+    model = tiny_model()
     engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=4, block=4).start()
     try:
         for p in prompts(6, seed=9):
@@ -150,8 +145,8 @@ def test_prefix_cache_is_bounded(tokenizer):
         engine.stop()
 
 
-def test_cancel_time_limit_and_queue(tokenizer):
-    model = tiny_model(tokenizer, max_seq_len=512)
+def test_cancel_time_limit_and_queue(tokenizer, tiny_model):
+    model = tiny_model(max_seq_len=512)
     engine = Engine(model, tokenizer, max_batch=1, max_queue=2, prefix_blocks=0)  # not started: requests wait
     long = Request([1, 2, 3], 400)
     first = engine.submit(long)
@@ -173,8 +168,8 @@ def test_cancel_time_limit_and_queue(tokenizer):
         engine.stop()
 
 
-def test_context_limit_ends_with_length(tokenizer):
-    model = tiny_model(tokenizer, max_seq_len=48)
+def test_context_limit_ends_with_length(tokenizer, tiny_model):
+    model = tiny_model(max_seq_len=48)
     engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
     try:
         prompt = prompts(1, seed=3)[0][:40]
@@ -188,12 +183,12 @@ def test_context_limit_ends_with_length(tokenizer):
 
 
 @pytest.mark.parametrize("positions", ["rope", "alibi", "learned", "sinusoidal", "none"])
-def test_per_row_positions_equal_each_row_alone(tokenizer, positions):
+def test_per_row_positions_equal_each_row_alone(tokenizer, positions, tiny_model):
     """The model's forward with `input_pos` (B, T): rows at different lengths, one decode step for all of them,
     give each row's logits of a full recompute."""
     from modernlm.layers.kv_cache import KVCache
 
-    model = tiny_model(tokenizer, positions)
+    model = tiny_model(positions)
     rows = [[5, 6, 7, 8, 9], [10, 11, 12], [3, 4, 5, 6, 7, 8, 9, 10]]
     cache = KVCache.for_model(model, len(rows), 64)
     with torch.no_grad():
@@ -225,10 +220,10 @@ def test_smollm2_batched_equals_generate():
         engine.stop()
 
 
-def test_text_held_for_a_stop_string_is_released_at_the_end(tokenizer):
+def test_text_held_for_a_stop_string_is_released_at_the_end(tokenizer, tiny_model):
     """A stop string that never completes: the text held back while it might (its first characters at the end of the
     text) comes out when the sequence ends, at EOS or at max_tokens."""
-    model = tiny_model(tokenizer)
+    model = tiny_model()
     engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=0).start()
     try:
         prompt = tokenizer.encode("the lazy")
@@ -246,10 +241,10 @@ def test_text_held_for_a_stop_string_is_released_at_the_end(tokenizer):
 
 
 @pytest.mark.parametrize("positions", ["rope", "alibi"])
-def test_prefix_cache_and_batching_together(tokenizer, positions):
+def test_prefix_cache_and_batching_together(tokenizer, positions, tiny_model):
     """Requests sharing a prefix, submitted at once into fewer rows than requests, with the prefix cache on: blocks
     stored by one request are loaded by the next while others decode; every one equals generate alone."""
-    model = tiny_model(tokenizer, positions)
+    model = tiny_model(positions)
     system = [(7 * i) % 250 + 3 for i in range(33)]
     asks = [system + p[:6] for p in prompts(7, seed=11)]
     engine = Engine(model, tokenizer, max_batch=3, prefix_blocks=32, block=8, prefill_chunk=5).start()
@@ -303,10 +298,10 @@ def test_request_bodies_fuzzed_give_only_api_errors():
     check()
 
 
-def test_a_request_stopped_mid_prefill_leaves_only_written_blocks(tokenizer):
+def test_a_request_stopped_mid_prefill_leaves_only_written_blocks(tokenizer, tiny_model):
     """A request whose time runs out between prefill chunks keeps the blocks it did write, and only those: the next
     request with that prompt reuses them and still gets generate's tokens."""
-    model = tiny_model(tokenizer)
+    model = tiny_model()
     engine = Engine(model, tokenizer, max_batch=2, prefix_blocks=32, block=8, prefill_chunk=8).start()
     try:
         prompt = [(5 * i) % 250 + 3 for i in range(40)]

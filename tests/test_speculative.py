@@ -14,14 +14,6 @@ from modernlm.generation import generate
 from modernlm.generation.speculative import SpecStats, speculative_generate, verify
 
 
-def tiny(seed=0, vocab=512, **fields):
-    torch.manual_seed(seed)
-    cfg = modernlm.preset(
-        "llama-tiny", vocab_size=vocab, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, init_std=0.08, **fields
-    )
-    return modernlm.Transformer(cfg).eval()
-
-
 def chi2_critical(df: int, z: float = 3.09) -> float:
     """The chi-square quantile at normal quantile z (3.09: p = 0.999), by Wilson and Hilferty's approximation."""
     a = 2 / (9 * df)
@@ -33,21 +25,20 @@ REPEATS = [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3]  # a prompt whose n-g
 
 @pytest.mark.parametrize("draft", ["ngram", "int4", "model"])
 @pytest.mark.parametrize("k", [1, 4])
-def test_greedy_equals_plain_greedy(draft, k):
-    model = tiny()
+def test_greedy_equals_plain_greedy(draft, k, tiny_decoder):
+    model = tiny_decoder("wide")
     want = generate(model, REPEATS, 24)[0]
     stats = SpecStats()
-    got = speculative_generate(
-        model, REPEATS, 24, draft=tiny(seed=1) if draft == "model" else draft, num_draft_tokens=k, stats=stats
-    )
+    drafter = tiny_decoder("wide", seed=1) if draft == "model" else draft
+    got = speculative_generate(model, REPEATS, 24, draft=drafter, num_draft_tokens=k, stats=stats)
     assert got == want
     assert stats.rounds < 24 or draft == "model"  # rounds with more than one token happened
     if draft == "int4":
         assert stats.acceptance > 0.3  # random weights round badly to int4 (see test_quant); real ones better
 
 
-def test_eos_and_context_limit():
-    model = tiny(max_seq_len=40)
+def test_eos_and_context_limit(tiny_decoder):
+    model = tiny_decoder("wide", max_seq_len=40)
     plain = generate(model, REPEATS, 64)[0]
     assert speculative_generate(model, REPEATS, 64, draft="ngram") == plain  # runs up to the context, not past it
     eos = plain[5]
@@ -80,10 +71,10 @@ def test_the_rule_keeps_the_target_distribution():
 
 
 @pytest.mark.slow
-def test_sampled_output_has_the_target_distribution():
+def test_sampled_output_has_the_target_distribution(tiny_decoder):
     """End to end on a model with 8 tokens: the first two sampled tokens, speculative (int4 draft, k = 3) against the
     target's exact joint probabilities."""
-    model = tiny(vocab=8, seed=3)
+    model = tiny_decoder("wide", seed=3, vocab_size=8)
     prompt, N = [1, 2, 3], 1500
     with torch.no_grad():
         p0 = model(torch.tensor([prompt]))[0, -1].softmax(-1)  # (V,)
@@ -100,10 +91,10 @@ def test_sampled_output_has_the_target_distribution():
     assert chi2 < chi2_critical(int(keep.sum()) + (rest_e > 0) - 1)
 
 
-def test_bad_drafts_are_refused():
-    model = tiny()
+def test_bad_drafts_are_refused(tiny_decoder):
+    model = tiny_decoder("wide")
     with pytest.raises(ValueError, match="vocabulary of 300 tokens and the target 512"):
-        speculative_generate(model, [1, 2], 4, draft=tiny(vocab=300))
+        speculative_generate(model, [1, 2], 4, draft=tiny_decoder("wide", vocab_size=300))
     with pytest.raises(ValueError, match="unknown draft 'big'"):
         speculative_generate(model, [1, 2], 4, draft="big")
     with pytest.raises(ValueError, match="num_draft_tokens must be an integer >= 1"):
@@ -111,7 +102,7 @@ def test_bad_drafts_are_refused():
     from modernlm.quant import quantize
 
     with pytest.raises(ValueError, match="quantized already"):
-        speculative_generate(quantize(tiny(), "int8"), [1, 2], 4, draft="int4")
+        speculative_generate(quantize(tiny_decoder("wide"), "int8"), [1, 2], 4, draft="int4")
 
 
 @pytest.mark.slow
@@ -134,14 +125,14 @@ def test_cli_speculative(capsys):
     assert main(["generate", "-p", "x", "--speculative", "ngram", "--num-beams", "2"]) == 2
 
 
-def test_compiled_target_gets_a_compiled_draft(monkeypatch):
+def test_compiled_target_gets_a_compiled_draft(monkeypatch, tiny_decoder):
     """The int4 draft of a target whose decode step is compiled is compiled too (here with a stand-in compiler that
     records its calls and runs eagerly); the output stays plain greedy's."""
     from modernlm.generation.compiled import compile_decode, decode_step
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
-    model = tiny()
+    model = tiny_decoder("wide")
     want = generate(model, REPEATS, 12)[0]
     compile_decode(model)
     assert speculative_generate(model, REPEATS, 12, draft="int4") == want

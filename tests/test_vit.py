@@ -23,16 +23,13 @@ VIT = dict(
 )
 
 
-def hf_vit(tmp_path, **fields):
-    torch.manual_seed(0)
-    model = transformers.ViTForImageClassification(transformers.ViTConfig(**{**VIT, **fields})).eval()
-    model.save_pretrained(tmp_path)
-    return model
+def vit_config(**fields) -> transformers.ViTConfig:
+    return transformers.ViTConfig(**{**VIT, **fields})
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-def test_vit_logits_equal_transformers(tmp_path, channels):
-    ref = hf_vit(tmp_path, num_channels=channels)
+def test_vit_logits_equal_transformers(tmp_path, channels, hf_reference):
+    ref, _ = hf_reference(transformers.ViTForImageClassification, vit_config(num_channels=channels), tmp_path)
     ours = modernlm.load_model(tmp_path)
     assert isinstance(ours, ViT) and ours.config.family == "vit" and ours.config.n_patches == 9
     images = torch.randn(3, channels, 12, 12, generator=torch.Generator().manual_seed(1))
@@ -59,8 +56,8 @@ def test_save_model_loads_in_transformers(tmp_path):
         torch.testing.assert_close(modernlm.load_model(tmp_path)(images), model(images), atol=0, rtol=0)
 
 
-def test_wrong_images_and_patch_sizes_are_refused(tmp_path):
-    hf_vit(tmp_path)
+def test_wrong_images_and_patch_sizes_are_refused(tmp_path, hf_reference):
+    hf_reference(transformers.ViTForImageClassification, vit_config(), tmp_path)
     model = modernlm.load_model(tmp_path)
     with pytest.raises(ImageShapeError, match="10x10 pixels .* resize the images to 12x12"):
         model(torch.randn(1, 3, 10, 10))
