@@ -67,11 +67,6 @@ def make_hf(name: str, seed: int = 0, **fields):
     return model
 
 
-def hf_logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
-
-
 def ids_of(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (batch, n), generator=torch.Generator().manual_seed(seed))
 
@@ -83,7 +78,7 @@ def pair(request, tmp_path):
     return request.param, hf, modernlm.load_model(tmp_path / "hf"), tmp_path
 
 
-def test_logits_equal_transformers_uncached_and_cached(pair):
+def test_logits_equal_transformers_uncached_and_cached(pair, hf_logits):
     name, hf, model, _ = pair
     ids = ids_of(40, batch=2)  # five windows long
     with torch.no_grad():
@@ -121,7 +116,7 @@ def test_config_carries_the_member(pair):
     assert parameter_counts(cfg)["total"] == measured
 
 
-def test_save_model_loads_in_transformers_with_the_same_logits(pair):
+def test_save_model_loads_in_transformers_with_the_same_logits(pair, hf_logits):
     name, hf, model, tmp_path = pair
     modernlm.save_model(model, tmp_path / "out")
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
@@ -262,7 +257,7 @@ def gguf_metadata(arch: str, config) -> dict:
 
 
 @pytest.mark.parametrize("arch", sorted(GGUF_CONFIGS))
-def test_gguf_files_load_with_transformers_logits(arch, tmp_path, write_gguf):
+def test_gguf_files_load_with_transformers_logits(arch, tmp_path, write_gguf, hf_logits):
     config_class, fields = GGUF_CONFIGS[arch]
     CONFIGS[f"gguf-{arch}"] = (config_class, fields)
     try:
