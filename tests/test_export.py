@@ -103,7 +103,7 @@ def test_llama_cpp_runs_the_export_and_agrees_until_a_near_tie(smollm2_gguf, tmp
         theirs.append(int(token))
         if len(theirs) == 32:
             break
-    mine = generate(ours, prompt, 32)[0]
+    mine = generate(ours, prompt, 32, temperature=0.0)[0]
     first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), None)
     if first is not None:
         with torch.no_grad():
@@ -151,7 +151,7 @@ def test_a_model_we_trained_exports_and_runs_in_llama_cpp(tmp_path, monkeypatch)
     tricky = "x = a+b; it's 12345 -- ok!!  Hello\n\n  world's   $100^2 <tag>|pipe ~tilde"
     assert llm.tokenize(tricky.encode(), add_bos=False, special=True) == tokenizer.encode(tricky)
     prompt = tokenizer.encode("Errors should never pass silently. Beautiful is")
-    theirs, mine = _greedy_llama_cpp(llm, prompt, 24), modernlm.generate(ours, prompt, 24)[0]
+    theirs, mine = _greedy_llama_cpp(llm, prompt, 24), modernlm.generate(ours, prompt, 24, temperature=0.0)[0]
     first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b), None)
     if first is not None:
         with torch.no_grad():

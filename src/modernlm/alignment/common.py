@@ -160,7 +160,7 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: Ali
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     eos = tokenizer.eos_token_id
-    replies = generate(policy, ids, cfg.max_new_tokens, eos_token_id=eos)
+    replies = generate(policy, ids, cfg.max_new_tokens, temperature=0.0, eos_token_id=eos)
     texts = reply_texts(tokenizer, replies)
     replies = [r or [eos] for r in replies]
     packed = [pack(ids[i : i + 8], replies[i : i + 8], _pad_id(tokenizer)) for i in range(0, len(ids), 8)]

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--system", default=None, help="system message (default: the template's own)")
     add_model_args(p, compile=True)
-    add_sampling_args(p, temperature=0.7, top_p=0.9)
+    add_sampling_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no tokens/s line after each reply")
     p.set_defaults(func=run)
 
@@ -63,7 +63,7 @@ def run(args) -> int:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{args.model} has no chat template; use `modernlm generate` for plain continuation")
     session = Session(model, tokenizer=tokenizer)
-    options = sampling_options(args, tokenizer)
+    options = sampling_options(args, tokenizer, model)
     system = from_user(args.system, "--system") if args.system else None
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)

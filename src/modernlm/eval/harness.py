@@ -230,7 +230,7 @@ class ModernLM(TemplateLM):
                 f"max_gen_toks, do_sample and {', '.join(SAMPLING_KEYS)}"
             )
         if not do_sample:
-            kwargs = {k: v for k, v in kwargs.items() if k == "seed"}  # greedy: the filters do not matter
+            kwargs = {"temperature": 0.0, **{k: v for k, v in kwargs.items() if k == "seed"}}  # greedy: no filters
         elif not kwargs.get("temperature"):
             kwargs["temperature"] = 1.0  # transformers' default when sampling
         room = self.max_length - max_gen_toks

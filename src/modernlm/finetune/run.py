@@ -201,7 +201,7 @@ def _answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     model.eval()
     ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)) for c in conversations]
     eos = tokenizer.eos_token_id
-    new = generate(model, ids, max_new_tokens, eos_token_id=eos)
+    new = generate(model, ids, max_new_tokens, temperature=0.0, eos_token_id=eos)
     return [tokenizer.decode(row[:-1] if row and row[-1] == eos else row).strip() for row in new]
 
 

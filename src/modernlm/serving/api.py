@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..checkpoints.generation_config import GREEDY, as_dict
 from ..generation.inputs import encode_prompt
 from . import params as P
 from .engine import Engine, Event, QueueFull
@@ -117,9 +118,12 @@ class _Server:
         self.max_body, self.max_tokens = max_body, max_tokens
         self.tokenizer = engine.tokenizer
         self.created = int(time.time())
+        self.defaults = getattr(engine.model, "generation_config", None) or GREEDY  # a field not sent takes these
 
     def model_card(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "modernlm"}
+        """OpenAI's model object, and the sampling defaults a request gets (the chat page shows them)."""
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "modernlm",
+                "generation_config": as_dict(self.defaults)}  # fmt: skip
 
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -158,7 +162,7 @@ class _Server:
     async def complete(self, request: Request, chat: bool):
         body = P.check_fields(await self.body(request), P.CHAT_FIELDS if chat else P.COMPLETION_FIELDS)
         self.check_model(body.get("model"))
-        s = P.sampling(body, self.max_tokens, chat)
+        s = P.sampling(body, self.max_tokens, chat, self.defaults)
         prompts = [self.chat_prompt(body)] if chat else [self.completion_prompt(p) for p in P.prompts(body, 0)]
         requests = [self.engine_request(ids, s, chat) for ids in prompts for _ in range(s.n)]
         for i, r in enumerate(requests):
@@ -211,10 +215,10 @@ class _Server:
                         f"this model's context is {self.engine.context} tokens: the prompt has {len(ids)}, which "
                         f"leaves room for {room} new tokens, but max_tokens is {max_tokens}",
                         "context_length_exceeded")  # fmt: skip
-        eos = self.tokenizer.eos_token_id
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         r = EngineRequest(
             ids, max_tokens, s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty,
-            s.frequency_penalty, s.seed, list(s.stop), frozenset([eos] if eos is not None else []), s.logprobs,
+            s.frequency_penalty, s.seed, list(s.stop), frozenset(eos + self.defaults.eos_ids()), s.logprobs,
         )  # fmt: skip
         try:
             self.engine.check(r)
