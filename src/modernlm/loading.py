@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import gguf_cache
+from .checkpoints.base import load_bar
 from .checkpoints.generation_config import (
     FALLBACK,
     GREEDY,
@@ -164,11 +165,14 @@ def load(
 
 def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:
     config, state_dict = _read_checkpoint(path, converted)
-    check_finite(state_dict, path)
-    state_dict = {
-        k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()
-    }
-    return model_class(config).from_state_dict(config, state_dict)
+    bar = load_bar(sum(v.nbytes for v in state_dict.values()), f"loading {path.name}")  # a multi-GB file: a bar
+    moved = {}
+    for k, v in state_dict.items():
+        check_finite({k: v}, path)
+        moved[k] = v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device)
+        bar.update(v.nbytes)
+    bar.close()
+    return model_class(config).from_state_dict(config, moved)
 
 
 def _load_gguf_kept(path: Path, dtype: torch.dtype) -> torch.nn.Module:

@@ -200,7 +200,10 @@ class Trainer:
     def _maybe_eval(self, bar, result: TrainResult) -> None:
         every = self.cfg.eval_interval
         if (every and self.step % every == 0) or self.step == self.cfg.max_steps:
+            if self.val_batches and self.parallel.is_main and not bar.disable:  # the bar stands still meanwhile
+                bar.set_description_str(f"train (evaluating {len(self.val_batches)} held-out batches)")
             val = self.evaluate()
+            bar.set_description_str("train")
             if val is not None:
                 result.val_loss = val
                 self.metrics.write(dict(step=self.step, val_loss=val, val_ppl=math.exp(min(val, 50))))
