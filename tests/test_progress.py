@@ -43,7 +43,8 @@ def test_finetune_says_what_it_does_after_the_last_step(tmp_path, capsys):
     from test_finetune import example_conversations, finetune, tiny_config, write_jsonl
 
     conversations = example_conversations(24)
-    files = (write_jsonl(tmp_path / "t.jsonl", conversations[:16]), write_jsonl(tmp_path / "v.jsonl", conversations[16:]))
+    train = write_jsonl(tmp_path / "t.jsonl", conversations[:16])
+    files = (train, write_jsonl(tmp_path / "v.jsonl", conversations[16:]))
     with one_thread():
         finetune(tiny_config(tmp_path / "run", files, max_steps=2, progress=True))
     err = capsys.readouterr().err
