@@ -54,7 +54,8 @@ def _add_field(group, f: dataclasses.Field) -> None:
     flags = [flag, "--out"] if f.name == "out_dir" else [flag]
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
     shown = typed_default(flag, default)
-    kw = dict(dest=f.name, default=None, help=f"{HELP.get(f.name, '')}{f' (default: {shown})' if shown else ''}".lstrip())
+    text = HELP.get(f.name, "") + (f" (default: {shown})" if shown else "")
+    kw = dict(dest=f.name, default=None, help=text.lstrip())
     if f.name == "model_overrides":
         group.add_argument("--model-override", action="append", metavar="KEY=VALUE", **kw)
     elif isinstance(default, bool):
