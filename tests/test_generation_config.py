@@ -141,3 +141,10 @@ def test_info_shows_the_defaults(tiny, tmp_path, capsys):
     assert "generation_config.json" in out
     assert main(["info", str(model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["generation_config"]["top_k"] == 40
+
+
+def test_info_prints_float32_values_by_their_shortest_text():
+    from modernlm.cli.info import shown
+
+    assert shown(9.999999747378752e-06) == "1e-05"  # a GGUF's float32 norm_eps, as stored
+    assert shown(1e-6) == 1e-6 and shown(10000.0) == "10000.0" and shown(128) == 128

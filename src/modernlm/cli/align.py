@@ -89,6 +89,8 @@ def write_task_files(args: argparse.Namespace) -> int:
         raise ValueError(f"`align task` writes files only; it takes --out and --seed, not {', '.join(given) or 'that'}")
     paths = task.write_task(args.out or "runs/align-task", seed=args.seed or 0)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"note: one sft.jsonl reply in five is deliberately wrong (a model that sometimes errs, for alignment to "
+          f"fix); see {paths['readme']}")  # fmt: skip
     print(f"next: modernlm finetune --train {paths['sft']} --out runs/sft   (the SFT model the methods align)")
     return 0
 
