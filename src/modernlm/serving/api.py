@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..checkpoints.generation_config import GREEDY, as_dict
 from ..generation.inputs import encode_prompt
 from . import params as P
+from .embeddings import Embedder, no_embedder
 from .engine import Engine, Event, QueueFull
 from .engine import Request as EngineRequest
 from .params import APIError
@@ -40,12 +41,22 @@ def create_app(
     api_key: str | None = None,
     max_body: int = 1 << 20,
     max_tokens: int | None = None,
+    embedder: Embedder | None = None,
 ) -> FastAPI:
     """The app over a started engine. `api_key`: required as `Authorization: Bearer KEY` on /v1 and /metrics;
-    `max_body`: bytes a request body may have; `max_tokens`: the most a request may ask for (default: the context)."""
+    `max_body`: bytes a request body may have; `max_tokens`: the most a request may ask for (default: the context);
+    `embedder`: an encoder served at /v1/embeddings (embeddings.py) beside the engine's model."""
     app = FastAPI(title="modernlm", docs_url=None, redoc_url=None, openapi_url=None)
     server = _Server(engine, model_id, api_key, max_body, max_tokens or engine.context)
     _error_handlers(app)
+    app.add_middleware(_AccessLog)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        server.authorize(request)
+        if embedder is None:
+            raise no_embedder()
+        return JSONResponse(await asyncio.to_thread(embedder, await server.body(request)))
 
     @app.get("/health")
     async def health():
@@ -54,11 +65,13 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request):
         server.authorize(request)
-        return {"object": "list", "data": [server.model_card()]}
+        return {"object": "list", "data": [server.model_card()] + ([embedder.card()] if embedder else [])}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: Request):
         server.authorize(request)
+        if embedder is not None and name == embedder.model_id:
+            return embedder.card()
         server.check_model(name)
         return server.model_card()
 
@@ -91,6 +104,32 @@ def create_app(
         return FileResponse(files[name])
 
     return app
+
+
+class _AccessLog:
+    """One line per request on the `modernlm.access` logger (INFO) when its response ends: client, method, path,
+    status, seconds (a stream's whole length), as a web server's access log has it. Plain ASGI: the request's
+    receive channel is left alone, so a client that goes away is still seen."""
+
+    def __init__(self, app) -> None:
+        self.app, self.log = app, logging.getLogger("modernlm.access")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-",)
+            self.log.info('%s "%s %s" %d %.3fs', client[0], scope["method"], scope["path"], status[0],
+                          time.perf_counter() - t0)  # fmt: skip
 
 
 def _error_handlers(app: FastAPI) -> None:
