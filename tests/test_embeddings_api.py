@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 
 import pytest
 import torch
@@ -87,7 +88,10 @@ def test_every_request_leaves_an_access_log_line(served, caplog):
         httpx.get(served[0].url + "/health")
         httpx.post(served[0].url + "/v1/embeddings", json={"input": []})
         httpx.get(served[0].url + "/no/such/route")
-    lines = [r.getMessage() for r in caplog.records if r.name == "modernlm.access"]
+        deadline = time.monotonic() + 10  # a line is written when the response has ended: after the client has it
+        while len(lines := [r.getMessage() for r in caplog.records if r.name == "modernlm.access"]) < 3:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.01)
     assert len(lines) == 3
     assert lines[0].startswith('127.0.0.1 "GET /health" 200 ') and lines[0].endswith("s")
     assert '"POST /v1/embeddings" 400' in lines[1] and '"GET /no/such/route" 404' in lines[2]

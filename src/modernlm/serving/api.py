@@ -51,29 +51,11 @@ def create_app(
     _error_handlers(app)
     app.add_middleware(_AccessLog)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
-        server.authorize(request)
-        if embedder is None:
-            raise no_embedder()
-        return JSONResponse(await asyncio.to_thread(embedder, await server.body(request)))
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "active": engine.active, "queued": len(engine.waiting)}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        server.authorize(request)
-        return {"object": "list", "data": [server.model_card()] + ([embedder.card()] if embedder else [])}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request):
-        server.authorize(request)
-        if embedder is not None and name == embedder.model_id:
-            return embedder.card()
-        server.check_model(name)
-        return server.model_card()
+    _model_routes(app, server, embedder)
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -104,6 +86,30 @@ def create_app(
         return FileResponse(files[name])
 
     return app
+
+
+def _model_routes(app: FastAPI, server: _Server, embedder: Embedder | None) -> None:
+    """/v1/models (the chat model and the embedding model, if any) and /v1/embeddings."""
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.authorize(request)
+        return {"object": "list", "data": [server.model_card()] + ([embedder.card()] if embedder else [])}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request):
+        server.authorize(request)
+        if embedder is not None and name == embedder.model_id:
+            return embedder.card()
+        server.check_model(name)
+        return server.model_card()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        server.authorize(request)
+        if embedder is None:
+            raise no_embedder()
+        return JSONResponse(await asyncio.to_thread(embedder, await server.body(request)))
 
 
 class _AccessLog:
