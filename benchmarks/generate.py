@@ -61,24 +61,24 @@ def worker_modernlm(dtype: str, new_tokens: int) -> dict:
     load_s = time.perf_counter() - t
     prompt = _prompts(model.config.vocab_size, 1, PROMPT_LEN)[0]
     short = _prompts(model.config.vocab_size, BATCH, 16, seed=1)
-    generate(model, prompt, 1)  # warm-up
+    generate(model, prompt, 1, temperature=0.0)  # warm-up
     out = {
         "load_s": load_s,
-        "prefill_tok_s": PROMPT_LEN / _median_time(lambda: generate(model, prompt, 1), 3),
-        "decode1_tok_s": _decode_rate(lambda b, n: generate(model, short[:b], n), 1, new_tokens),
-        "decode8_tok_s": _decode_rate(lambda b, n: generate(model, short[:b], n), BATCH, new_tokens),
+        "prefill_tok_s": PROMPT_LEN / _median_time(lambda: generate(model, prompt, 1, temperature=0.0), 3),
+        "decode1_tok_s": _decode_rate(lambda b, n: generate(model, short[:b], n, temperature=0.0), 1, new_tokens),
+        "decode8_tok_s": _decode_rate(lambda b, n: generate(model, short[:b], n, temperature=0.0), BATCH, new_tokens),
     }
     # prefix reuse: turn 2 shares the first 480 tokens with turn 1 (a chat history), then 32 new prompt tokens
     turn1, turn2 = prompt[:480], prompt[:480] + _prompts(model.config.vocab_size, 1, 32, seed=2)[0]
     session = Session(model)
-    session.generate(turn1, 1)
+    session.generate(turn1, 1, temperature=0.0)
     t = time.perf_counter()
-    session.generate(turn2, 1)
+    session.generate(turn2, 1, temperature=0.0)
     out["turn2_reuse_s"] = time.perf_counter() - t
     out["turn2_reused_tokens"] = session.stats.reused_tokens
     session.reset()
     t = time.perf_counter()
-    session.generate(turn2, 1)
+    session.generate(turn2, 1, temperature=0.0)
     out["turn2_fresh_s"] = time.perf_counter() - t
     out["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     out["threads"] = torch.get_num_threads()

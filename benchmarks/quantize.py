@@ -107,25 +107,26 @@ def _decode_rate(model, prompts, batch: int, n: int) -> float:
     """New tokens per second after the first: batch x (n - 1) over T(n) - T(1) (prefill cancels), medians of 3."""
     from modernlm.generation import generate
 
-    run = lambda k: generate(model, prompts[:batch], k)  # noqa: E731
+    run = lambda k: generate(model, prompts[:batch], k, temperature=0.0)  # noqa: E731
     run(2)
     return batch * (n - 1) / max(_median_time(lambda: run(n), 3) - _median_time(lambda: run(1), 3), 1e-9)
 
 
 def worker_accuracy(name: str, s: dict) -> dict:
     import modernlm
-    from modernlm.eval import heldout_text, perplexity
+    from modernlm.eval import text_perplexity
     from modernlm.generation import generate
 
     tokenizer = modernlm.load_tokenizer()
     model, label = load_variant(name)
-    ids = tokenizer.encode(heldout_text())[: s["ppl_tokens"]]
-    ppl = perplexity(model, ids, window=s["window"], stride=s["window"] // 2)
+    # the one definition, `modernlm eval perplexity`'s (full: its window 512 and stride 256, the whole text)
+    ppl = text_perplexity(model, tokenizer, window=s["window"], stride=s["window"] // 2, max_tokens=s["ppl_tokens"])
     chats = [
         tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}]))
         for q in QUESTIONS[: s["prompts"]]
     ]
-    greedy = [generate(model, c, s["new_tokens"])[0] for c in chats]  # one at a time: no EOS, all tokens forced
+    # one at a time: no EOS, all tokens forced
+    greedy = [generate(model, c, s["new_tokens"], temperature=0.0)[0] for c in chats]
     return {"label": label, "perplexity": ppl.perplexity, "ppl_tokens": ppl.tokens, "greedy": greedy}
 
 
@@ -143,10 +144,10 @@ def worker_speed(name: str, s: dict, compiled: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, model.config.vocab_size - 100, (s["prompt_len"],), generator=g).tolist()
     short = torch.randint(100, model.config.vocab_size - 100, (8, 16), generator=g).tolist()
-    generate(model, prompt, 1)  # warm-up
+    generate(model, prompt, 1, temperature=0.0)  # warm-up
     return {
         "label": label,
-        "prefill_tok_s": s["prompt_len"] / _median_time(lambda: generate(model, prompt, 1), 3),
+        "prefill_tok_s": s["prompt_len"] / _median_time(lambda: generate(model, prompt, 1, temperature=0.0), 3),
         "decode1_tok_s": _decode_rate(model, short, 1, s["decode_tokens"]),
         "decode8_tok_s": _decode_rate(model, short, 8, s["decode_tokens"]),
         "model_bytes": model_bytes(model),
@@ -258,14 +259,14 @@ def worker_speculative(s: dict) -> dict:
         for q in QUESTIONS[: max(2, s["prompts"] // 4)]
     ]
     n = s["new_tokens"]
-    generate(model, chats[0], 2)  # warm-up, so the first timed draft does not pay for it
+    generate(model, chats[0], 2, temperature=0.0)  # warm-up, so the first timed draft does not pay for it
     speculative_generate(model, chats[0], 2, draft="int4")
     out = {}
     for draft in (None, "ngram", "int4"):
         t, tokens, stats = time.perf_counter(), [], SpecStats()
         for c in chats:
             if draft is None:
-                tokens.append(generate(model, c, n)[0])
+                tokens.append(generate(model, c, n, temperature=0.0)[0])
             else:
                 tokens.append(speculative_generate(model, c, n, draft=draft, stats=stats))
         out[draft or "plain"] = {

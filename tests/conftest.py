@@ -108,17 +108,19 @@ def tiny_decoder():
     """tiny_decoder(shape="tiny", seed=0, **fields) -> a random llama-tiny modernlm decoder in eval mode, built right
     after torch.manual_seed(seed) (so the global generator's state after it is fixed too). shape: a key of
     DECODER_SHAPES; fields: ModelConfig overrides on top of it (vocab_size=, max_seq_len=, positions=, ...)."""
+    return build_decoder
+
+
+def build_decoder(shape: str = "tiny", seed: int = 0, **fields):
+    """What the tiny_decoder fixture returns, as a plain function (for module-level helpers)."""
     import torch
 
     import modernlm
 
-    def build(shape: str = "tiny", seed: int = 0, **fields):
-        if shape not in DECODER_SHAPES:
-            raise ValueError(f"unknown decoder shape {shape!r}; shapes: {', '.join(DECODER_SHAPES)}")
-        torch.manual_seed(seed)
-        return modernlm.Transformer(modernlm.preset("llama-tiny", **{**DECODER_SHAPES[shape], **fields})).eval()
-
-    return build
+    if shape not in DECODER_SHAPES:
+        raise ValueError(f"unknown decoder shape {shape!r}; shapes: {', '.join(DECODER_SHAPES)}")
+    torch.manual_seed(seed)
+    return modernlm.Transformer(modernlm.preset("llama-tiny", **{**DECODER_SHAPES[shape], **fields})).eval()
 
 
 # ---- the tiny chat model, saved ------------------------------------------------------------------------------------
@@ -130,29 +132,33 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def tiny_chat_dir(tmp_path_factory, tiny_decoder):
+def tiny_chat_dir(tmp_path_factory):
     """tiny_chat_dir(text=CHAT_TEXT, **fields) -> a Hugging Face directory of a tiny Llama-style chat model, for tests
     that run the CLI, the server or whole runs on a real directory: a byte-level BPE tokenizer (300 tokens) trained on
     `text` with a minimal chat template (CHAT_TEMPLATE), and the random "narrow" tiny_decoder (seed 0) of its
     vocabulary; fields: ModelConfig overrides (e.g. max_seq_len). Built once per session for each (text, fields):
     read it, never write into it (copy it first)."""
-    import modernlm
-    from modernlm.training.bpe import train_bpe
-
     built: dict[tuple, Path] = {}
 
     def get(text: str = CHAT_TEXT, **fields) -> Path:
         key = (text, tuple(sorted(fields.items())))
         if key not in built:
-            tokenizer = train_bpe([text], 300)
-            tokenizer.chat_template = CHAT_TEMPLATE
-            model = tiny_decoder("narrow", vocab_size=tokenizer.vocab_size, **fields)
-            out = tmp_path_factory.mktemp("tiny-chat") / "model"
-            modernlm.save_model(model, out, tokenizer=tokenizer)
-            built[key] = out
+            built[key] = save_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "model", text, **fields)
         return built[key]
 
     return get
+
+
+def save_tiny_chat_model(out: Path, text: str = CHAT_TEXT, **fields) -> Path:
+    """The tiny chat model of `tiny_chat_dir`, written to a directory of the caller's (one it may write into)."""
+    import modernlm
+    from modernlm.training.bpe import train_bpe
+
+    tokenizer = train_bpe([text], 300)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = build_decoder("narrow", vocab_size=tokenizer.vocab_size, **fields)
+    modernlm.save_model(model, out, tokenizer=tokenizer)
+    return out
 
 
 # ---- transformers references ---------------------------------------------------------------------------------------

@@ -380,3 +380,27 @@ def test_a_causal_lm_is_not_a_reward_model_and_ppo_without_answers_needs_one(sft
     cfg.train_file, cfg.heldout_file = str(prompts), None
     with pytest.raises(AlignDataError, match='missing "answer".*or give a reward model'):
         train_ppo(cfg)
+
+
+def test_task_readme_says_some_sft_answers_are_wrong_on_purpose(tmp_path, capsys):
+    from modernlm.cli.__main__ import main
+
+    paths = task.write_task(tmp_path / "t")
+    assert "deliberately wrong" in paths["readme"].read_text()
+    rows = [json.loads(line) for line in paths["sft"].read_text().splitlines()]
+    answers = {p.prompt: p.answer for part in task.problems() for p in part}
+    wrong = [r for r in rows if not task.is_correct(r["completion"], answers[r["prompt"]])]
+    assert len(wrong) * 5 == len(rows)  # one reply in five, as the README says
+    assert main(["align", "task", "--out", str(tmp_path / "u")]) == 0
+    assert "deliberately wrong" in capsys.readouterr().out
+
+
+def test_curves_are_a_grid_not_one_long_row(tmp_path):
+    from PIL import Image
+
+    from modernlm.alignment.report import CURVES, plot_curves
+
+    records = [{"step": s, **{k: float(s) for k in CURVES[:8]}} for s in range(3)]
+    with Image.open(plot_curves(records, tmp_path / "curves.png", "eight curves")) as png:
+        width, height = png.size
+    assert width <= 4 * 320 + 10 and height >= 2 * 280  # 2 rows of 4, not 2560 x 320

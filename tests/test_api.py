@@ -412,7 +412,7 @@ def test_public_host_without_key_is_announced(monkeypatch, caplog):
     def stop(args):
         raise ValueError("stopped before loading")
 
-    monkeypatch.setattr(serve, "load_for", stop)
+    monkeypatch.setattr(serve, "load_for", stop)  # serve loads through common.load_for
     with caplog.at_level("WARNING", logger="modernlm"):
         assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "without --api-key" in caplog.text

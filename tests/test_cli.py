@@ -22,16 +22,18 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 def test_generate_prints_the_greedy_continuation(capsys):
     prompt = "The three primary colours are"
-    assert main(["generate", "--prompt", prompt, "-n", "12", "--ignore-eos"]) == 0
+    # the embedded GGUF has no generation_config.json: its defaults sample (the fallback), so greedy is asked for
+    assert main(["generate", "--prompt", prompt, "-n", "12", "--ignore-eos", "-t", "0"]) == 0
     out, err = capsys.readouterr()
     tok = modernlm.load_tokenizer()
-    expected = tok.decode(generate(modernlm.load_model(), tok.encode(prompt), 12)[0])
+    expected = tok.decode(generate(modernlm.load_model(), tok.encode(prompt), 12, temperature=0.0)[0])
     assert out == expected + "\n"
     assert "tokens/s" in err
 
 
 def test_generate_chat_stream(capsys):
-    assert main(["generate", "--chat", "--stream", "--prompt", "What is the capital of France?", "-n", "16"]) == 0
+    question = "What is the capital of France?"
+    assert main(["generate", "--chat", "--stream", "--prompt", question, "-n", "16", "-t", "0"]) == 0
     out, _ = capsys.readouterr()
     assert "Paris" in out
 
@@ -110,3 +112,50 @@ def test_the_default_targets_shown_in_help_can_be_typed(capsys):
 
     assert main(["finetune", "--targets", TARGETS, "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["targets"] == TARGETS.split(",")
+
+
+def _options(parser, path=()):
+    """(verb path, option) for every option of every verb and sub-verb."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif action.option_strings:
+            yield path, action
+
+
+def test_every_default_shown_in_help_can_be_typed_back():
+    """Each `(default: X)` in a verb's --help is X as a user types it: no Python repr ([...], None, True), and a
+    value that is not a description ("the model's max_seq_len", "--seq-len") parses with the flag's own type and
+    choices back to the flag's default. (`--targets`'s "(default q,k,v,o_proj)" was once refused when typed.)"""
+    import argparse
+    import re
+
+    from modernlm.cli.__main__ import build_parser
+
+    checked = 0
+    for path, action in _options(build_parser()):
+        for text in re.findall(r"\bdefault:? ([^;)]*)", action.help or ""):
+            where = f"modernlm {' '.join(path)} {action.option_strings[-1]}: (default: {text})"
+            text = text.strip().rstrip(",.")
+            assert not re.match(r"^([\[{(]|None$|True$|False$)", text), f"{where} is a Python repr"
+            if isinstance(action, argparse.BooleanOptionalAction):
+                assert text in action.option_strings, where
+                continue
+            tokens = text.split() if action.nargs in ("+", "*") or isinstance(action.nargs, int) else [text]
+            if text.startswith(("--", "$")) or (len(tokens) == 1 and " " in text):
+                continue  # a description: another flag's value, an environment variable, words
+            try:
+                values = [action.type(t) if action.type else t for t in tokens]
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                assert re.match(r"^[a-z]+'?s?$", text), f"{where} cannot be typed back"  # one word: "fixed"
+                continue
+            if action.choices is not None:
+                assert all(v in action.choices for v in values), where
+            value = values if len(tokens) > 1 or action.nargs in ("+", "*") else values[0]
+            if action.default is not None:
+                assert value == action.default, f"{where}, but the flag's default is {action.default!r}"
+            checked += 1
+    assert checked > 80  # every verb's typed defaults, not a handful

@@ -63,3 +63,27 @@ def test_cli_perplexity_on_smollm2(capsys):
 
     result = json.loads(out)
     assert result["tokens"] > 900 and 2 < result["perplexity"] < 60
+
+
+def test_one_perplexity_definition_for_the_verb_and_the_benchmark(tmp_path, capsys):
+    """`modernlm eval perplexity` and benchmarks/quantize.py compute `text_perplexity` (BOS first, window 512, stride
+    256, the text's tokens counted), so the figures in docs/compress.md are what the command prints."""
+    import json
+    from pathlib import Path
+
+    import modernlm
+    from conftest import save_tiny_chat_model
+    from modernlm.cli.__main__ import main
+    from modernlm.eval.perplexity import STRIDE, WINDOW, text_ids, text_perplexity
+
+    tiny = save_tiny_chat_model(tmp_path / "m", heldout_text(), max_seq_len=64)
+    assert main(["eval", "perplexity", "--model", str(tiny), "--window", "32", "--stride", "16", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    model, tok = modernlm.load(tiny)
+    want = text_perplexity(model, tok, window=32, stride=16)
+    assert (got["perplexity"], got["tokens"]) == (want.perplexity, want.tokens)
+    ids = text_ids(tok, heldout_text())
+    assert want == perplexity(model, ids, window=32, stride=16) and want.tokens == len(ids) - 1
+    bench = (Path(__file__).parents[1] / "benchmarks" / "quantize.py").read_text()
+    assert "text_perplexity(model, tokenizer, window=s[\"window\"], stride=s[\"window\"] // 2" in bench
+    assert "window=512" in bench and (WINDOW, STRIDE) == (512, 256)

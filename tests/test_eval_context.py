@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import modernlm
+from conftest import save_tiny_chat_model
 from modernlm.analysis.kv_cache import kv_cache_bytes
 from modernlm.cli.__main__ import main
 from modernlm.config import ModelConfig
@@ -161,3 +162,26 @@ def test_cli_writes_curves_heat_maps_and_kv_bytes(tmp_path, capsys, tiny_chat_di
     assert "needs --factor > 1" in capsys.readouterr().err
     assert main([*args[:4], "--factor", "2", "--lengths", "64,512"]) == 2
     assert "--lengths must lie in [2, factor" in capsys.readouterr().err
+
+
+def test_a_trained_run_is_measured_from_its_training_length(tmp_path, capsys):
+    """A run trained on 80-token sequences with max_seq_len 160: its "1x" is 80 (train_config.json's seq_len), not
+    160; a model that records no training length takes max_seq_len, and says so."""
+    from modernlm.training.config import TrainConfig
+
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    text += "".join(f"line {i} of the text.\n" for i in range(300))
+    model = save_tiny_chat_model(tmp_path / "m", text, max_seq_len=160)
+    (tmp_path / "long.txt").write_text(text)
+    args = ["eval", "context", "--model", str(model), "--scaling", "dynamic", "--factor", "2", "--skip", "passkey"]
+    args += ["--buckets", "4", "--text", str(tmp_path / "long.txt"), "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["lengths"] == [160, 320] and "records no training length" in err
+    TrainConfig(seq_len=80).to_json(model / "train_config.json")
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["trained_length"] == 80 and result["lengths"] == [80, 160]
+    assert result["scalings"]["dynamic"]["rope_scaling"]["original_max_position_embeddings"] == 80
+    assert "trained on 80-token sequences" in err

@@ -13,7 +13,7 @@ from modernlm.export import export_gguf
 
 # max |logit error| of the exported file against our float model, as a fraction of the logits' max |value|
 # (random Gaussian weights through two blocks: the worst case for rounding)
-TOLERANCE = {"f16": 2e-3, "q8_0": 5e-2, "q4_0": 0.3}
+TOLERANCE = {"f16": 2e-3, "q8_0": 5e-2, "q4_0": 0.3, "q4_k_m": 0.3}  # q4_k_m here: widths of 64, the fallbacks
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,49 @@ def test_transformers_loads_the_export(ours, tmp_path, kind):
         again = modernlm.load_model(out)(ids)  # our own loader reads what we wrote
     assert (got - want).abs().max() <= TOLERANCE[kind] * want.abs().max()
     torch.testing.assert_close(again, got, rtol=0, atol=1e-4)
+
+
+def test_q4_k_m_is_llama_quantizes_mix_and_dequantizes_to_our_weights(tmp_path):
+    """Widths that are multiples of 256, 8 layers, an untied output: every matrix has the type llama-quantize gives
+    it in a Q4_K_M file, and gguf's own dequantize of its bytes is our weight within the type's rounding."""
+    import gguf
+    import numpy as np
+
+    from modernlm.export.gguf import permute_qk, q4_k_m_type
+    from modernlm.export.gguf import use_more_bits as more
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.05,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    model = modernlm.load_model(tmp_path / "hf")
+    out = export_gguf(model, None, tmp_path / "m.gguf", kind="q4_k_m")
+    reader = gguf.GGUFReader(out)
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    from modernlm.checkpoints.gguf import NAME_TABLE
+
+    weights = {NAME_TABLE.theirs(k): v.float() for k, v in model.state_dict().items()}
+    six = {t.name for t in reader.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q6_K}
+    assert six == {"output.weight"} | {f"blk.{i}.{m}.weight" for i in (0, 3, 6, 7) for m in ("attn_v", "ffn_down")}
+    assert [i for i in range(8) if more(i, 8)] == [0, 3, 6, 7]
+    for t in reader.tensors:
+        if len(t.shape) == 1:
+            continue
+        want = weights[t.name]
+        if ".attn_q." in t.name or ".attn_k." in t.name:
+            want = permute_qk(want, 4 if ".attn_q." in t.name else 2)
+        assert t.tensor_type.name == q4_k_m_type(t.name, 8, tied=False)
+        got = torch.from_numpy(np.asarray(gguf.quants.dequantize(t.data, t.tensor_type))).reshape(want.shape)
+        error = float((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt())
+        assert error < (0.03 if t.tensor_type.name == "Q6_K" else 0.1), (t.name, error)
+    assert q4_k_m_type("token_embd.weight", 8, tied=True) == "Q6_K"  # a tied embedding is the output
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    q4_0 = export_gguf(model, None, tmp_path / "q4_0.gguf", kind="q4_0")
+    with torch.no_grad():  # through 8 random layers the rounding compounds: Q4_K_M loses less of it than Q4_0
+        want, mix, plain = model(ids), modernlm.load_model(out)(ids), modernlm.load_model(q4_0)(ids)
+    assert (mix - want).pow(2).mean() < (plain - want).pow(2).mean()
 
 
 @pytest.mark.slow  # ~30 s: three parses of a 49k-token vocabulary
@@ -107,7 +150,7 @@ def test_llama_cpp_runs_the_export_and_agrees_until_a_near_tie(smollm2_gguf, tmp
         theirs.append(int(token))
         if len(theirs) == 32:
             break
-    mine = generate(ours, prompt, 32)[0]
+    mine = generate(ours, prompt, 32, temperature=0.0)[0]
     first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), None)
     if first is not None:
         with torch.no_grad():
@@ -155,7 +198,7 @@ def test_a_model_we_trained_exports_and_runs_in_llama_cpp(tmp_path, monkeypatch)
     tricky = "x = a+b; it's 12345 -- ok!!  Hello\n\n  world's   $100^2 <tag>|pipe ~tilde"
     assert llm.tokenize(tricky.encode(), add_bos=False, special=True) == tokenizer.encode(tricky)
     prompt = tokenizer.encode("Errors should never pass silently. Beautiful is")
-    theirs, mine = _greedy_llama_cpp(llm, prompt, 24), modernlm.generate(ours, prompt, 24)[0]
+    theirs, mine = _greedy_llama_cpp(llm, prompt, 24), modernlm.generate(ours, prompt, 24, temperature=0.0)[0]
     first = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b), None)
     if first is not None:
         with torch.no_grad():

@@ -68,3 +68,24 @@ def test_a_torn_last_log_line_is_skipped(tmp_path):
     assert log.read() == [{"step": 1, "loss": 2.0}]
     MetricsLog(tmp_path / "metrics.jsonl", resume_step=1).write({"step": 2, "loss": 1.5})
     assert [r["step"] for r in log.read()] == [1, 2]
+
+
+def test_weights_get_the_mode_of_every_other_file(tmp_path):
+    """safetensors creates its file 0600; model.safetensors and adapter_model.safetensors are given the mode a plain
+    open() gives (0644 under the usual umask), like config.json beside them."""
+    import stat
+
+    import modernlm
+    from modernlm.finetune.lora import LoraConfig, apply_lora, save_adapter
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    model = modernlm.Transformer(modernlm.preset("llama-tiny"))
+    out = modernlm.save_model(model, tmp_path / "m")
+    assert mode(out / "model.safetensors") == mode(out / "config.json") == 0o666 & ~files._UMASK
+    adapter = save_adapter(apply_lora(model, LoraConfig()), tmp_path / "adapter")
+    assert mode(adapter / "adapter_model.safetensors") == mode(adapter / "adapter_config.json")
+    with files.atomic_path(tmp_path / "d") as tmp:
+        tmp.mkdir(mode=0o700)
+    assert mode(tmp_path / "d") == 0o777 & ~files._UMASK

@@ -308,7 +308,7 @@ def test_smollm2_greedy_matches_transformers_generate(hf_smollm2, our_smollm2, h
         )
     expected = out[0, len(ids) :].tolist()
     assert len(expected) == 40
-    assert generate(our_smollm2, ids, 40) == [expected]
+    assert generate(our_smollm2, ids, 40, temperature=0.0) == [expected]  # the GGUF's default samples
 
 
 def test_smollm2_chat_reply_stops_at_eos_like_transformers(hf_smollm2, our_smollm2, hf_smollm2_tokenizer):
@@ -320,7 +320,7 @@ def test_smollm2_chat_reply_stops_at_eos_like_transformers(hf_smollm2, our_smoll
     with torch.no_grad():
         out = hf_smollm2.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)
     expected = out[0, len(ids) :].tolist()
-    got = generate(our_smollm2, ids, 48, eos_token_id=hf_smollm2_tokenizer.eos_token_id)
+    got = generate(our_smollm2, ids, 48, temperature=0.0, eos_token_id=hf_smollm2_tokenizer.eos_token_id)
     assert got == [expected]
 
 

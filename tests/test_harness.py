@@ -115,6 +115,18 @@ def test_bad_model_arguments_are_refused(setup):
         ModernLM(source=str(setup[0]), batch_size="auto")
 
 
+def test_model_args_win_over_lm_evals_own_options(setup):
+    """lm-eval's command line passes its --batch_size (default 1) and --device beside --model_args; the README's
+    `--model_args source=...,batch_size=8` once failed with "got multiple values for keyword argument 'batch_size'"."""
+    from modernlm.eval.harness import ModernLM
+
+    cli = {"batch_size": 1, "max_batch_size": None, "device": "cpu"}
+    lm = ModernLM.create_from_arg_string(f"source={setup[0]},batch_size=8,max_length={MAX_LENGTH}", cli)
+    assert lm.batch_size == 8 and lm.max_length == MAX_LENGTH
+    lm = ModernLM.create_from_arg_obj({"source": str(setup[0])}, {"batch_size": 3, "device": None})
+    assert lm.batch_size == 3  # lm-eval's own option when --model_args does not name it
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", [["modernlm.eval.harness"], ["modernlm", "eval", "harness"]])
 def test_command_line_runs_the_modernlm_model(setup, tmp_path, entry):

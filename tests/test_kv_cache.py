@@ -132,7 +132,7 @@ def test_the_engine_with_an_int8_cache_equals_generate_with_one():
 def test_cli_kv_cache_flag(capsys):
     from modernlm.cli.__main__ import main
 
-    args = ["generate", "--prompt", "The capital of France is", "-n", "6", "--ignore-eos", "-q"]
+    args = ["generate", "--prompt", "The capital of France is", "-n", "6", "--ignore-eos", "-q", "-t", "0"]
     assert main([*args, "--kv-cache", "int8"]) == 0
     int8 = capsys.readouterr().out
     assert main(args) == 0

@@ -123,8 +123,8 @@ def test_smollm2_greedy_kept_in_q4_1_equals_the_same_weights_dequantized(smollm2
         torch.testing.assert_close(
             kept(torch.tensor([prompt])), modernlm.load_model(smollm2_gguf)(torch.tensor([prompt])), rtol=0, atol=1e-3
         )
-    fast = generate(kept, prompt, 32)[0]
-    twin = generate(dequantize_model(kept), prompt, 32)[0]
+    fast = generate(kept, prompt, 32, temperature=0.0)[0]  # the GGUF's own default samples
+    twin = generate(dequantize_model(kept), prompt, 32, temperature=0.0)[0]
     assert fast == twin and len(fast) == 32
 
 
@@ -153,3 +153,22 @@ def test_q4_k_file_kept_equals_the_float_loader(tmp_path):
     ids = torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad(), plain():
         torch.testing.assert_close(kept(ids), modernlm.load_model(tmp_path / "k.gguf")(ids), rtol=1e-5, atol=1e-4)
+
+
+def test_k_quant_writers_round_trip_through_gguf_and_our_reader():
+    """Q4_K and Q6_K bytes written by quant/kquants.py: gguf's dequantize reads them back within the type's rounding
+    (a zero row exactly), and our own Q4_K reader agrees with gguf's on them."""
+    from modernlm.quant.gguf_blocks import unpack
+    from modernlm.quant.kquants import quantize_q4_k, quantize_q6_k
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((6, 512)) * 0.05).astype(np.float32)
+    w[1, 7], w[2, 300], w[3] = 0.9, -1.2, 0.0  # outliers, and a row of zeros
+    for quantize, kind, bound in ((quantize_q4_k, "Q4_K", 0.1), (quantize_q6_k, "Q6_K", 0.03)):
+        data = quantize(w)
+        assert data.shape == (6, 512 // 256 * {"Q4_K": 144, "Q6_K": 210}[kind])
+        back = gguf.quants.dequantize(data, getattr(gguf.GGMLQuantizationType, kind))
+        assert np.sqrt(((back - w) ** 2).mean() / (w**2).mean()) < bound and not back[3].any()
+        if kind == "Q4_K":
+            ours = unpack("Q4_K", data, 512).dequantize().numpy()
+            np.testing.assert_allclose(ours, back, rtol=0, atol=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import signal
 from collections import Counter
@@ -404,3 +405,14 @@ def test_tokenizer_cli_reports_the_vocabulary_it_built(tmp_path, corpus_file, ca
     out = capsys.readouterr().out
     built = modernlm.load_tokenizer(tmp_path / "t").vocab_size
     assert f"({built} ids; 5000 were asked for" in out and built < 5000
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path, corpus_file, caplog):
+    with caplog.at_level(logging.WARNING, logger="modernlm"):
+        train(tiny_config(tmp_path, corpus_file, "short", max_steps=3, warmup_steps=10))
+    said = [r.getMessage() for r in caplog.records if "warmup_steps 10 is longer than the run's 3" in r.getMessage()]
+    assert len(said) == 1 and "lower --warmup-steps" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modernlm"):
+        train(tiny_config(tmp_path, corpus_file, "fine", max_steps=3, warmup_steps=2))
+    assert not [r for r in caplog.records if "warmup_steps" in r.getMessage()]

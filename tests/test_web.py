@@ -1,7 +1,8 @@
 """The chat page in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`) driven by Selenium,
 against a live server. It sends a message, sees the reply stream in, and the reply equals `modernlm.generate`'s greedy
 text; a second turn and a reload (the conversation is kept in the browser). A screenshot is kept in the test's tmp
-directory. Skipped, with the reason, where no Chromium is installed."""
+directory. In the default suite; skipped, with the reason, where no Chromium is installed (CI installs it: .ci/run).
+The page's empty settings send nothing, so the model's own defaults (generation_config.json) apply, as everywhere."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import pytest
 
-from test_api import chat_ids, expected, start, tiny  # noqa: F401  (tiny is a fixture)
+from modernlm import generate as modernlm_generate
+from test_api import chat_dir, chat_ids, expected, start  # noqa: F401  (chat_dir is a fixture)
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
 
@@ -42,11 +44,10 @@ def wait(condition, timeout=60.0, every=0.02):
     raise AssertionError("timed out waiting in the browser")
 
 
-@pytest.mark.slow
-def test_chat_page_streams_a_reply(tiny, tmp_path):  # noqa: F811
+def test_chat_page_streams_a_reply(chat_dir, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
 
-    server, engine, model, tokenizer = start(tiny)
+    server, engine, model, tokenizer = start(chat_dir)
     browser = chromium(tmp_path)
     try:
         browser.get(server.url + "/")
@@ -114,11 +115,11 @@ def test_attention_view_reads_the_api_rows_in_node(tmp_path):
 
 
 @pytest.mark.slow
-def test_chat_page_shows_what_a_reply_token_attended_to(tiny, tmp_path):  # noqa: F811
+def test_chat_page_shows_what_a_reply_token_attended_to(chat_dir, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    server, engine, model, tokenizer = start(tiny)
+    server, engine, model, tokenizer = start(chat_dir)
     browser = chromium(tmp_path)
     try:
         browser.get(server.url + "/")
@@ -148,3 +149,38 @@ def test_chat_page_shows_what_a_reply_token_attended_to(tiny, tmp_path):  # noqa
         browser.quit()
         server.stop()
         engine.stop()
+
+
+def test_the_page_uses_the_models_defaults(tmp_path, tiny_chat_dir):
+    """Empty fields send nothing: a seeded request from the page gives the text `generate` gives with the model's
+    generation_config.json and the same seed; the placeholders show those defaults."""
+    import json
+    import shutil
+
+    from selenium.webdriver.common.by import By
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_chat_dir(max_seq_len=128), model_dir)  # a copy: this test writes into it
+    (model_dir / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 1.3, "top_k": 40}))
+    server, engine, model, tokenizer = start(model_dir)
+    browser = chromium(tmp_path)
+    try:
+        browser.get(server.url + "/")
+        wait(lambda: "1.3" in browser.find_element(By.ID, "temperature").get_attribute("placeholder"))
+        assert "40" in browser.find_element(By.ID, "top_k").get_attribute("placeholder")
+        browser.find_element(By.ID, "toggle-settings").click()
+        for name, value in (("seed", "5"), ("max_tokens", "12")):
+            browser.find_element(By.ID, name).send_keys(value)
+        browser.find_element(By.ID, "input").send_keys("the quick brown fox")
+        browser.find_element(By.ID, "send").click()
+        wait(lambda: [r.get_attribute("data-streaming") for r in browser.find_elements(By.CSS_SELECTOR,
+                                                                                        ".msg.assistant")] == ["false"])
+        reply = browser.find_element(By.CSS_SELECTOR, ".msg.assistant .text").get_attribute("textContent")
+        ids = chat_ids(tokenizer, [{"role": "user", "content": "the quick brown fox"}])
+        new = modernlm_generate(model, ids, 12, seed=5, eos_token_id=tokenizer.eos_token_id)[0]
+        assert reply == tokenizer.decode([t for t in new if t != tokenizer.eos_token_id])
+    finally:
+        browser.quit()
+        server.stop()
+        engine.stop()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)

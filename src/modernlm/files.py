@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,23 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(sub)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once (os.umask can only be read by setting it)
+
+
+def _usual_mode(path: Path) -> None:
+    """Give the temporary the mode a plain open() would: some writers (safetensors) create files 0600, so weights
+    would be private where every other file of the directory is 0644."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, (base | (mode & 0o111)) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write the file (or directory) `target` at; on a clean exit it is fsynced and renamed
@@ -63,6 +81,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written at the temporary path {tmp} for {target}")
+        _usual_mode(tmp)
         _fsync_tree(tmp)
         if target.is_dir() and tmp.is_dir():
             # os.replace cannot replace a non-empty directory: move the old one aside (a name clean_stale leaves

@@ -10,6 +10,14 @@ from pathlib import Path
 import torch
 
 from .checkpoints import gguf_cache
+from .checkpoints.base import load_bar
+from .checkpoints.generation_config import (
+    FALLBACK,
+    GREEDY,
+    GenerationConfig,
+    read_generation_config,
+    write_generation_config,
+)
 from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
 from .checkpoints.native import is_native, load_native, native_config
@@ -159,17 +167,21 @@ def load(
         model = _load_float(path, converted, dtype, None if kind is not None else device)  # quantized on the CPU
         model = quantize_model(model, kind, group_size=group) if kind is not None else model
     model.source = path  # where it came from: save_model copies the tokenizer from there
+    model.generation_config = _generation_config_at(path)  # its sampling defaults (checkpoints/generation_config.py)
     model = model.to(device) if device is not None else model
     return model, (_tokenizer_at(path, converted) if tokenizer else None)
 
 
 def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:
     config, state_dict = _read_checkpoint(path, converted)
-    check_finite(state_dict, path)
-    state_dict = {
-        k: v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device) for k, v in state_dict.items()
-    }
-    return model_class(config).from_state_dict(config, state_dict)
+    bar = load_bar(sum(v.nbytes for v in state_dict.values()), f"loading {path.name}")  # a multi-GB file: a bar
+    moved = {}
+    for k, v in state_dict.items():
+        check_finite({k: v}, path)
+        moved[k] = v.to(dtype=dtype if v.is_floating_point() else v.dtype, device=device)
+        bar.update(v.nbytes)
+    bar.close()
+    return model_class(config).from_state_dict(config, moved)
 
 
 def _load_gguf_kept(path: Path, dtype: torch.dtype) -> torch.nn.Module:
@@ -198,6 +210,17 @@ def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
     return reader(path)
 
 
+def load_generation_config(source: str | os.PathLike | None = None) -> GenerationConfig:
+    """A source's sampling defaults: its generation_config.json, or the fallback (temperature 0.7, top-p 0.9) for a
+    source without one (a GGUF file, a run directory). `load` sets them as `model.generation_config`."""
+    return _generation_config_at(_local_path(source))
+
+
+def _generation_config_at(path: Path) -> GenerationConfig:
+    found = read_generation_config(path) if path.is_dir() else None
+    return found if found is not None else FALLBACK
+
+
 def model_class(config) -> type[torch.nn.Module]:
     """The module of the config's member: the decoder, the encoder (BERT), the encoder-decoder (T5), ViT or the
     vision-language model."""
@@ -222,7 +245,8 @@ def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
 
 
 def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """Write a Hugging Face directory (config.json + model.safetensors + tokenizer files) that transformers loads.
+    """Write a Hugging Face directory (config.json + model.safetensors + tokenizer files, and a decoder's
+    generation_config.json: its sampling defaults) that transformers loads.
     The tokenizer is `tokenizer`, or that of the source the model was loaded from; a model built in Python without
     one is saved without it, with a notice (give tokenizer= to make the directory usable for generation)."""
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
@@ -243,4 +267,7 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=N
             "save_model(model, directory, tokenizer=...) to generate from the directory",
             directory,
         )
-    return save_hf(model, directory, tokenizer)
+    save_hf(model, directory, tokenizer)
+    if model.config.family == "decoder":  # its sampling defaults travel with it (GREEDY for a model built here)
+        write_generation_config(directory, getattr(model, "generation_config", None) or GREEDY, tokenizer)
+    return directory

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..files import clean_stale
 from ..finetune.lora import apply_lora, lora_modules
@@ -67,9 +69,29 @@ def eval_prompts(cfg: AlignConfig, heldout: Path | None, pairs: list | None = No
     return records[: cfg.eval_prompts]
 
 
+def say(cfg: AlignConfig, text: str) -> None:
+    """A phase of the run as it starts, on stderr (above the step bar when one is shown); `cfg.progress` False: none."""
+    if cfg.progress:
+        tqdm.write(f"align {cfg.method}: {text}", file=sys.stderr)
+
+
+def step_bar(cfg: AlignConfig) -> tqdm:
+    """The bar over the run's steps (stderr; disabled with `cfg.progress` False); `advance` moves it."""
+    return tqdm(total=cfg.steps, desc=f"align {cfg.method}", unit="step", file=sys.stderr, disable=not cfg.progress,
+                dynamic_ncols=True)  # fmt: skip
+
+
+def advance(bar: tqdm, record: dict) -> None:
+    """One step done: the bar moves and shows the step's loss, reward, accuracy and KL."""
+    shown = {k: f"{record[k]:.3g}" for k in ("loss", "reward", "accuracy", "kl") if isinstance(record.get(k), float)}
+    bar.set_postfix(shown, refresh=False)
+    bar.update(1)
+
+
 def load_policy(cfg: AlignConfig):
     """(tokenizer, policy, reference): LoRA over the frozen base with the reference = adapters off, or every weight
     trained with a frozen deep copy as the reference."""
+    say(cfg, f"loading the policy {cfg.base}")
     tokenizer = load_tokenizer(cfg.base)
     model = load_model(cfg.base)
     if cfg.lora:
@@ -157,10 +179,12 @@ def evaluate(policy, reference, tokenizer, prompts: list[PromptRecord], cfg: Ali
         return None
     from ..generation import generate
 
+    sampled = f", then {cfg.eval_samples} sampled replies to each" if cfg.eval_samples else ""
+    say(cfg, f"answering {len(prompts)} held-out prompts (greedy{sampled})")
     policy.eval()
     ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     eos = tokenizer.eos_token_id
-    replies = generate(policy, ids, cfg.max_new_tokens, eos_token_id=eos)
+    replies = generate(policy, ids, cfg.max_new_tokens, temperature=0.0, eos_token_id=eos)
     texts = reply_texts(tokenizer, replies)
     replies = [r or [eos] for r in replies]
     packed = [pack(ids[i : i + 8], replies[i : i + 8], _pad_id(tokenizer)) for i in range(0, len(ids), 8)]
@@ -212,6 +236,7 @@ def publish_policy(cfg: AlignConfig, policy, tokenizer) -> tuple[torch.nn.Module
     from ..finetune.lora import merge_and_unload, save_adapter
     from ..loading import save_model
 
+    say(cfg, f"writing the aligned model to {cfg.run_dir}")
     if cfg.lora:
         save_adapter(policy, cfg.run_dir / "adapter")
         policy = merge_and_unload(policy)

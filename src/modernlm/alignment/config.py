@@ -20,7 +20,7 @@ CONFIG_NAME = "align_config.json"
 METHODS = ("reward", "dpo", "grpo", "ppo")
 SHARED = {
     "method", "base", "train_file", "heldout_file", "out_dir", "lora", "r", "alpha", "targets", "lr",
-    "steps", "batch_size", "seed", "eval_interval", "num_threads",
+    "steps", "batch_size", "seed", "eval_interval", "num_threads", "progress",
 }  # fmt: skip
 # the held-out replies of a policy (not a reward model's run), and the sampling of them and of rollouts
 ANSWERS = {"eval_file", "eval_prompts", "eval_samples", "compare", "max_new_tokens", "temperature"}
@@ -64,6 +64,7 @@ class AlignConfig(JsonConfig):
     eval_pairs: int = 96  # held-out pairs scored before and after (reward, dpo)
     eval_interval: int = 10  # steps between held-out evaluations (0: only before and after)
     num_threads: int | None = None
+    progress: bool = True  # each phase said as it starts and a bar over the steps, on stderr
     max_new_tokens: int = 16
     # DPO
     beta: float = 0.1

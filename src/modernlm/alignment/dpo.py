@@ -9,6 +9,7 @@ import torch
 from .common import (
     AlignResult,
     Optimizer,
+    advance,
     as_reference,
     data_files,
     eval_prompts,
@@ -16,7 +17,9 @@ from .common import (
     load_policy,
     metrics_log,
     publish_policy,
+    say,
     start_run,
+    step_bar,
 )
 from .config import AlignConfig
 from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, sequence_logps, split_heldout
@@ -81,12 +84,14 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
     prompts, heldout = eval_prompts(cfg, heldout_path, heldout_pairs), heldout[: cfg.eval_pairs]
     pad = _pad_id(tokenizer)
     used = sorted({i for step in range(cfg.steps) for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)})
+    say(cfg, f"scoring {len(used)} training and {len(heldout)} held-out pairs with the reference")
     ref_train = reference_logps(policy, reference, train, pad, used)  # only the pairs the steps will see
     ref_heldout = reference_logps(policy, reference, heldout, pad)
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg)
     before = evaluate(policy, reference, tokenizer, prompts, cfg)
     loss0, acc0 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
     log.write(dict(step=0, pair_loss=loss0, pair_accuracy=acc0) | (before.record() if before else {}))
+    bar = step_bar(cfg)
     for step in range(1, cfg.steps + 1):
         idx = batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)
         losses, rc, rr = _loss(cfg, policy, [train[i] for i in idx], ref_train[idx], pad)
@@ -96,6 +101,8 @@ def train_dpo(cfg: AlignConfig) -> AlignResult:
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
             record["pair_loss"], record["pair_accuracy"] = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
         log.write(record)
+        advance(bar, record)
+    bar.close()
     after = evaluate(policy, reference, tokenizer, prompts, cfg)
     loss1, acc1 = preference_accuracy(cfg, policy, heldout, ref_heldout, pad)
     log.write(dict(step=cfg.steps, pair_loss=loss1, pair_accuracy=acc1) | (after.record() if after else {}))

@@ -11,6 +11,7 @@ import torch
 from .common import (
     AlignResult,
     Optimizer,
+    advance,
     as_reference,
     data_files,
     eval_prompts,
@@ -19,6 +20,7 @@ from .common import (
     metrics_log,
     publish_policy,
     start_run,
+    step_bar,
 )
 from .config import AlignConfig
 from .data import batch_indices, read_prompts, sequence_logps, split_heldout
@@ -60,6 +62,7 @@ def train_grpo(cfg: AlignConfig) -> AlignResult:
     log, opt = metrics_log(run_dir), Optimizer([policy], cfg, cfg.steps * cfg.ppo_epochs)
     before = evaluate(policy, reference, tokenizer, prompts, cfg)
     log.write(dict(step=0) | (before.record() if before else {}))
+    bar = step_bar(cfg)
     for step in range(1, cfg.steps + 1):
         records = [train[i] for i in batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)]
         record = dict(step=step) | grpo_step(cfg, policy, reference, tokenizer, records, opt, cfg.seed * 100_003 + step)
@@ -67,6 +70,8 @@ def train_grpo(cfg: AlignConfig) -> AlignResult:
             middle = evaluate(policy, reference, tokenizer, prompts, cfg)
             record |= middle.record() if middle else {}
         log.write(record)
+        advance(bar, record)
+    bar.close()
     after = evaluate(policy, reference, tokenizer, prompts, cfg)
     log.write(dict(step=cfg.steps) | (after.record() if after else {}))
     extra = (

@@ -23,6 +23,7 @@ from ..loading import load_tokenizer
 from .common import (
     AlignResult,
     Optimizer,
+    advance,
     as_reference,
     data_files,
     eval_prompts,
@@ -32,6 +33,7 @@ from .common import (
     publish_policy,
     shared_view,
     start_run,
+    step_bar,
     weight_bytes,
 )
 from .config import AlignConfig
@@ -117,6 +119,7 @@ def train_ppo(cfg: AlignConfig) -> AlignResult:
     kl_ctl = KLController(cfg.kl_coef, cfg.target_kl, horizon=max(cfg.steps * cfg.batch_size, 1))
     before = evaluate(actor, reference, tokenizer, prompts, cfg)
     log.write(dict(step=0) | (before.record() if before else {}))
+    bar = step_bar(cfg)
     for step in range(1, cfg.steps + 1):
         records = [train[i] for i in batch_indices(len(train), cfg.batch_size, step - 1, cfg.seed)]
         record = dict(step=step) | ppo_step(cfg, models, records, opt, kl_ctl, cfg.seed * 100_003 + step)
@@ -124,6 +127,8 @@ def train_ppo(cfg: AlignConfig) -> AlignResult:
             middle = evaluate(actor, reference, tokenizer, prompts, cfg)
             record |= middle.record() if middle else {}
         log.write(record)
+        advance(bar, record)
+    bar.close()
     after = evaluate(actor, reference, tokenizer, prompts, cfg)
     log.write(dict(step=cfg.steps) | (after.record() if after else {}))
     shared = weight_bytes([m for m in (actor, reference, reward_model, critic) if m is not None])

@@ -65,11 +65,15 @@ def plot_curves(records: list[dict], path: Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3.2), dpi=100, squeeze=False)
-    for ax, (name, points) in zip(axes[0], series.items(), strict=True):
+    cols = min(len(series), 4)  # a grid, at most 4 panels a row: eight curves are 2 x 4, not 2560 x 320 pixels
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), dpi=100, squeeze=False)
+    for ax, (name, points) in zip(axes.flat, series.items(), strict=False):
         ax.plot(*zip(*points, strict=True), "o-" if name.startswith("eval") else "-", markersize=3)
         ax.set(xlabel="step", title=name)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series) :]:
+        ax.axis("off")  # the grid's empty places
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:

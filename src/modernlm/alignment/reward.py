@@ -22,7 +22,7 @@ from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
 from ..loading import load_model, load_tokenizer, save_model
 from ..model import Transformer
-from .common import Optimizer, data_files, metrics_log, start_run
+from .common import Optimizer, advance, data_files, metrics_log, say, start_run, step_bar
 from .config import AlignConfig
 from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, split_heldout
 from .losses import bradley_terry_loss
@@ -165,6 +165,7 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
     heldout = encode_pairs(tokenizer, read_pairs(heldout_path), str(heldout_path)) if heldout_path else None
     train, heldout = split_heldout(train, heldout, str(train_path))
     heldout = heldout[: cfg.eval_pairs]
+    say(cfg, f"loading {cfg.base} as the reward model's body")
     body = load_model(cfg.base)
     if cfg.lora:
         apply_lora(body, cfg.lora_config())
@@ -172,8 +173,10 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
         body.requires_grad_(True)
     rm = RewardModel(body, _pad_id(tokenizer))
     opt, log = Optimizer([rm], cfg), metrics_log(run_dir)
+    say(cfg, f"scoring {len(heldout)} held-out pairs")
     loss_before, acc_before = pair_metrics(rm, heldout)
     log.write(dict(step=0, pair_loss=loss_before, pair_accuracy=acc_before))
+    bar = step_bar(cfg)
     for step in range(cfg.steps):
         batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, step, cfg.seed)]
         chosen, rejected = _pair_scores(rm, batch)
@@ -183,6 +186,9 @@ def train_reward(cfg: AlignConfig) -> RewardResult:
         if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
             record["pair_loss"], record["pair_accuracy"] = pair_metrics(rm, heldout)
         log.write(record | {"grad_norm": grad_norm})
+        advance(bar, record)
+    bar.close()
+    say(cfg, f"scoring {len(heldout)} held-out pairs, then writing the reward model to {run_dir}")
     loss_after, acc_after = pair_metrics(rm, heldout)
     log.write(dict(step=cfg.steps, pair_loss=loss_after, pair_accuracy=acc_after))
     rm.eval()

@@ -10,8 +10,10 @@ number, a rambling correct reply and a rambling wrong one.
 model that sometimes rambles and errs):
 - train_prompts.jsonl, heldout_prompts.jsonl: {"prompt", "answer"}
 - train_pairs.jsonl, heldout_pairs.jsonl: {"prompt", "chosen", "rejected"}
-- sft.jsonl: {"prompt", "completion"} over every question, mostly rambling and sometimes wrong: the data of a
-  "before" model that knows the sums but rambles (held-out questions are held out of the alignment data only)
+- sft.jsonl: {"prompt", "completion"} over every question, mostly rambling and one reply in five deliberately wrong:
+  the data of a "before" model that knows the sums but rambles (held-out questions are held out of the alignment data
+  only)
+- README.md: what these are, the deliberately wrong SFT replies said in words
 """
 
 from __future__ import annotations
@@ -107,4 +109,18 @@ def write_task(directory: str | os.PathLike, seed: int = 0, largest: int = 9) ->
     for name in FILES:
         paths[name] = directory / f"{name}.jsonl"
         write_text(paths[name], "".join(json.dumps(r) + "\n" for r in records[name]))
+    paths["readme"] = write_text(directory / "README.md", README)
     return paths
+
+
+README = """# The arithmetic task (written by `modernlm align task`)
+
+- train_prompts.jsonl, heldout_prompts.jsonl: {"prompt", "answer"}; the reward is 1 for the bare correct number,
+  0.5 for a correct last number with words around it, 0 otherwise.
+- train_pairs.jsonl, heldout_pairs.jsonl: {"prompt", "chosen", "rejected"}: the concise correct reply chosen over a
+  wrong number, a rambling correct reply and a rambling wrong one.
+- sft.jsonl: {"prompt", "completion"}, five replies per question. **One in five is deliberately wrong** (a rambling
+  reply with a wrong sum), and three ramble: this is the data of the "before" model, one that knows the sums but
+  rambles and sometimes errs, so that alignment has something measurable to fix. Do not read its completions as
+  references: a fine-tune's before_after.md shows them under "reference", wrong ones included.
+"""

@@ -20,6 +20,14 @@ FLOPS_PARTS = ("qkv_projection", "attention_scores", "softmax", "attention_value
                "lm_head", "recompute")  # fmt: skip
 
 
+MEMBER_NAMES = {"decoder": "a decoder", "encoder": "an encoder", "seq2seq": "an encoder-decoder", "vit": "a ViT"}
+
+
+def a_member(family: str) -> str:
+    """The member named with its article, as a sentence says it: "an encoder", "a ViT"."""
+    return MEMBER_NAMES.get(family, f"a {family}")
+
+
 def member_tokens(cfg: ModelConfig, seq_len: int | None) -> int:
     """The tokens of one sequence: a ViT's come from its image (patches + [CLS]), the others' from `seq_len` (default:
     the model's max_seq_len)."""
@@ -46,7 +54,7 @@ def flops_report(cfg: ModelConfig, seq_len: int, batch_size: int, checkpointing:
 def member_flops_report(cfg: ModelConfig, seq_len: int | None, batch_size: int, checkpointing: bool) -> dict:
     """An encoder's, encoder-decoder's (source and target of `seq_len` tokens) or ViT's forward FLOPs by part."""
     if checkpointing:
-        raise ValueError(f"--checkpointing is counted for the decoder only, not a {cfg.family}")
+        raise ValueError(f"--checkpointing is counted for the decoder only, not {a_member(cfg.family)}")
     T = member_tokens(cfg, seq_len)
     parts = member_forward_flops(cfg, T, target_len=T, batch_size=batch_size)
     return {"family": cfg.family, "seq_len": T, "batch_size": batch_size, "forward": parts}
@@ -100,11 +108,11 @@ def check_member_request(cfg: ModelConfig, name: str, *, seq_len, target_len, pa
             raise ValueError(f"--target-len and --padded describe encoders and encoder-decoders; {name} is a decoder")
         return
     if lora:
-        raise ValueError(f"--targets and --quantize count decoder fine-tuning; {name} is a {cfg.family} model")
+        raise ValueError(f"--targets and --quantize count decoder fine-tuning; {name} is {a_member(cfg.family)}")
     if cfg.family == "vit" and (seq_len or target_len):
         raise ValueError(f"a ViT's tokens come from its image ({cfg.n_patches} patches + [CLS]); drop --seq-len")
     if cfg.family != "seq2seq" and target_len:
-        raise ValueError(f"--target-len is an encoder-decoder's decoder length; {name} is a {cfg.family} model")
+        raise ValueError(f"--target-len is an encoder-decoder's decoder length; {name} is {a_member(cfg.family)}")
 
 
 def member_memory_report(

@@ -4,13 +4,23 @@ the error they raise, the positive-integer check on size fields, and the directo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from ..files import atomic_path, write_json
+
+LARGE_LOAD = 1 << 30  # bytes from which a load shows a bar (a 135M model loads in about a second: no bar)
+
+
+def load_bar(total_bytes: int, what: str) -> tqdm:
+    """A bar over the bytes of a large load (stderr, gone when done); disabled below LARGE_LOAD bytes."""
+    return tqdm(total=total_bytes, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                file=sys.stderr, disable=total_bytes < LARGE_LOAD)  # fmt: skip
 
 
 class CheckpointError(ValueError):

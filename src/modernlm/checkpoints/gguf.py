@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ModelConfig
-from .base import CheckpointError
+from .base import CheckpointError, load_bar
 from .decoders import split_qkv
 from .names import NameTable
 
@@ -397,7 +397,9 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Ten
         )
     config = contents.config()
     state_dict: dict[str, torch.Tensor] = {}
+    bar = load_bar(sum(int(getattr(t, "n_bytes", 0)) for t in tensors.values()), f"reading {path.name}")
     for name, tensor in tensors.items():
+        bar.update(int(getattr(tensor, "n_bytes", 0)))
         ours = gguf_to_ours(name)
         if ours is None:
             continue
@@ -407,6 +409,7 @@ def load_gguf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Ten
         elif contents.permuted_qk and ".attn_k." in name:
             weight = unpermute_qk(weight, config.n_kv_heads)  # (K * Dh, D)
         state_dict[ours] = weight
+    bar.close()
     return config, _split_fused(config, state_dict, arch)
 
 

@@ -61,6 +61,7 @@ def add_parser(sub) -> None:
     add_table(p, FLAGS)
     add_renamed(p, "--steps", "max_steps", positive_int)
     add_run_args(p, "AlignConfig", resume=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or phase lines on stderr")
     p.set_defaults(func=run)
 
 
@@ -72,6 +73,8 @@ def build_config(args: argparse.Namespace):
     values.update(given_values(args, FLAGS))
     if args.full:
         values["lora"] = False
+    if args.no_progress:
+        values["progress"] = False
     if args.targets is not None:
         values["targets"] = targets(args.targets)
     return AlignConfig.from_dict(values).validate()
@@ -82,10 +85,12 @@ def write_task_files(args: argparse.Namespace) -> int:
     from ..alignment import task
 
     given = [flag for flag in FLAGS if flag not in ("--out", "--seed") and getattr(args, flag[2:].replace("-", "_"))]
-    if given or args.full or args.targets or args.config or args.print_config:
+    if given or args.full or args.targets or args.config or args.print_config or args.no_progress:
         raise ValueError(f"`align task` writes files only; it takes --out and --seed, not {', '.join(given) or 'that'}")
     paths = task.write_task(args.out or "runs/align-task", seed=args.seed or 0)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"note: one sft.jsonl reply in five is deliberately wrong (a model that sometimes errs, for alignment to "
+          f"fix); see {paths['readme']}")  # fmt: skip
     print(f"next: modernlm finetune --train {paths['sft']} --out runs/sft   (the SFT model the methods align)")
     return 0
 

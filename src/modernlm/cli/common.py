@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..checkpoints.generation_config import GREEDY, GenerationConfig
 from ..checkpoints.sources import DEFAULT_MODEL
 from ..finetune.lora import ATTENTION_TARGETS
 from ..generation.compiled import compile_decode
@@ -131,32 +132,55 @@ def load_for(args, tokenizer: bool = True):
 
 
 # ---- sampling ------------------------------------------------------------------------------------------------------
-def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float | None) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", "-n", type=int, default=256, help="new tokens at most (default: 256)")
-    g.add_argument("--temperature", "-t", type=float, default=temperature,
-                   help=f"0 is greedy; > 0 samples (default: {temperature})")  # fmt: skip
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling, in (0, 1] (default: {top_p})")
-    g.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    g.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (e.g. 1.1)")
+MAX_NEW_TOKENS = 256  # when neither -n nor the model's generation_config.json says
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The decoding flags; each one not given takes the model's own default (its generation_config.json, see
+    modernlm.checkpoints.generation_config; `modernlm info` shows them)."""
+    g = p.add_argument_group("decoding (default: the model's generation_config.json; `modernlm info` shows it)")
+    g.add_argument("--max-new-tokens", "-n", type=int, default=None,
+                   help=f"new tokens at most (default: the model's max_new_tokens, else {MAX_NEW_TOKENS})")  # fmt: skip
+    g.add_argument("--temperature", "-t", type=float, default=None, help="0 is greedy; > 0 samples")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (-1: off)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1] (1: off)")
+    g.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability (0: off)")
+    g.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats (e.g. 1.1; 1: off)")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop after this text (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
-def sampling_options(args, tokenizer) -> dict:
-    """The keyword arguments of `generate` / `Session.stream` from the parsed flags (checked here, before a model
-    loads or a chat starts)."""
-    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+def model_defaults(model) -> GenerationConfig:
+    """The model's sampling defaults: set by the loader (generation_config.json, or its fallback); greedy for a
+    model built in Python."""
+    return getattr(model, "generation_config", None) or GREEDY
+
+
+def sampling_values(model, given: dict) -> dict:
+    """The five sampling settings: the model's defaults, each overridden by a value given (not None); 0 turns
+    min_p off, -1 top_k (vLLM's), 1 top_p and repetition_penalty. Checked here."""
+    values = model_defaults(model).sampling()
+    values.update({k: v for k, v in given.items() if v is not None})
+    off = {"top_k": -1, "min_p": 0, "top_p": 1, "repetition_penalty": 1}
+    values = {k: None if k in off and v == off[k] else v for k, v in values.items()}
+    SamplingParams(**values)
+    return values
+
+
+def sampling_options(args, tokenizer, model) -> dict:
+    """The keyword arguments of `generate` / `Session.stream`: the model's defaults overridden by the flags given;
+    also sets args.max_new_tokens when -n was not given. EOS: the tokenizer's and the generation config's."""
+    keys = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+    values = sampling_values(model, {k: getattr(args, k) for k in keys})
+    if args.max_new_tokens is None:
+        args.max_new_tokens = model_defaults(model).max_new_tokens or MAX_NEW_TOKENS
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos += [e for e in model_defaults(model).eos_ids() if e not in eos]
     return dict(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
+        **values,
         stop_strings=args.stop,
-        eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
+        eos_token_id=None if args.ignore_eos or not eos else eos[0] if len(eos) == 1 else eos,
         seed=args.seed,
     )
 

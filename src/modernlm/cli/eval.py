@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..eval.metrics import score_files
+from ..eval.perplexity import STRIDE, WINDOW
 from ..training.evaluate import TASKS, evaluate_dates, evaluate_digits
 from . import positive_int
 from .common import add_model_args, load_for
@@ -29,8 +30,9 @@ def add_parser(sub) -> None:
     ppl = kinds.add_parser("perplexity", help="perplexity on held-out English text (shipped) or --text FILE")
     add_model_args(ppl)
     ppl.add_argument("--text", default=None, help="a UTF-8 text file (default: the held-out text shipped in eval/)")
-    ppl.add_argument("--window", type=positive_int, default=512, help="tokens per window (default: 512)")
-    ppl.add_argument("--stride", type=positive_int, default=256, help="window step; the overlap is context (256)")
+    ppl.add_argument("--window", type=positive_int, default=WINDOW, help=f"tokens per window (default: {WINDOW})")
+    ppl.add_argument("--stride", type=positive_int, default=STRIDE,
+                     help=f"window step; the overlap is context (default: {STRIDE})")  # fmt: skip
     ppl.add_argument("--json", action="store_true", help="print JSON")
     ppl.set_defaults(func=run_perplexity)
     add_context_parser(kinds)
@@ -56,21 +58,17 @@ def add_parser(sub) -> None:
 
 
 def run_perplexity(args) -> int:
-    from ..eval.perplexity import heldout_text, perplexity
+    from ..eval.perplexity import text_perplexity
     from ..text import read_strict
 
     if args.text is not None and not Path(args.text).is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file; give a UTF-8 text file")
     if args.stride > args.window:
         raise ValueError(f"--stride {args.stride} is larger than --window {args.window}: some tokens would be skipped")
-    text = read_strict(args.text) if args.text else heldout_text()
+    text = read_strict(args.text) if args.text else None
     t0 = time.perf_counter()
     model, tokenizer = load_for(args)
-    ids = tokenizer.encode(text)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]  # the first word is scored given BOS, as a model sees a document start
-    result = perplexity(model, ids, window=args.window, stride=args.stride)
+    result = text_perplexity(model, tokenizer, text, window=args.window, stride=args.stride)  # the one definition
     out = {
         "model": args.model,
         "quantize": args.quantize,

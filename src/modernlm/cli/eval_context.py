@@ -8,6 +8,7 @@ modernlm eval context --model M --scaling yarn,dynamic,none --factor 4 [--out DI
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from . import positive_int
 from .common import add_model_args, load_for
+
+log = logging.getLogger("modernlm")
 
 
 def add_context_parser(kinds) -> None:
@@ -62,12 +65,32 @@ def _parse(args, model_len: int) -> tuple[list[str], list[int], list[float]]:
     return kinds, sorted(set(lengths)), depths
 
 
+def _trained_config(config, source):
+    """The model's config with max_seq_len at the length it was trained at, the "1x" of every row: the run's
+    train_config.json seq_len where it records one (a run trained at 128 tokens with max_seq_len 512 is at 4x by 512);
+    else max_seq_len itself, with a notice."""
+    from ..config import ModelConfig
+    from ..training.setup import training_length
+
+    path = Path(str(source)) if source is not None else None
+    trained = training_length(path) if path is not None and path.is_dir() else None
+    if trained is None:
+        log.info("%s records no training length (a modernlm run's train_config.json): taking its max_seq_len %d as "
+                 "the length it was trained at", source, config.max_seq_len)  # fmt: skip
+        return config
+    if trained >= config.max_seq_len:
+        return config
+    log.info("%s was trained on %d-token sequences (train_config.json), below its max_seq_len %d: lengths are "
+             "multiples of %d", source, trained, config.max_seq_len, trained)  # fmt: skip
+    return ModelConfig.from_dict({**config.to_dict(), "max_seq_len": trained}, str(source)).validate()
+
+
 def run_context(args) -> int:
     from ..eval import long_context as lc
     if args.text is not None and not Path(args.text).is_file():
         raise FileNotFoundError(f"--text {args.text}: no such file; give a UTF-8 text file")
     model, tokenizer = load_for(args)
-    base = model.config
+    base = _trained_config(model.config, args.model)
     kinds, lengths, depths = _parse(args, base.max_seq_len)
     ids = tokenizer.encode(lc.long_text(args.text)) if args.skip != "perplexity" else []
     if ids and len(ids) < max(lengths) + 1:

@@ -1,4 +1,5 @@
-"""`modernlm export --format gguf --type f16|q8_0|q4_0 MODEL OUT.gguf`: a GGUF file llama.cpp and transformers load."""
+"""`modernlm export --format gguf --type f16|q8_0|q4_0|q4_k_m MODEL OUT.gguf`: a GGUF file llama.cpp and transformers
+load."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from ..checkpoints.gguf import read_gguf_metadata
 from ..export import export_gguf
+from ..export.gguf import TYPES
 from ..loading import load_tokenizer
 from .common import load_for
 
@@ -16,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="model source: an embedded name, a Hugging Face or run directory, a .gguf file")
     p.add_argument("out", help="the .gguf file to write")
     p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default: gguf)")
-    p.add_argument("--type", default="f16", choices=["f16", "q8_0", "q4_0"], help="matrix type (default: f16)")
+    p.add_argument("--type", default="f16", choices=list(TYPES),
+                   help="matrix type; q4_k_m: llama-quantize's Q4_K_M mix (default: f16)")  # fmt: skip
     p.add_argument("--name", default=None, help="general.name in the file (default: the model source's name)")
     p.set_defaults(func=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..analysis.report import flops_report, member_flops_report
+from ..analysis.report import a_member, flops_report, member_flops_report
 from ..config import PRESETS
 from ..loading import load_config
 from . import positive_int
@@ -52,7 +52,7 @@ def run_member(args, report: dict) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.model}: a {report['family']}, T={T} (source and target for seq2seq), batch {args.batch_size}")
+    print(f"{args.model}: {a_member(report['family'])}, T={T} (source and target for seq2seq), batch {args.batch_size}")
     for part, f in parts.items():
         print(f"  {part:<20} {f / (args.batch_size * T) / 1e6:>11,.2f} M per token  {100 * f / parts['total']:5.1f}%")
     print("  (forward matmul FLOPs, 2 per multiply-add; cross-attention K/V counted once per source token)")

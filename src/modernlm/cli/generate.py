@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--system", default=None, help="system message for --chat (default: the template's own)")
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     add_model_args(p, compile=True, kv_cache=True)
-    add_sampling_args(p, temperature=0.0, top_p=None)
+    add_sampling_args(p)
     b = p.add_argument_group("beam search")
     b.add_argument("--num-beams", type=int, default=1, help="beams (> 1: beam search, greedy only)")
     b.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob sum / length ** this")
@@ -43,9 +43,10 @@ def add_parser(sub) -> None:
 def _speculative(args, model, tokenizer, ids, options, loaded) -> str:
     from ..generation.speculative import SpecStats, speculative_generate
 
-    if args.num_beams > 1 or args.stream or args.stop or args.repetition_penalty:
+    if args.num_beams > 1 or args.stream or args.stop or options["repetition_penalty"]:
         raise ValueError(
-            "--speculative decodes greedy or sampled text without --num-beams, --stream, --stop or --repetition-penalty"
+            "--speculative decodes greedy or sampled text without --num-beams, --stream, --stop or a repetition "
+            "penalty (the model's default one too: give --repetition-penalty 1)"
         )
     for key in ("stop_strings", "repetition_penalty"):
         del options[key]
@@ -54,7 +55,7 @@ def _speculative(args, model, tokenizer, ids, options, loaded) -> str:
         model, ids, args.max_new_tokens, draft=args.speculative, num_draft_tokens=args.draft_tokens, stats=s, **options
     )
     elapsed = time.perf_counter() - loaded
-    print(tokenizer.decode(out[:-1] if out and out[-1] == options["eos_token_id"] else out))
+    print(tokenizer.decode(without_eos(out, options["eos_token_id"])))
     return (
         f"{len(out)} tokens in {elapsed:.2f} s ({len(out) / elapsed:.1f} tokens/s) with {s.rounds} target forwards; "
         f"{s.acceptance:.0%} of {s.proposed} drafted tokens accepted"
@@ -71,8 +72,10 @@ def run(args) -> int:
         raise ValueError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
     if args.stream and args.num_beams > 1:
         raise ValueError("--stream works with greedy or sampled decoding, not with --num-beams > 1")
-    if args.num_beams > 1 and args.temperature > 0:
+    if args.num_beams > 1 and args.temperature:
         raise ValueError("beam search is deterministic: use --temperature 0 with --num-beams > 1")
+    if args.num_beams > 1:
+        args.temperature = 0.0  # beams are greedy, whatever the model's sampling defaults
     system = from_user(args.system, "--system") if args.system else None
     if system and not args.chat:
         raise ValueError("--system goes with --chat (a system message is part of a chat template)")
@@ -84,7 +87,7 @@ def run(args) -> int:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     ids = encode_prompt(tokenizer, prompt, chat=args.chat)
-    options = sampling_options(args, tokenizer)
+    options = sampling_options(args, tokenizer, model)
     loaded = time.perf_counter()
     if args.speculative:
         stats = _speculative(args, model, tokenizer, ids, options, loaded)
@@ -94,7 +97,7 @@ def run(args) -> int:
             model, ids, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty, **options
         )[0]
         n_new, elapsed = len(out), time.perf_counter() - loaded
-        print(tokenizer.decode(out[:-1] if out and out[-1] == options["eos_token_id"] else out))
+        print(tokenizer.decode(without_eos(out, options["eos_token_id"])))
         stats = f"{n_new} tokens in {elapsed:.2f} s with {args.num_beams} beams"
     else:
         session = Session(model, tokenizer=tokenizer)
@@ -121,6 +124,12 @@ def run(args) -> int:
     return 0
 
 
+def without_eos(out: list[int], eos) -> list[int]:
+    """The tokens without a final end-of-sequence token (`eos`: an id, a list of them, or None)."""
+    ends = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return out[:-1] if out and out[-1] in ends else out
+
+
 def generate_member(args, model, tokenizer, prompt: str) -> int:
     """`generate` with an encoder-decoder (T5): the prompt (+ EOS) is the encoder's input; an encoder or a ViT is
     refused by `generate` itself, with what to use instead."""
@@ -128,7 +137,7 @@ def generate_member(args, model, tokenizer, prompt: str) -> int:
 
     if args.chat or args.num_beams > 1 or args.stop:
         raise ValueError("an encoder-decoder generates plainly here: drop --chat, --num-beams and --stop")
-    options = sampling_options(args, tokenizer)
+    options = sampling_options(args, tokenizer, model)
     del options["stop_strings"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = generate(model, tokenizer.encode(prompt) + eos, args.max_new_tokens, **options)[0]

@@ -1,14 +1,21 @@
-"""`modernlm info MODEL`: architecture, parameters by part, KV-cache bytes per token, forward FLOPs per token."""
+"""`modernlm info MODEL`: architecture, parameters by part, KV-cache bytes per token, the sampling defaults
+(generation_config.json, or the fallback), forward FLOPs per token."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from ..analysis import forward_flops, kv_cache_bytes, parameter_counts
+from ..checkpoints.generation_config import as_dict
 from ..checkpoints.sources import DEFAULT_MODEL
-from .common import load_for
+from .common import load_for, model_defaults
+
+
+def cfg_generates(model) -> bool:
+    return model.config.family in ("decoder", "seq2seq")
 
 
 def add_parser(sub) -> None:
@@ -66,8 +73,19 @@ OPTIONS = ("sliding_window", "local_rope_theta", "qk_norm", "sandwich_norm", "pa
            "logit_softcap", "scale_embeddings", "attn_scale")  # fmt: skip
 
 
+def shown(value):
+    """A config value as printed: a float by the shortest text that gives the same float32 (GGUF stores float32:
+    1e-05, not 9.999999747378752e-06)."""
+    if isinstance(value, float) and value == value and float(np.float32(value)) == value:
+        return str(np.float32(value))
+    return value
+
+
 def run(args) -> int:
-    info = describe(load_for(args, tokenizer=False)[0])
+    model = load_for(args, tokenizer=False)[0]
+    info = describe(model)
+    if cfg_generates(model):
+        info["generation_config"] = as_dict(model_defaults(model))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -92,10 +110,10 @@ def run(args) -> int:
         "max_seq_len",
     )
     for key in keys:
-        print(f"  {key:<16} {cfg[key]}")
+        print(f"  {key:<16} {shown(cfg[key])}")
     for key in OPTIONS:  # the block options of the later decoders (Qwen3, Gemma, Falcon), where set
         if cfg.get(key) not in (None, False, 0):
-            print(f"  {key:<16} {cfg[key]}")
+            print(f"  {key:<16} {shown(cfg[key])}")
     print("parameters:")
     for part, n in counts.items():
         share = "" if part == "non_embedding" else f"  {100 * n / max(counts['total'], 1):5.1f}%"
@@ -106,6 +124,8 @@ def run(args) -> int:
         print(
             "KV cache per token:  " + ", ".join(f"{b:,} B ({dt})" for dt, b in info["kv_cache_bytes_per_token"].items())
         )
+    if "generation_config" in info:
+        print(f"generation defaults: {model_defaults(model).describe()}")
     print("forward FLOPs per token, by context length:")
     for t, f in info["forward_flops_per_token"].items():
         print(f"  T={t:<8} {f / 1e6:12,.1f} MFLOP")

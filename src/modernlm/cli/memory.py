@@ -59,7 +59,7 @@ def run(args) -> int:
         print(json.dumps(report, indent=2))
         return 0
     lora = f", LoRA r={args.r} on {','.join(adapters)}" if adapters else ""
-    lora += f" over a {args.quantize} base" if args.quantize else ""
+    lora += f" over an {args.quantize} base" if args.quantize else ""  # int8, int4
     print(f"{args.model}: batch {args.batch_size} x {seq_len} tokens, {args.precision}, {args.optimizer}{lora}")
     if args.parallel != "none":
         rows = args.batch_size // args.world_size

@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("MODERNLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $MODERNLM_API_KEY; none: open)")  # fmt: skip
     p.add_argument("--model-id", default=None, help="the name clients use (default: the --model value)")
+    p.add_argument("--embedding-model", default=None, metavar="SOURCE",
+                   help="an encoder served at /v1/embeddings beside the chat model, e.g. all-minilm-l6-v2")  # fmt: skip
     g = p.add_argument_group("engine")
     g.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default: 8)")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond them; more get 429")
@@ -66,6 +68,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _embedder(args):
+    """The encoder of --embedding-model, behind /v1/embeddings (None without the flag)."""
+    if args.embedding_model is None:
+        return None
+    from ..loading import load
+    from ..serving.embeddings import Embedder
+
+    model, tokenizer = load(args.embedding_model, device=args.device)
+    name = Path(str(args.embedding_model).rstrip("/")).name  # a name, never a path on this machine
+    log.info("embeddings: %s at /v1/embeddings", name)
+    return Embedder(model, tokenizer, name)
+
+
 def run(args) -> int:
     _check(args)
     try:
@@ -80,13 +95,17 @@ def run(args) -> int:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)  # fmt: skip
     model, tokenizer = load_for(args)
+    if model.config.family != "decoder":
+        raise ValueError(f"{args.model} is not a decoder: the server's chats and completions need one; an encoder's "
+                         f"sentence embeddings are served beside it with --embedding-model {args.model}")  # fmt: skip
+    embedder = _embedder(args)
     context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
                     prefix_blocks=args.prefix_cache_blocks, prefill_chunk=args.prefill_chunk,
                     time_limit=args.time_limit)  # fmt: skip
     model_id = args.model_id or Path(str(args.model).rstrip("/")).name  # a name, never a path on this machine
-    app = create_app(engine, model_id, api_key=args.api_key, max_body=args.max_body,
-                     max_tokens=args.max_tokens)  # fmt: skip
+    app = create_app(engine, model_id, api_key=args.api_key, max_body=args.max_body, max_tokens=args.max_tokens,
+                     embedder=embedder)  # fmt: skip
     engine.start()
     cache_mb = (engine.cache.nbytes() + (engine.prefix.nbytes() if engine.prefix else 0)) / 2**20
     log.info("engine: %d sequences x %d positions, KV cache and prefix cache %.0f MiB", args.max_batch,

@@ -53,7 +53,9 @@ def _add_field(group, f: dataclasses.Field) -> None:
     flag = "--" + f.name.replace("_", "-")
     flags = [flag, "--out"] if f.name == "out_dir" else [flag]
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    kw = dict(dest=f.name, default=None, help=f"{HELP.get(f.name, '')} (default: {default})".lstrip())
+    shown = typed_default(flag, default)
+    text = HELP.get(f.name, "") + (f" (default: {shown})" if shown else "")
+    kw = dict(dest=f.name, default=None, help=text.lstrip())
     if f.name == "model_overrides":
         group.add_argument("--model-override", action="append", metavar="KEY=VALUE", **kw)
     elif isinstance(default, bool):
@@ -63,6 +65,16 @@ def _add_field(group, f: dataclasses.Field) -> None:
         group.add_argument(*flags, nargs=len(default) if isinstance(default, tuple) else "+", type=item, **kw)
     else:
         group.add_argument(*flags, type=_NONE_DEFAULT_TYPES.get(f.name, type(default)), **kw)
+
+
+def typed_default(flag: str, default) -> str:
+    """A default as it is typed on the command line (`--help` shows what can be typed back): a list as its items,
+    a bool as its flag (--progress / --no-progress); nothing for None or an empty value."""
+    if isinstance(default, bool):
+        return flag if default else "--no-" + flag[2:]
+    if isinstance(default, (list, tuple)):
+        return " ".join(str(v) for v in default)
+    return "" if default is None or default == {} else str(default)
 
 
 def build_config(args):

@@ -13,7 +13,8 @@ Model arguments (`--model_args k=v,...`): `source` (any `modernlm.load_model` so
 `dtype`, `device` (a CUDA device on a machine without one falls back to the CPU, as lm-eval's `hf` model does:
 lm-eval's command line asks for cuda:0 by default), `quantize`, `batch_size` (lm-eval's --batch_size),
 `max_length` (default: the model's max_seq_len), `max_gen_toks` (default 256), `add_bos_token` (default: the
-tokenizer's own setting). Unknown arguments are refused rather than ignored.
+tokenizer's own setting). Unknown arguments are refused rather than ignored. An argument given in --model_args wins
+over the same one from lm-eval's own options (`--model_args batch_size=8` with lm-eval's default `--batch_size 1`).
 
 The three request kinds follow lm-eval's `hf` model, so scores agree with it on the same weights:
 - loglikelihood(context, continuation): lm-eval's TemplateLM encodes the pair (trailing context spaces move to the
@@ -117,6 +118,19 @@ class ModernLM(TemplateLM):
             raise HarnessArgumentError(f"add_bos_token is set, but the tokenizer of {self.source} has no BOS token")
         self._device = next(self.model.parameters()).device
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> ModernLM:
+        """`--model_args k=v,...` merged with what lm-eval's command line adds (batch_size, device, ...): an argument
+        named in --model_args wins, where lm-eval's base class would pass it twice and fail."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> ModernLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **arg_dict})
+
     # ---- what lm-eval asks of a TemplateLM -------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
@@ -216,7 +230,7 @@ class ModernLM(TemplateLM):
                 f"max_gen_toks, do_sample and {', '.join(SAMPLING_KEYS)}"
             )
         if not do_sample:
-            kwargs = {k: v for k, v in kwargs.items() if k == "seed"}  # greedy: the filters do not matter
+            kwargs = {"temperature": 0.0, **{k: v for k, v in kwargs.items() if k == "seed"}}  # greedy: no filters
         elif not kwargs.get("temperature"):
             kwargs["temperature"] = 1.0  # transformers' default when sampling
         room = self.max_length - max_gen_toks

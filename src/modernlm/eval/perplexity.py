@@ -5,6 +5,11 @@ before the first one it has to score); each window scores only the tokens no ear
 but the first is scored once, with at least `window - stride` tokens of context where the text has them (Hugging
 Face's sliding-window perplexity).
 
+`text_perplexity` is the one definition every figure uses (`modernlm eval perplexity`, benchmarks/quantize.py and
+the tables in docs/compress.md): the text encoded with BOS first (the first word is scored given BOS, as a model
+sees a document start), windows of `WINDOW` = 512 tokens moved by `STRIDE` = 256 (the model's context if shorter),
+and the count of scored tokens = the text's tokens.
+
 `heldout_text()` is the English text shipped beside this file (heldout.txt): ~900 words of original prose (a train
 journey, a bread recipe, maps, a letter, an explanation, meeting minutes, music practice, an island ferry) written for
 this package, so it is in neither modernlm's training corpus (the Python standard library) nor, verbatim, any
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 HELDOUT = Path(__file__).with_name("heldout.txt")
+WINDOW, STRIDE = 512, 256  # the definition's window and its step (the overlap is context)
 
 
 def heldout_text() -> str:
@@ -62,3 +68,18 @@ def perplexity(model, ids: list[int], window: int = 512, stride: int | None = No
         scored_to = end
         start = min(start + stride, end - 1)  # the next token to score needs one before it in its window
     return Perplexity(math.exp(total / count), total / count, count)
+
+
+def text_ids(tokenizer, text: str, max_tokens: int | None = None) -> list[int]:
+    """The ids `text_perplexity` scores: BOS (when the tokenizer has one) and the text's first `max_tokens` tokens."""
+    ids = tokenizer.encode(text)[:max_tokens]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+
+def text_perplexity(
+    model, tokenizer, text: str | None = None, window: int = WINDOW, stride: int = STRIDE, max_tokens: int | None = None
+) -> Perplexity:
+    """The perplexity every figure of modernlm's uses: `text` (default: the shipped held-out English) as `text_ids`
+    gives it, in windows of `window` tokens moved by `stride`."""
+    return perplexity(model, text_ids(tokenizer, heldout_text() if text is None else text, max_tokens), window, stride)

@@ -7,8 +7,12 @@ What is written, as llama.cpp's own converter writes it:
   pre-tokenizer name, special ids, add_bos) and `tokenizer.chat_template`;
 - tensors under GGUF names (the inverse of checkpoints/gguf.py's NAME_TABLE), Q and K rows permuted back into
   llama.cpp's RoPE order for `llama`; vectors in F32; matrices in the chosen type: f16, q8_0, or q4_0 (with the
-  embedding in q8_0, as llama.cpp keeps it at 6-8 bits). A matrix whose width is not a whole number of 32-value
-  blocks is written in f16. Quantizing follows ggml's reference rounding (quant/gguf_blocks.py).
+  embedding in q8_0, as llama.cpp keeps it at 6-8 bits), or q4_k_m, the mix llama-quantize chooses for Q4_K_M
+  (`q4_k_m_type`): Q4_K, with Q6_K for the output (the embedding when it is tied) and for attn_v and ffn_down in the
+  first and last eighth of the layers and every third one between; a width that is not a multiple of 256 takes
+  llama.cpp's fallback (Q5_0 for Q4_K, Q8_0 for Q6_K). A matrix whose width is not a whole number of 32-value
+  blocks is written in f16. Quantizing follows ggml's reference rounding (quant/gguf_blocks.py; the K-quants:
+  quant/kquants.py).
 A quantized model is written from its dequantized weights. A model GGUF cannot describe (no RoPE, no RMSNorm, a
 non-gated FFN, post-norm, non-causal, biases beyond q/k/v, an encoder) is refused before anything is written.
 """
@@ -28,8 +32,10 @@ from ..files import atomic_path
 from ..model import Transformer
 from ..quant import QuantEmbedding, QuantLinear
 from ..quant.gguf_blocks import quantize_q4_0, quantize_q8_0
+from ..quant.kquants import quantize_q4_k, quantize_q6_k
 
-TYPES = ("f16", "q8_0", "q4_0")
+TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
+FILE_TYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}  # llama.cpp's LLAMA_FTYPE values
 log = logging.getLogger("modernlm")
 
 
@@ -85,8 +91,36 @@ def _float_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() for k, v in state.items()}
 
 
-def _tensor(name: str, w: torch.Tensor, kind: str):
-    """(array, GGML type) for one tensor in the chosen type."""
+def use_more_bits(i: int, n: int) -> bool:
+    """llama.cpp's layers that get more bits in an _M mix: the first and last eighth, and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def q4_k_m_type(name: str, n_layers: int, tied: bool) -> str:
+    """The GGML type llama-quantize gives the matrix `name` (a GGUF name) in a Q4_K_M file: Q6_K for the output (the
+    embedding when the output is tied to it) and for attn_v / ffn_down of the layers `use_more_bits` picks, else
+    Q4_K."""
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        return "Q6_K"
+    if name.startswith("blk.") and (".attn_v." in name or ".ffn_down." in name):
+        return "Q6_K" if use_more_bits(int(name.split(".")[1]), n_layers) else "Q4_K"
+    return "Q4_K"
+
+
+def _k_quant(name: str, a: np.ndarray, qtype: str):
+    """(array, GGML type) of a Q4_K_M matrix; a width that is not a multiple of 256 takes llama.cpp's fallback."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    if a.shape[-1] % 256 == 0:
+        return (quantize_q6_k(a), Q.Q6_K) if qtype == "Q6_K" else (quantize_q4_k(a), Q.Q4_K)
+    if qtype == "Q6_K":
+        return quantize_q8_0(a), Q.Q8_0
+    return gguf.quants.quantize(a, Q.Q5_0), Q.Q5_0
+
+
+def _tensor(name: str, w: torch.Tensor, kind: str, mix: str | None = None):
+    """(array, GGML type) for one tensor in the chosen type (`mix`: its Q4_K_M type, for kind q4_k_m)."""
     from gguf import GGMLQuantizationType as Q
 
     a = w.numpy().astype(np.float32)
@@ -101,6 +135,8 @@ def _tensor(name: str, w: torch.Tensor, kind: str):
         return quantize_q8_0(a), Q.Q8_0
     if kind == "q4_0":
         return quantize_q4_0(a), Q.Q4_0
+    if kind == "q4_k_m":
+        return _k_quant(name, a, mix)
     return a.astype(np.float16), Q.F16
 
 
@@ -152,7 +188,7 @@ def export_gguf(
     name: str = "modernlm",
     tokenizer_pre: str | None = None,
 ) -> Path:
-    """Write `model` (and `tokenizer`, if given) as a GGUF file of type `kind` (f16, q8_0, q4_0) at `out`.
+    """Write `model` (and `tokenizer`, if given) as a GGUF file of type `kind` (f16, q8_0, q4_0, q4_k_m) at `out`.
     `tokenizer_pre`: llama.cpp's name of the pre-tokenizer (a GGUF source's own `tokenizer.ggml.pre`); None infers
     it from the tokenizer ("gpt-2" for a byte-level BPE with GPT-2's split, else "default")."""
     import gguf
@@ -182,7 +218,8 @@ def export_gguf(
                 w = permute_qk(w, cfg.n_heads)
             elif arch == "llama" and ".attn_k." in g:
                 w = permute_qk(w, cfg.n_kv_heads)
-            array, qtype = _tensor(g, w, kind)
+            mix = q4_k_m_type(g, cfg.n_layers, "output.weight" not in names.values()) if kind == "q4_k_m" else None
+            array, qtype = _tensor(g, w, kind, mix)
             writer.add_tensor(g, array, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -194,7 +231,7 @@ def export_gguf(
 def _model_metadata(writer, cfg, name: str, kind: str) -> None:
     """`general.*` and the architecture's hyper-parameters, RoPE scaling included."""
     writer.add_name(name)
-    writer.add_file_type({"f16": 1, "q8_0": 7, "q4_0": 2}[kind])  # llama.cpp's LLAMA_FTYPE values
+    writer.add_file_type(FILE_TYPES[kind])
     writer.add_context_length(cfg.max_seq_len)
     writer.add_embedding_length(cfg.d_model)
     writer.add_block_count(cfg.n_layers)

@@ -9,6 +9,7 @@ The held-out loss before training is logged as the validation record of step 0.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,8 @@ def _prepare_model(cfg: FinetuneConfig, model, tokenizer, prompts) -> list[Compa
     """Add the adapters (or unfreeze every weight) and answer the comparison prompts with the base model: with
     LoRA after adding the adapters (B = 0 gives exactly the base output; a bad target fails before any work)."""
     torch.manual_seed(cfg.train.seed)  # LoRA's A initialisation
+    if prompts:
+        _say(cfg, f"answering {len(prompts)} prompts with the base model (before_after.md)")
     if not cfg.lora:
         comparisons = _compare(model, tokenizer, prompts, cfg.answer_tokens)
         model.requires_grad_(True)
@@ -201,7 +204,7 @@ def _answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     model.eval()
     ids = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)) for c in conversations]
     eos = tokenizer.eos_token_id
-    new = generate(model, ids, max_new_tokens, eos_token_id=eos)
+    new = generate(model, ids, max_new_tokens, temperature=0.0, eos_token_id=eos)
     return [tokenizer.decode(row[:-1] if row and row[-1] == eos else row).strip() for row in new]
 
 
@@ -210,9 +213,16 @@ def _compare(model, tokenizer, prompts: list[tuple[list[dict], str]], max_new_to
     return [Comparison(c, ref, b) for (c, ref), b in zip(prompts, before, strict=True)]
 
 
+def _say(cfg: FinetuneConfig, text: str) -> None:
+    """A phase of the run after the step bar has finished, on stderr (not with --no-progress)."""
+    if cfg.train.progress:
+        print(f"finetune: {text}", file=sys.stderr, flush=True)
+
+
 def _publish(cfg: FinetuneConfig, model, tokenizer, comparisons: list[Comparison], result: FinetuneResult) -> None:
     """Write adapter/ (LoRA), merged/ or model/, and before_after.md; fill them into `result`."""
     run_dir = cfg.run_dir
+    _say(cfg, f"answering {len(comparisons)} prompts after training (before_after.md), then writing {run_dir}")
     if cfg.lora:
         result.adapter_dir = save_adapter(model, run_dir / "adapter")
         model = merge_and_unload(model)

@@ -11,6 +11,7 @@ on and a notice says so once; the output is the same either way (tests compare t
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -22,6 +23,7 @@ class CompiledStep:
         self.model = model
         self.failed = False
         self._compiled = None
+        self.seen: set[tuple] = set()  # the (rows, cache length, masked) shapes compiled for
 
     def _forward(self, ids, input_pos, cache, attention_mask):
         return self.model(ids, input_pos=input_pos, cache=cache, attention_mask=attention_mask, last_only=True)
@@ -31,8 +33,18 @@ class CompiledStep:
             return self.model(ids, input_pos=input_pos, cache=cache, attention_mask=attention_mask, last_only=last_only)
         if self._compiled is None:
             self._compiled = torch.compile(self._forward, dynamic=False)
+        shape = (ids.shape[0], getattr(cache, "max_len", None), attention_mask is not None)
+        first = shape not in self.seen
+        if first:  # torch.compile works silently for seconds: say so, once per shape it compiles for
+            log.info("compiling the one-token decode step for %d row(s) x %s positions (once; seconds)...",
+                     shape[0], shape[1])  # fmt: skip
+            self.seen.add(shape)
+        t0 = time.perf_counter()
         try:
-            return self._compiled(ids, input_pos, cache, attention_mask)
+            out = self._compiled(ids, input_pos, cache, attention_mask)
+            if first:
+                log.info("compiled the decode step in %.1f s", time.perf_counter() - t0)
+            return out
         except Exception as e:  # a compiler problem, not the input's: the eager step computes the same thing
             self.failed = True
             log.info("could not compile the decode step (%s: %s); decoding eagerly", type(e).__name__, str(e)[:200])

@@ -27,6 +27,7 @@ from .inputs import (
     device_of,
     eos_set,
     make_generator,
+    model_sampling,
     prepare_prompts,
     stop_list,
     token_budget,
@@ -91,7 +92,7 @@ def generate(
     input_ids: TokenIds,
     max_new_tokens: int,
     *,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
@@ -115,12 +116,16 @@ def generate(
     (fewer if the model's context `max_seq_len` runs out).
 
     Strategies: `temperature=0` is greedy; `temperature > 0` samples, after `top_k`, `top_p`, `min_p` (see
-    sampling.py); `repetition_penalty` applies to both. `seed` makes sampling reproducible (a private
-    torch.Generator). `num_beams > 1` is beam search, matching transformers' (score = sum of log-probs /
-    new_length ** length_penalty; `early_stopping` False, True or "never" as there); it returns the best beam.
-    `kv_cache`: the cache's storage, "auto" (the model's dtype), "bfloat16", "float16", "float32" or "int8" (one scale
-    per head and token; layers/kv_cache.py). Raises ValueError on bad input before any work."""
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    sampling.py); `repetition_penalty` applies to both. With none of these five given, the model's own defaults
+    apply (`model.generation_config`: its generation_config.json, or the fallback temperature 0.7 / top-p 0.9 for a
+    loaded source without one; greedy for a model built in Python); with any given, exactly those (temperature 0
+    when not given). `seed` makes sampling reproducible (a private torch.Generator). `num_beams > 1` is beam search,
+    matching transformers' (score = sum of log-probs / new_length ** length_penalty; `early_stopping` False, True or
+    "never" as there); it returns the best beam. `kv_cache`: the cache's storage, "auto" (the model's dtype),
+    "bfloat16", "float16", "float32" or "int8" (layers/kv_cache.py). Raises ValueError on bad input before any work."""
+    if num_beams != 1 and temperature is None:
+        temperature = 0.0  # beams are greedy here, whatever the model's sampling defaults
+    params = model_sampling(model, temperature, top_k, top_p, min_p, repetition_penalty)
     check_max_new_tokens(max_new_tokens)
     stops = stop_list(stop_strings, tokenizer)
     _check_beams(num_beams, params, stops)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import SamplingParams
+
 TokenIds = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -164,3 +166,14 @@ def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
     if not chat and getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
         ids = [bos, *ids]
     return ids
+
+
+def model_sampling(model, temperature=None, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
+    """The SamplingParams of a call: with none of the five given, the model's own defaults (`model.generation_config`,
+    set by the loader from generation_config.json or its fallback; greedy for a model built in Python); with any
+    given, exactly those (temperature 0, greedy, when it is not given; the filters not given are off)."""
+    given = (temperature, top_k, top_p, min_p, repetition_penalty)
+    if all(v is None for v in given):
+        defaults = getattr(model, "generation_config", None)
+        return SamplingParams(**defaults.sampling()) if defaults is not None else SamplingParams()
+    return SamplingParams(0.0 if temperature is None else temperature, top_k, top_p, min_p, repetition_penalty)

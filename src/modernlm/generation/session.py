@@ -18,11 +18,11 @@ from .inputs import (
     device_of,
     eos_set,
     make_generator,
+    model_sampling,
     prepare_prompts,
     stop_list,
     token_budget,
 )
-from .sampling import SamplingParams
 from .stops import FinishedRows, IncrementalDecoder
 
 
@@ -95,7 +95,7 @@ class Session:
         prompt: Sequence[int] | str,
         max_new_tokens: int,
         *,
-        temperature: float = 0.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         min_p: float | None = None,
@@ -105,7 +105,7 @@ class Session:
         seed: int | None = None,
     ) -> Iterator[tuple[int, int]]:
         """Validate everything, then yield (token, index) for each new token."""
-        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+        params = model_sampling(self.model, temperature, top_k, top_p, min_p, repetition_penalty)
         check_max_new_tokens(max_new_tokens)
         stops = stop_list(stop_strings, self.tokenizer)
         if isinstance(prompt, str):

@@ -16,7 +16,7 @@ from . import Finding, experiment
 from ._train import one_thread
 
 STRATEGIES = {  # name -> generate() options
-    "greedy": dict(),
+    "greedy": dict(temperature=0.0),
     "beam 4": dict(num_beams=4),
     "top-k 50": dict(temperature=1.0, top_k=50),
     "top-p 0.9": dict(temperature=1.0, top_p=0.9),

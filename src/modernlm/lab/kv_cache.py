@@ -63,7 +63,7 @@ def _generation(quick: bool) -> dict[str, list]:
     with torch.inference_mode():
         for N in news:
             t = time.perf_counter()
-            cached = generate(model, [prompt], N)[0]
+            cached = generate(model, [prompt], N, temperature=0.0)[0]
             out["cached_s"].append(time.perf_counter() - t)
             t = time.perf_counter()
             naive = generate_naive(model, [prompt], N)[0]

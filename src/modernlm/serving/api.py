@@ -22,9 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..checkpoints.generation_config import GREEDY, as_dict
 from ..generation.inputs import encode_prompt
 from . import params as P
 from .attention import attention_rows, parse_spec
+from .embeddings import Embedder, no_embedder
 from .engine import Engine, Event, QueueFull
 from .engine import Request as EngineRequest
 from .params import APIError
@@ -41,27 +43,21 @@ def create_app(
     api_key: str | None = None,
     max_body: int = 1 << 20,
     max_tokens: int | None = None,
+    embedder: Embedder | None = None,
 ) -> FastAPI:
     """The app over a started engine. `api_key`: required as `Authorization: Bearer KEY` on /v1 and /metrics;
-    `max_body`: bytes a request body may have; `max_tokens`: the most a request may ask for (default: the context)."""
+    `max_body`: bytes a request body may have; `max_tokens`: the most a request may ask for (default: the context);
+    `embedder`: an encoder served at /v1/embeddings (embeddings.py) beside the engine's model."""
     app = FastAPI(title="modernlm", docs_url=None, redoc_url=None, openapi_url=None)
     server = _Server(engine, model_id, api_key, max_body, max_tokens or engine.context)
     _error_handlers(app)
+    app.add_middleware(_AccessLog)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "active": engine.active, "queued": len(engine.waiting)}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        server.authorize(request)
-        return {"object": "list", "data": [server.model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request):
-        server.authorize(request)
-        server.check_model(name)
-        return server.model_card()
+    _model_routes(app, server, embedder)
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -94,6 +90,56 @@ def create_app(
     return app
 
 
+def _model_routes(app: FastAPI, server: _Server, embedder: Embedder | None) -> None:
+    """/v1/models (the chat model and the embedding model, if any) and /v1/embeddings."""
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.authorize(request)
+        return {"object": "list", "data": [server.model_card()] + ([embedder.card()] if embedder else [])}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request):
+        server.authorize(request)
+        if embedder is not None and name == embedder.model_id:
+            return embedder.card()
+        server.check_model(name)
+        return server.model_card()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        server.authorize(request)
+        if embedder is None:
+            raise no_embedder()
+        return JSONResponse(await asyncio.to_thread(embedder, await server.body(request)))
+
+
+class _AccessLog:
+    """One line per request on the `modernlm.access` logger (INFO) when its response ends: client, method, path,
+    status, seconds (a stream's whole length), as a web server's access log has it. Plain ASGI: the request's
+    receive channel is left alone, so a client that goes away is still seen."""
+
+    def __init__(self, app) -> None:
+        self.app, self.log = app, logging.getLogger("modernlm.access")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-",)
+            self.log.info('%s "%s %s" %d %.3fs', client[0], scope["method"], scope["path"], status[0],
+                          time.perf_counter() - t0)  # fmt: skip
+
+
 def _error_handlers(app: FastAPI) -> None:
     """Every error in the API's shape: ours (APIError), the router's (404, 405), and bugs (500, logged here)."""
 
@@ -119,9 +165,12 @@ class _Server:
         self.max_body, self.max_tokens = max_body, max_tokens
         self.tokenizer = engine.tokenizer
         self.created = int(time.time())
+        self.defaults = getattr(engine.model, "generation_config", None) or GREEDY  # a field not sent takes these
 
     def model_card(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "modernlm"}
+        """OpenAI's model object, and the sampling defaults a request gets (the chat page shows them)."""
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "modernlm",
+                "generation_config": as_dict(self.defaults)}  # fmt: skip
 
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -160,7 +209,7 @@ class _Server:
     async def complete(self, request: Request, chat: bool):
         body = P.check_fields(await self.body(request), P.CHAT_FIELDS if chat else P.COMPLETION_FIELDS)
         self.check_model(body.get("model"))
-        s = P.sampling(body, self.max_tokens, chat)
+        s = P.sampling(body, self.max_tokens, chat, self.defaults)
         attentions = parse_spec(body.get("return_attentions"), self.engine.model.config, s.stream) if chat else None
         prompts = [self.chat_prompt(body)] if chat else [self.completion_prompt(p) for p in P.prompts(body, 0)]
         requests = [self.engine_request(ids, s, chat) for ids in prompts for _ in range(s.n)]
@@ -215,10 +264,10 @@ class _Server:
                         f"this model's context is {self.engine.context} tokens: the prompt has {len(ids)}, which "
                         f"leaves room for {room} new tokens, but max_tokens is {max_tokens}",
                         "context_length_exceeded")  # fmt: skip
-        eos = self.tokenizer.eos_token_id
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         r = EngineRequest(
             ids, max_tokens, s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty,
-            s.frequency_penalty, s.seed, list(s.stop), frozenset([eos] if eos is not None else []), s.logprobs,
+            s.frequency_penalty, s.seed, list(s.stop), frozenset(eos + self.defaults.eos_ids()), s.logprobs,
         )  # fmt: skip
         try:
             self.engine.check(r)

@@ -2,7 +2,8 @@
 in the API's error shape) that names the field, never a traceback. Fields the API defines but this server does not
 implement are refused by name (silently ignoring `tools` or `response_format` would return something else than asked).
 
-Parameters (OpenAI's meaning; top_k, min_p and repetition_penalty are the extensions vLLM and llama.cpp accept):
+Parameters (OpenAI's meaning; top_k, min_p and repetition_penalty are the extensions vLLM and llama.cpp accept); a
+sampling field not given takes the model's own default (its generation_config.json, as vLLM does):
 max_tokens (max_completion_tokens), temperature, top_p, top_k, min_p, repetition_penalty, seed, stop, n, logprobs /
 top_logprobs, presence_penalty, frequency_penalty, stream, stream_options.include_usage.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..checkpoints.generation_config import GREEDY, GenerationConfig
 
 MAX_STOPS = 4
 MAX_N = 16
@@ -137,19 +140,22 @@ def check_fields(body: Any, allowed: set[str]) -> dict:
     return body
 
 
-def sampling(body: dict, max_tokens_limit: int, chat: bool) -> Sampling:
-    """The sampling fields of a chat or completion body."""
+def sampling(body: dict, max_tokens_limit: int, chat: bool, defaults: GenerationConfig = GREEDY) -> Sampling:
+    """The sampling fields of a chat or completion body; a field not given takes the model's default (`defaults`:
+    its generation_config.json, as vLLM does), max_tokens included when the model names one."""
     s = Sampling()
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     s.max_tokens = _integer(body, name, 1, None, None)
     if s.max_tokens is not None and s.max_tokens > max_tokens_limit:
         raise bad(name, f"'{name}' is {s.max_tokens}; this server allows at most {max_tokens_limit}")
-    s.temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
-    s.top_p = _number(body, "top_p", 0.0, 1.0, None, lo_open=True)
-    top_k = _integer(body, "top_k", -1, None, None)
+    if s.max_tokens is None and defaults.max_new_tokens:
+        s.max_tokens = min(defaults.max_new_tokens, max_tokens_limit)
+    s.temperature = _number(body, "temperature", 0.0, 2.0, defaults.temperature)
+    s.top_p = _number(body, "top_p", 0.0, 1.0, defaults.top_p, lo_open=True)
+    top_k = _integer(body, "top_k", -1, None, defaults.top_k)
     s.top_k = top_k if top_k and top_k > 0 else None  # -1 and 0 mean no top-k (vLLM's convention)
-    s.min_p = _number(body, "min_p", 0.0, 1.0, None)
-    s.repetition_penalty = _number(body, "repetition_penalty", 0.0, 10.0, None, lo_open=True)
+    s.min_p = _number(body, "min_p", 0.0, 1.0, defaults.min_p)
+    s.repetition_penalty = _number(body, "repetition_penalty", 0.0, 10.0, defaults.repetition_penalty, lo_open=True)
     s.presence_penalty = _number(body, "presence_penalty", -2.0, 2.0, 0.0)
     s.frequency_penalty = _number(body, "frequency_penalty", -2.0, 2.0, 0.0)
     s.seed = _integer(body, "seed", -(2**63), 2**63 - 1, None)

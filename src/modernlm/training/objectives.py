@@ -232,7 +232,8 @@ def seq2seq_predictions(model, tokenizer, sources: list[str], max_new_tokens: in
 
     ids = encode_batch(tokenizer, sources, eos=True, pad=0)
     mask = (ids != 0).long()
-    outs = generate(model, ids, max_new_tokens, attention_mask=mask, eos_token_id=tokenizer.eos_token_id)
+    eos = tokenizer.eos_token_id
+    outs = generate(model, ids, max_new_tokens, temperature=0.0, attention_mask=mask, eos_token_id=eos)
     return [tokenizer.decode([t for t in row if t != tokenizer.eos_token_id]) for row in outs]
 
 

@@ -128,6 +128,13 @@ def _announce_extension(run_dir: Path, old: TrainConfig, new: TrainConfig, step:
     )  # fmt: skip
 
 
+def training_length(directory: str | Path) -> int | None:
+    """The sequence length a model was trained at: `seq_len` of the train_config.json in its run directory (every
+    `modernlm train` run writes it there); None for a directory that records none (a downloaded model, a GGUF)."""
+    path = Path(directory) / TRAIN_CONFIG_NAME
+    return TrainConfig.from_json(path).seq_len if path.is_file() else None
+
+
 def read_saved_config(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / TRAIN_CONFIG_NAME
     if not path.is_file():

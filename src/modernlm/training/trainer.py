@@ -7,6 +7,7 @@ checkpoints that survive interrupts, a progress bar, a metrics log, a loss curve
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -160,6 +161,7 @@ class Trainer:
             self._write_outputs(result, only_missing=True)  # those a kill after the last checkpoint did not write
             return result
         result = TrainResult(self.run_dir, self.step, "done")
+        self._warn_long_warmup()
         show = cfg.progress and self.parallel.is_main
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not show)
         window, t_last = self.window, time.perf_counter()
@@ -197,10 +199,24 @@ class Trainer:
         bar.close()
         return self._finish(result, interrupted.is_set(), stop)
 
+    def _warn_long_warmup(self) -> None:
+        """A warmup longer than the run never reaches the peak learning rate: say so at the start."""
+        cfg = self.cfg
+        if self.step == 0 and cfg.warmup_steps > cfg.max_steps and self.parallel.is_main:
+            top = lr_at(cfg.max_steps - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            logging.getLogger("modernlm").warning(
+                "warmup_steps %d is longer than the run's %d steps: the learning rate climbs to %.3g at most, "
+                "never to lr %.3g, and the cosine decay never starts; lower --warmup-steps (e.g. %d)",
+                cfg.warmup_steps, cfg.max_steps, top, cfg.lr, max(cfg.max_steps // 10, 0),
+            )  # fmt: skip
+
     def _maybe_eval(self, bar, result: TrainResult) -> None:
         every = self.cfg.eval_interval
         if (every and self.step % every == 0) or self.step == self.cfg.max_steps:
+            if self.val_batches and self.parallel.is_main and not bar.disable:  # the bar stands still meanwhile
+                bar.set_description_str(f"train (evaluating {len(self.val_batches)} held-out batches)")
             val = self.evaluate()
+            bar.set_description_str("train")
             if val is not None:
                 result.val_loss = val
                 self.metrics.write(dict(step=self.step, val_loss=val, val_ppl=math.exp(min(val, 50))))

@@ -63,8 +63,19 @@ async function loadModels(wanted) {
     }
     if (wanted && data.data.some((m) => m.id === wanted)) $("model").value = wanted;
     $("model-name").textContent = $("model").value;
+    const card = data.data.find((m) => m.id === $("model").value);
+    if (card && card.generation_config) showDefaults(card.generation_config);
   } catch (e) {
     $("model-name").textContent = "(models: " + e.message + "; set the API key in Settings)";
+  }
+}
+
+// An empty field sends nothing: the server applies the model's own default (its generation_config.json),
+// shown here as the field's placeholder.
+function showDefaults(g) {
+  const shown = { temperature: g.temperature, top_p: g.top_p ?? 1, top_k: g.top_k ?? 0, max_tokens: g.max_new_tokens };
+  for (const [id, value] of Object.entries(shown)) {
+    $(id).placeholder = value === null || value === undefined ? "(model's)" : value + " (model's)";
   }
 }
 
@@ -75,12 +86,10 @@ function requestBody() {
   for (const m of conversation) messages.push({ role: m.role, content: m.content });
   const body = {
     model: $("model").value, messages, stream: true, stream_options: { include_usage: true },
-    temperature: Number($("temperature").value), top_p: Number($("top_p").value),
-    max_tokens: Number($("max_tokens").value),
   };
-  const topK = Number($("top_k").value);
-  if (topK > 0) body.top_k = topK;
-  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  for (const id of ["temperature", "top_p", "top_k", "max_tokens", "seed"]) {
+    if ($(id).value !== "") body[id] = Number($(id).value);
+  }
   if ($("attention").checked) {  // the whole reply at once, with each token's attention rows (compact bytes)
     body.stream = false;
     delete body.stream_options;
