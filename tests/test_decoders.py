@@ -316,6 +316,33 @@ def test_gemma_270m_greedy_tokens_equal_transformers(gemma_270m, prompt):
     assert generate(ours, ids, 16) == [out[0, len(ids) :].tolist()]
 
 
+@pytest.mark.slow
+def test_gemma_270m_chats_like_transformers(gemma_270m, capsys):
+    """`modernlm generate --model gemma-3-270m --chat`: `load` gives the tokenizer (the file's SentencePiece vocabulary
+    and the chat template shipped beside it), whose prompt ids are transformers' `apply_chat_template` ids, and the
+    command prints the text of transformers' greedy tokens for them."""
+    from modernlm.cli.__main__ import main
+    from modernlm.generation import generate
+    from modernlm.generation.inputs import encode_prompt
+
+    _, hf, hf_tokenizer = gemma_270m
+    model, tokenizer = modernlm.load("gemma-3-270m")
+    question = "What is the capital of France?"
+    messages = [{"role": "user", "content": question}]
+    hf_tokenizer.chat_template = tokenizer.chat_template  # the file carries none
+    ids = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = list(ids["input_ids"])
+    assert encode_prompt(tokenizer, tokenizer.apply_chat_template(messages), chat=True) == ids
+    assert ids[:2] == [2, 105]  # <bos><start_of_turn>
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = out[0, len(ids) :].tolist()
+    assert generate(model, ids, 16) == [expected]
+    assert main(["generate", "--model", "gemma-3-270m", "--chat", "--prompt", question, "-n", "16", "-q"]) == 0
+    reply = expected[: expected.index(1)] if 1 in expected else expected  # the command stops at <eos>
+    assert capsys.readouterr().out == hf_tokenizer.decode(reply) + "\n"
+
+
 # ---- accounting: info, memory and flops over the new members -------------------------------------------------------
 @pytest.mark.parametrize("name", ["qwen3", "phi3-window", "gemma3", "falcon-mha-sequential-bias"])
 def test_info_memory_and_flops_describe_the_member(name, tmp_path, capsys):

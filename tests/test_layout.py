@@ -27,6 +27,7 @@ FLOORS = [
     {"encoder"},  # the members, assembled from the model's blocks
     {"seq2seq", "vit", "embedding"},
     {"vlm"},  # a ViT tower, the projector and the decoder
+    {"tokenizer_spm"},  # a GGUF file's SentencePiece vocabulary as a `tokenizers` BPE
     {"tokenizer"},
     {"checkpoints"},
     {"quant"},

