@@ -3,19 +3,23 @@ filled with `load_state_dict(assign=True)`. And the way back out, `save_model`."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .checkpoints import gguf_cache
+from .checkpoints.base import MODEL_FILES
 from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
 from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
 from .config import PRESETS, ModelConfig, preset
 from .encoder import Encoder
+from .files import atomic_dir, recover
 from .model import Transformer
 from .quant import KINDS, QuantError
 from .quant import quantize as quantize_model
@@ -91,6 +95,8 @@ def _check_source(source) -> None:
 def _local_path(source) -> Path:
     """The file or directory a checked source names; a file must be a .gguf (both loaders read one)."""
     _check_source(source)
+    if source is not None and not Path(source).expanduser().exists():
+        recover(Path(source).expanduser())  # a save killed between the two renames of a swap: put the old one back
     path = resolve(source)
     if path.is_file() and path.suffix != ".gguf":
         raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
@@ -104,7 +110,7 @@ def _converted(path: Path) -> Path | None:
 
 def _read_checkpoint(path: Path, converted: Path | None):
     if path.is_file():
-        return load_native(converted) if converted is not None else load_gguf(path)
+        return _read_converted(path, converted) if converted is not None else load_gguf(path)
     if is_native(path):
         return load_native(path)
     if (path / "config.json").is_file():
@@ -113,6 +119,15 @@ def _read_checkpoint(path: Path, converted: Path | None):
         f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
         "directory), and is not a .gguf file"
     )
+
+
+def _read_converted(path: Path, converted: Path):
+    """A GGUF file's converted copy; a damaged one (truncated, deleted files) is converted again, not reported."""
+    try:
+        return load_native(converted)
+    except (ValueError, OSError) as e:  # CheckpointError, a config's error, a file gone
+        rebuilt = gguf_cache.rebuild(path, e)
+    return load_native(rebuilt) if rebuilt is not None else load_gguf(path)
 
 
 def load_model(
@@ -213,7 +228,12 @@ def load_tokenizer(source: str | os.PathLike | None = None) -> Tokenizer:
 def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
     if path.is_file():
         if converted is not None and (converted / "tokenizer.json").is_file():
-            return Tokenizer.from_directory(converted)
+            try:
+                return Tokenizer.from_directory(converted)
+            except TokenizerError as e:  # a damaged copy: converted again, else read from the GGUF file itself
+                rebuilt = gguf_cache.rebuild(path, e)
+                if rebuilt is not None and (rebuilt / "tokenizer.json").is_file():
+                    return Tokenizer.from_directory(rebuilt)
         return tokenizer_from_gguf(path)
     return Tokenizer.from_directory(path)
 
@@ -221,11 +241,38 @@ def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
 def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write a Hugging Face directory (config.json + model.safetensors + tokenizer files) that transformers loads.
     The tokenizer is `tokenizer`, or that of the source the model was loaded from; a model built in Python without
-    one is saved without it, with a notice (give tokenizer= to make the directory usable for generation)."""
+    one is saved without it, with a notice (give tokenizer= to make the directory usable for generation).
+
+    The directory is written whole beside the old one and swapped in at once (`files.atomic_dir`): a kill at any
+    moment leaves the old model or the new one, weights and tokenizer together. Other files in it are kept."""
+    with staged_save(model, directory, tokenizer):
+        pass
+    return Path(directory)
+
+
+@contextlib.contextmanager
+def staged_save(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Iterator[Path]:
+    """`save_model`, with the staging directory yielded once the model is written there, so that a caller can add to
+    it or change it (a reward model's head) before the whole directory replaces the old one."""
+    directory, tokenizer = _check_save(model, directory, tokenizer)
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with atomic_dir(directory, replaces=MODEL_FILES, needed=needed) as staging:
+        save_hf(model, staging, tokenizer)
+        yield staging
+
+
+def _check_save(model, directory, tokenizer) -> tuple[Path, Tokenizer | None]:
+    """save_model's arguments checked (swapped ones named), and the tokenizer to write: the given or the source's."""
+    if isinstance(model, (str, os.PathLike)) and isinstance(directory, torch.nn.Module):
+        raise TypeError("save_model(model, directory): the arguments are swapped; the model comes first")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(
-            f"save_model takes a modernlm model (from load_model or Transformer), got {type(model).__name__}"
+            f"save_model's model must be a modernlm model (from load_model or Transformer), got {type(model).__name__}"
         )
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"save_model's directory must be a str or a Path, got {type(directory).__name__}")
+    if tokenizer is not None and not callable(getattr(tokenizer, "save", None)):
+        raise TypeError(f"save_model's tokenizer must be a modernlm Tokenizer or None, got {type(tokenizer).__name__}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file; save_model writes a directory: give a directory path")
@@ -240,4 +287,4 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=N
             "save_model(model, directory, tokenizer=...) to generate from the directory",
             directory,
         )
-    return save_hf(model, directory, tokenizer)
+    return directory, tokenizer

@@ -20,7 +20,7 @@ from torch import nn
 from ..checkpoints.hf import config_from_hf, rename
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
-from ..loading import load_model, load_tokenizer, save_model
+from ..loading import load_model, load_tokenizer, staged_save
 from ..model import Transformer
 from .common import Optimizer, data_files, metrics_log, start_run
 from .config import AlignConfig
@@ -76,28 +76,31 @@ class RewardModel(nn.Module):
 
 # ---- on disk ------------------------------------------------------------------------------------------------------
 def save_reward_model(model: RewardModel, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """A Hugging Face directory that `AutoModelForSequenceClassification` loads (num_labels 1, pad_token_id set)."""
+    """A Hugging Face directory that `AutoModelForSequenceClassification` loads (num_labels 1, pad_token_id set),
+    written whole and swapped in at once like save_model's."""
     body = merge_and_unload(model.body) if hasattr(model.body, "lora_config") else model.body
-    directory = save_model(body, directory, tokenizer)
-    hf = json.loads((directory / "config.json").read_text())
-    arch = hf["architectures"][0]
-    if arch not in ARCHITECTURES:
-        raise RewardModelError(f"a {arch} body cannot be saved as a reward model; use a Llama, Mistral or Qwen2 base")
-    tensors = load_file(directory / "model.safetensors")
-    tensors.pop("lm_head.weight", None)
-    tensors["score.weight"] = model.score.weight.detach().to(next(iter(tensors.values())).dtype).contiguous().cpu()
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    hf.update(
-        architectures=[arch.replace("ForCausalLM", "ForSequenceClassification")],
-        num_labels=1,
-        id2label={"0": "LABEL_0"},
-        label2id={"LABEL_0": 0},
-        pad_token_id=model.pad_id,
-        problem_type="regression",
-    )
-    write_json(directory / "config.json", hf)
-    return directory
+    with staged_save(body, directory, tokenizer) as staging:
+        hf = json.loads((staging / "config.json").read_text())
+        arch = hf["architectures"][0]
+        if arch not in ARCHITECTURES:
+            raise RewardModelError(
+                f"a {arch} body cannot be saved as a reward model; use a Llama, Mistral or Qwen2 base"
+            )
+        tensors = load_file(staging / "model.safetensors")
+        tensors.pop("lm_head.weight", None)
+        tensors["score.weight"] = model.score.weight.detach().to(next(iter(tensors.values())).dtype).contiguous().cpu()
+        with atomic_path(staging / "model.safetensors") as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        hf.update(
+            architectures=[arch.replace("ForCausalLM", "ForSequenceClassification")],
+            num_labels=1,
+            id2label={"0": "LABEL_0"},
+            label2id={"LABEL_0": 0},
+            pad_token_id=model.pad_id,
+            problem_type="regression",
+        )
+        write_json(staging / "config.json", hf)
+    return Path(directory)
 
 
 def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> RewardModel:

@@ -12,6 +12,14 @@ from safetensors.torch import save_file
 
 from ..files import atomic_path, write_json
 
+# What a saved model directory consists of: a save replaces all of these (written or not: an old shard index the new
+# save has no use for would shadow its weights) and keeps anything else found in the directory.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "modernlm_config.json", "model.safetensors", "model-*.safetensors",
+    "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*",
+    "vocab.*", "merges.txt",
+)  # fmt: skip
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or written; the message names the file and the fix."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import atomic_path, write_json
+from ..files import atomic_dir, write_json
 from ..layers.linear import Linear
 from .lora_linear import LoraError, LoraLinear
 
@@ -159,7 +159,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise LoraError("the model has no LoRA adapters to save; apply_lora(model, ...) first")
     config: LoraConfig = model.lora_config
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, m in modules.items():
         key = _peft_module(name)
@@ -167,8 +166,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().contiguous().cpu()
     for name, p in _trained_base(model).items():  # norms or embeddings the config chose to train
         tensors[_peft_param(name)] = p.detach().contiguous().cpu()
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
     peft = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -183,7 +180,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "modules_to_save": None,
         "base_model_name_or_path": config.extra.get("base_model"),
     }
-    write_json(directory / CONFIG_NAME, peft)
+    with atomic_dir(directory, replaces=("adapter_*",)) as staging:  # weights and config swapped in together
+        save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
+        write_json(staging / CONFIG_NAME, peft)
     return directory
 
 
