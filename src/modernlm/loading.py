@@ -15,6 +15,7 @@ from .checkpoints import gguf_cache
 from .checkpoints.base import MODEL_FILES
 from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
+from .checkpoints.limits import check_finite, check_size
 from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
 from .config import PRESETS, ModelConfig, preset
@@ -70,18 +71,6 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {str(device)!r} is not supported; use 'cpu', 'cuda' or 'mps'")
     return device
-
-
-def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
-    """Refuse weights holding NaN or Inf (a corrupt or badly converted file gives garbage, or token 0 forever).
-    One pass over the floating-point tensors, a fraction of the load time."""
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(
-                f"{source}: the weight {name} holds {bad} NaN/Inf value(s); the checkpoint is corrupt or was "
-                "converted wrongly: download or convert it again"
-            )
 
 
 def _check_source(source) -> None:
@@ -158,6 +147,7 @@ def load(
     dtype, device = parse_dtype(dtype), parse_device(device)
     kind, group = parse_quantize(quantize) if quantize is not None else (None, None)  # a bad name fails first
     path = _local_path(source)
+    _check_fits(path, dtype, kind)
     converted = _converted(path)
     if kind == "gguf":
         model = _load_gguf_kept(path, dtype)
@@ -167,6 +157,22 @@ def load(
     model.source = path  # where it came from: save_model copies the tokenizer from there
     model = model.to(device) if device is not None else model
     return model, (_tokenizer_at(path, converted) if tokenizer else None)
+
+
+def _check_fits(path: Path, dtype: torch.dtype, kind: str | None) -> None:
+    """Refuse, before anything is built or allocated, a config far bigger than its weight files or than this
+    machine's free memory (checkpoints/limits.py)."""
+    if path.is_file():
+        entry = gguf_cache.entry_dir(path) if gguf_cache.enabled() else None
+        cached = entry is not None and (entry / gguf_cache.DONE).is_file()
+        config = native_config(entry) if cached else read_gguf(path).config()  # the conversion reuses the parse
+        per_parameter = 0.5 if kind == "gguf" else 4 if not cached else dtype.itemsize  # converted as float32
+    elif is_native(path) or (path / "config.json").is_file():
+        config = _directory_config(path)
+        per_parameter = dtype.itemsize
+    else:
+        return  # _read_checkpoint names what is missing
+    check_size(config, path, per_parameter)
 
 
 def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:
@@ -199,16 +205,18 @@ def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
         path = _local_path(source)
     except SourceError as e:
         raise SourceError(f"{e}; or a preset: {', '.join(PRESETS)}; or a ModelConfig .json file") from e
-    if path.is_file():
-        return read_gguf(path).config()
-    if is_native(path):
-        return native_config(path)
-    if (path / "config.json").is_file():
-        return read_hf_config(path)
+    if path.is_file() or is_native(path) or (path / "config.json").is_file():
+        config = read_gguf(path).config() if path.is_file() else _directory_config(path)
+        check_size(config, path, None)  # a config far bigger than its weights is refused here too
+        return config
     raise SourceError(
         f"{path} holds neither config.json (a Hugging Face directory) nor modernlm_config.json (a modernlm run "
         f"directory); give one of those, a .gguf file, a preset ({', '.join(PRESETS)}) or a ModelConfig .json file"
     )
+
+
+def _directory_config(path: Path) -> ModelConfig:
+    return native_config(path) if is_native(path) else read_hf_config(path)
 
 
 def model_class(config) -> type[torch.nn.Module]:
@@ -267,7 +275,7 @@ def _check_save(model, directory, tokenizer) -> tuple[Path, Tokenizer | None]:
         raise TypeError("save_model(model, directory): the arguments are swapped; the model comes first")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(
-            f"save_model's model must be a modernlm model (from load_model or Transformer), got {type(model).__name__}"
+            f"save_model takes a modernlm model (from load_model or Transformer), got {type(model).__name__}"
         )
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"save_model's directory must be a str or a Path, got {type(directory).__name__}")

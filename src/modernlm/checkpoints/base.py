@@ -33,6 +33,17 @@ def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
     return value
 
 
+def bool_field(hf: dict[str, Any], name: str, default: bool, where: str = "config.json") -> bool:
+    """A yes/no field of an HF config: a JSON boolean (absent or null: `default`), never a truthy string
+    (`"tie_word_embeddings": "false"` would otherwise tie the embeddings and drop the LM head)."""
+    value = hf.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{where}: {name} must be true or false (a JSON boolean), got {value!r}; fix config.json")
+    return value
+
+
 def write_directory(directory: Path, tensors: dict[str, torch.Tensor], hf_config: dict, tokenizer=None) -> Path:
     """model.safetensors, config.json (and the tokenizer, if given), each written atomically: every member's save."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.gguf import gguf_to_ours, read_gguf, unpermute_qk
+from ..checkpoints.limits import check_finite
 from ..model import Transformer
 from .gguf_blocks import KEPT, unpack
 from .modules import QuantEmbedding, QuantLinear, _swap
@@ -67,6 +68,8 @@ def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
         floats[ours] = weight.to(dtype)
         if kind not in FLOAT_TYPES:
             counts["dequantized"][kind] = counts["dequantized"].get(kind, 0) + 1
+    check_finite(floats, path)
+    check_finite({f"{n}.{b}": t for n, w in kept.items() for b, t in w.named_buffers()}, path)  # block scales
     if counts["dequantized"]:
         log.info(
             "%s: kept quantized %s; dequantized to %s (no kernel here for these types): %s",
