@@ -59,7 +59,14 @@ def rename(name: str, to_hf: bool) -> str | None:
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     by_type = {v: k for k, v in SUPPORTED.items()}
     by_type.update(family.BY_MODEL_TYPE)
-    arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
+    archs = hf.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"{where}: architectures must be a list of class names like ['LlamaForCausalLM'], "
+                              f"got {archs!r:.80}; fix config.json")  # fmt: skip
+    model_type = hf.get("model_type")
+    arch = (archs or [by_type.get(model_type, model_type) if isinstance(model_type, str) else model_type])[0]
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{where}: model_type must be a name like 'llama', got {model_type!r:.80}")
     if arch in family.MEMBERS:  # an encoder, encoder-decoder or ViT
         return family.config_from_hf(arch, hf, where)
     if arch not in SUPPORTED:
