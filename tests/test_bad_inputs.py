@@ -130,6 +130,20 @@ CLI_ERRORS = [
     (["finetune", "--train", "{tmp}/empty.jsonl", "--model", "{tiny}", "--out", "{tmp}/f6"], ["no examples"]),
     (["finetune", "--train", "{tmp}/missing.jsonl", "--model", "{tiny}", "--out", "{tmp}/f7"], ["missing.jsonl"]),
     (["tokenizer", "train", "--data", "{tmp}/notes.txt", "--vocab-size", "100", "--out", "{tmp}/t"], ["vocab"]),
+    # issue 30: accepted silently, or a traceback, before
+    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "100000"], ["num_beams 100000", "vocabulary"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "-t", "inf"], ["temperature", "finite", "inf"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--repetition-penalty", "inf"], ["repetition_penalty", "finite"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--num-beams", "2", "--length-penalty", "nan"], ["--length-penalty"]),
+    (["generate", "-m", "{tiny}", "-p", "hi", "--seed", "99999999999999999999999"], ["seed", "2**64"]),
+    (["embed", "--model", "{tiny}", "--max-len", "0", "hello"], ["--max-len", ">= 3"]),
+    (["serve", "-m", "{tiny}", "--context", "100000000"], ["--context 100000000", "context of 48"]),
+    (["serve", "-m", "{tiny}", "--time-limit", "nan"], ["--time-limit", "nan"]),
+    (["serve", "-m", "{tiny}", "--max-tokens", "999999", "--context", "512"], ["--max-tokens 999999", "--context"]),
+    (["serve", "-m", "{tiny}", "--max-tokens", "999999"], ["--max-tokens 999999", "context of 48"]),
+    (["serve", "-m", "{tiny}", "--host", "no.such.host.invalid"], ["--host 'no.such.host.invalid'", "127.0.0.1"]),
+    (["memory", "llama-tiny", "--kv-dtype", "int3"], ["int3", "bfloat16"]),
+    (["generate", "-m", "{tmp}/str-tie", "-p", "hi"], ["tie_word_embeddings", "true or false"]),
 ]
 
 
@@ -144,6 +158,7 @@ def files(tiny, tmp_path_factory) -> Path:
     (tmp / "bad-types.json").write_text(json.dumps({"max_steps": "many"}))
     (tmp / "latin1.json").write_bytes('{"out_dir": "caf\xe9"}'.encode("latin-1"))
     copy_model(tiny, tmp / "list-config", edit=lambda c: [c])
+    copy_model(tiny, tmp / "str-tie", edit=lambda c: _with(c, tie_word_embeddings="false"))
     copy_model(tiny, tmp / "zero-heads", edit=lambda c: _with(c, num_attention_heads=0))
     copy_model(tiny, tmp / "str-width", edit=lambda c: _with(c, hidden_size="wide"))
     copy_model(tiny, tmp / "wrong-vocab", edit=lambda c: _with(c, vocab_size=c["vocab_size"] + 5))
@@ -196,6 +211,14 @@ def test_cli_bad_input_is_one_clear_line(argv, words, tiny, files, capsys, monke
         assert word in err, (word, err)
 
 
+def test_reading_a_missing_stdin_is_one_clear_line(tiny, capsys, monkeypatch):
+    """A process started without standard input (a service, `nohup ... <&-`): `-p -` and `chat` say so."""
+    for argv in (["generate", "-m", str(tiny), "-p", "-"], ["chat", "-m", str(tiny)]):
+        monkeypatch.setattr(sys, "stdin", None)
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "standard input" in err and "none" in err, err
+
+
 # ---- text that is not UTF-8 ---------------------------------------------------------------------------------------
 def test_prompt_bytes_that_are_not_utf8_are_replaced_with_a_notice(tiny, capsys):
     code, out, err = run(["generate", "-m", str(tiny), "-p", "-", "-n", "3", "-q"], capsys, stdin=b"caf\xe9 au lait")
@@ -245,6 +268,24 @@ def test_python_api_type_mistakes_get_our_messages(tiny):
         (lambda: ModelConfig.from_dict([1, 2]), ConfigError, "must be a JSON object"),
         (lambda: ModelConfig(n_heads="8"), ConfigError, "n_heads must be an integer"),
         (lambda: preset("llama-tiny", tie_embeddings="maybe"), ConfigError, "true or false"),
+        # issue 30
+        (lambda: modernlm.save_model(tiny.parent / "x", model), TypeError, "arguments are swapped"),
+        (lambda: modernlm.save_model(model, 5), TypeError, "directory must be a str or a Path"),
+        (lambda: modernlm.save_model(model, tiny.parent / "y", tokenizer="tok"), TypeError, "tokenizer must be"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id="12"), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id=1.5), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id=["a"]), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [2**70], 2), ValueError, "outside any vocabulary"),
+        (lambda: modernlm.generate(model, [1], 2, temperature=1.0, seed=2**70), ValueError, "seed"),
+        (lambda: modernlm.generate(model, [1], 2, temperature=float("inf")), ValueError, "finite"),
+        (lambda: modernlm.generate(model, [1], 2, num_beams=2, length_penalty=float("nan")), ValueError, "finite"),
+        (lambda: modernlm.generate(model, [1], 2, num_beams=10**5), ValueError, "num_beams 100000"),
+        (lambda: modernlm.generate(model, [1], 2, stop_strings=["x"], tokenizer="tok"), TypeError, "tokenizer"),
+        (lambda: modernlm.load_tokenizer(tiny).decode([1.7]), TypeError, "1.7 (float)"),
+        (lambda: modernlm.load_tokenizer(tiny).decode(["a"]), TypeError, "token ids"),
+        (lambda: modernlm.load_tokenizer(tiny).decode(None), TypeError, "token ids"),
+        (lambda: modernlm.load(tiny, tokenizer="yes"), TypeError, "tokenizer must be True or False"),
+        (lambda: modernlm.quantize("model", "int8"), TypeError, "quantize takes a model"),
     ]
     for call, error, words in cases:
         with pytest.raises(error) as info:

@@ -144,6 +144,8 @@ def load(
     `model, tok = modernlm.load("smollm2-135m-instruct")`. The arguments are `load_model`'s; `tokenizer=False` skips
     the tokenizer (None in its place)."""
     _check_source(source)
+    if not isinstance(tokenizer, bool):
+        raise TypeError(f"load's tokenizer must be True or False (whether to load it), got {tokenizer!r:.40}")
     dtype, device = parse_dtype(dtype), parse_device(device)
     kind, group = parse_quantize(quantize) if quantize is not None else (None, None)  # a bad name fails first
     path = _local_path(source)

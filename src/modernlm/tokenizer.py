@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 import re
 import sys
@@ -174,8 +175,13 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """The text of token ids (a list, or a 1-D tensor/array of ints)."""
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"decode takes token ids (a list of ints or a 1-D tensor), got {type(ids).__name__}")
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        wrong = [i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, bool)]
+        if wrong:  # int(1.7) would decode token 1: a float is a mistake, never an id
+            raise TypeError(f"decode takes token ids (ints), got {wrong[0]!r} ({type(wrong[0]).__name__}) among them")
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise TokenizerError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -81,6 +81,20 @@ def check_size(config, path: Path, bytes_per_parameter: float | None) -> None:
         )
 
 
+def kv_bytes(config, rows: int, length: int, itemsize: int) -> int:
+    """The bytes of a decoder's KV cache: keys and values of every layer, for `rows` sequences of `length`."""
+    return 2 * config.n_layers * rows * length * (config.n_kv_heads or config.n_heads) * config.head_dim * itemsize
+
+
+def check_memory(need: int, what: str, fix: str) -> None:
+    """ValueError when `need` bytes (for `what`) are more than this machine has free; `fix` says what to do."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ValueError(
+            f"{what} needs about {need / 2**30:.1f} GiB, and this machine has {free / 2**30:.1f} GiB free: {fix}"
+        )
+
+
 def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
     """Refuse weights holding NaN or Inf (a corrupt or badly converted file gives garbage, or token 0 forever).
     One pass over the floating-point tensors, a fraction of the load time."""

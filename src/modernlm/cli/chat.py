@@ -11,7 +11,7 @@ import sys
 
 from ..generation.inputs import encode_prompt
 from ..text import from_user
-from .common import add_model_args, add_sampling_args, load_for, sampling_options
+from .common import add_model_args, add_sampling_args, check_sampling, load_for, sampling_options
 
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
@@ -58,6 +58,10 @@ def _turn(session, tokenizer, messages: list[dict], max_new_tokens: int, options
 def run(args) -> int:
     from ..generation import Session
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise ValueError("chat reads your messages from standard input, and this process has none: run it in a "
+                         "terminal, or pipe the messages in (one per line)")  # fmt: skip
+    check_sampling(args)
     interactive = sys.stdin.isatty()
     model, tokenizer = load_for(args)
     if not getattr(tokenizer, "chat_template", None):

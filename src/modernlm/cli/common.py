@@ -136,6 +136,23 @@ def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float, top_p: 
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
+def check_sampling(args) -> None:
+    """The decoding flags checked before a model loads: finite numbers in their ranges (`-t inf` is a mistake)."""
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    if not isinstance(args.max_new_tokens, int) or args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens (max_new_tokens) must be >= 1, got {args.max_new_tokens}")
+
+
+def read_stdin(flag: str) -> str:
+    """All of standard input, for a flag that reads it; a clear error where this process has none (closed, or
+    started without one), instead of an AttributeError deep in a read."""
+    stream = sys.stdin
+    if stream is None or getattr(stream, "closed", False):
+        raise ValueError(f"{flag} reads standard input, and this process has none (closed or not connected): "
+                         "give the text on the command line, or pipe it in")  # fmt: skip
+    return stream.read()
+
+
 def sampling_options(args, tokenizer) -> dict:
     """The keyword arguments of `generate` / `Session.stream` from the parsed flags (checked here, before a model
     loads or a chat starts)."""
