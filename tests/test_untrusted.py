@@ -207,3 +207,40 @@ def test_limits_do_not_refuse_real_models(tiny, smollm2_gguf):
     config = modernlm.load_config(smollm2_gguf)
     assert limits.min_parameters(config) < 135e6 * 1.1 and modernlm.load_model(tiny) is not None
     assert torch.isfinite(next(modernlm.load_model(tiny).parameters())).all()
+
+
+# ---- vague messages made clear --------------------------------------------------------------------------------------
+def test_integer_weights_are_named_not_torchs_copy_wall(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny, directory)
+    weights = load_file(directory / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"].to(torch.int32)
+    save_file(weights, directory / "model.safetensors")
+    message = refused(lambda: modernlm.load_model(directory), ValueError, "norm.weight holds torch.int32")
+    assert "While copying" not in message
+
+
+def test_a_dataset_column_that_is_not_text_is_named(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from modernlm.training.hf_datasets import hf_documents
+
+    table = datasets.Dataset.from_dict({"text": [[1, 2], [3]], "story": ["once", "upon"]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: table)
+    refused(lambda: hf_documents("tiny/stories"), ValueError, "column 'text' holds list values", "'story'")
+    assert [d.read() for d in hf_documents("tiny/stories:train:story")] == ["once", "upon"]
+
+
+def test_a_request_body_nested_without_end_is_a_400_not_a_500(tiny):
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from modernlm.serving.api import create_app
+    from modernlm.serving.engine import Engine
+
+    engine = Engine(*modernlm.load(tiny), max_batch=2)
+    client = TestClient(create_app(engine, "tiny"), raise_server_exceptions=False)
+    answer = client.post("/v1/chat/completions", content='{"messages": ' + "[" * 5000 + "]" * 5000 + "}",
+                         headers={"content-type": "application/json"})  # fmt: skip
+    assert answer.status_code == 400 and "too deeply" in answer.json()["error"]["message"]
