@@ -244,3 +244,19 @@ def test_a_request_body_nested_without_end_is_a_400_not_a_500(tiny):
     answer = client.post("/v1/chat/completions", content='{"messages": ' + "[" * 5000 + "]" * 5000 + "}",
                          headers={"content-type": "application/json"})  # fmt: skip
     assert answer.status_code == 400 and "too deeply" in answer.json()["error"]["message"]
+
+
+def test_an_adapter_is_checked_like_a_model(tiny, tmp_path):
+    """load_adapter: NaN weights and a config without its fields are named, like a model's."""
+    from safetensors.torch import load_file, save_file
+
+    from modernlm.finetune.lora import LoraConfig, apply_lora, load_adapter, save_adapter
+
+    adapter = save_adapter(apply_lora(modernlm.load_model(tiny), LoraConfig(r=2)), tmp_path / "adapter")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, adapter / "adapter_model.safetensors")
+    refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "NaN/Inf", name)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q_proj"]}))
+    refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "adapter_config.json", "'r'")

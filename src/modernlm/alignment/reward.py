@@ -18,10 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoints.hf import config_from_hf, rename
+from ..checkpoints.limits import check_finite
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
 from ..loading import load_model, load_tokenizer, staged_save
 from ..model import Transformer
+from ..text import read_json
 from .common import Optimizer, data_files, metrics_log, start_run
 from .config import AlignConfig
 from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, split_heldout
@@ -109,8 +111,10 @@ def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.f
     path = directory / "config.json"
     if not path.is_file():
         raise RewardModelError(f"{directory} holds no config.json; give a directory written by `modernlm align reward`")
-    hf = json.loads(path.read_text())
-    arch = (hf.get("architectures") or ["?"])[0]
+    hf = read_json(path, "reward model config", RewardModelError)
+    if not isinstance(hf, dict):
+        raise RewardModelError(f"{path} must hold a JSON object of config fields, got {type(hf).__name__}")
+    arch = str((hf.get("architectures") or ["?"])[0])
     if arch.replace("ForSequenceClassification", "ForCausalLM") not in ARCHITECTURES or "Sequence" not in arch:
         raise RewardModelError(f"{path}: {arch} is not a reward model (a Llama/Mistral/Qwen2 sequence classifier)")
     if hf.get("num_labels", len(hf.get("id2label", {"0": 0}))) != 1 or hf.get("pad_token_id") is None:
@@ -118,6 +122,7 @@ def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.f
     causal = dict(hf, architectures=[arch.replace("ForSequenceClassification", "ForCausalLM")])
     config = config_from_hf(dict(causal, tie_word_embeddings=True), str(path))  # the LM head is never used
     tensors = load_file(directory / "model.safetensors")
+    check_finite(tensors, directory / "model.safetensors")
     score = tensors.pop("score.weight", None)
     if score is None or tuple(score.shape) != (1, config.d_model):
         raise RewardModelError(f"{directory}: no score.weight of shape (1, {config.d_model})")

@@ -10,16 +10,18 @@ the matching `transformers` model, and which `load_adapter` loads back onto ours
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoints.limits import check_finite
 from ..files import atomic_dir, write_json
 from ..layers.linear import Linear
+from ..text import read_json
 from .lora_linear import LoraError, LoraLinear
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -186,24 +188,38 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def _adapter_config(directory: Path) -> LoraConfig:
+    """adapter_config.json read and checked: a LoRA with a rank, an alpha and its target modules."""
+    path = directory / CONFIG_NAME
+    peft = read_json(path, "adapter config (restore it, or save the adapter again)", LoraError)
+    if not isinstance(peft, dict) or peft.get("peft_type", "LORA") != "LORA":
+        kind = peft.get("peft_type") if isinstance(peft, dict) else type(peft).__name__
+        raise LoraError(f"{path}: a LoRA adapter config is a JSON object with peft_type 'LORA', got {kind!r}")
+    try:
+        targets = peft["target_modules"]
+        return LoraConfig(
+            r=int(peft["r"]),
+            alpha=float(peft["lora_alpha"]),
+            dropout=float(peft.get("lora_dropout", 0.0)),
+            targets=tuple([targets] if isinstance(targets, str) else targets),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise LoraError(f"{path}: r, lora_alpha and target_modules must be numbers and names ({e!r})") from None
+
+
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Apply the adapter saved in `directory` (by us or by PEFT) to a base model; returns the model."""
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise LoraError(f"{directory} has no {name}; give a directory written by save_adapter or by PEFT")
-    peft = json.loads((directory / CONFIG_NAME).read_text())
-    if peft.get("peft_type", "LORA") != "LORA":
-        raise LoraError(f"{directory}: peft_type {peft['peft_type']!r} is not LoRA")
-    targets = peft["target_modules"]
-    config = LoraConfig(
-        r=int(peft["r"]),
-        alpha=float(peft["lora_alpha"]),
-        dropout=float(peft.get("lora_dropout", 0.0)),
-        targets=tuple([targets] if isinstance(targets, str) else targets),
-    )
+    config = _adapter_config(directory)
     apply_lora(model, config)
-    tensors = load_file(directory / WEIGHTS_NAME)
+    try:
+        tensors = load_file(directory / WEIGHTS_NAME)
+    except (SafetensorError, OSError) as e:
+        raise LoraError(f"{directory / WEIGHTS_NAME} cannot be read ({e}); the file is truncated or corrupt") from e
+    check_finite(tensors, directory / WEIGHTS_NAME)
     for name, m in lora_modules(model).items():
         key = _peft_module(name)
         for part in ("lora_A", "lora_B"):
