@@ -205,3 +205,24 @@ def test_save_model_on_a_really_full_then_read_only_disk(small_disk, tmp_path):
     for name, tensor in small.state_dict().items():
         assert loaded.state_dict()[name].equal(tensor), name
     assert sorted(p.name for p in small_disk.iterdir()) == ["saved"]
+
+
+def test_what_killed_saves_and_exports_left_is_gone_after_the_next_run(tmp_path, capsys):
+    """The issue's leftovers: a 163 MiB temporary beside a killed export, a `.model.safetensors.tmp-*` inside a
+    directory a killed save_model wrote in place, and the staging directory of a killed save. One successful
+    `export` and one `save_model` later, none is left."""
+    import modernlm
+    from modernlm.cli.__main__ import main
+    from tiny_chat import save_tiny_chat_model
+
+    dead = 2**22 + 17
+    model_dir = save_tiny_chat_model(tmp_path / "model", "the quick brown fox jumps over the lazy dog. " * 40)
+    (model_dir / f".model.safetensors.tmp-{dead}-0badc0de").write_bytes(b"\0" * 1000)  # the in-place writer's
+    (tmp_path / f".model.tmp-{dead}-0badc0de").mkdir()  # a killed staged save's
+    (tmp_path / f".out.gguf.tmp-{dead}-0badc0de").write_bytes(b"\0" * 10_000)  # a killed export's
+    assert main(["export", str(model_dir), str(tmp_path / "out.gguf"), "--type", "q8_0"]) == 0
+    model, tok = modernlm.load(model_dir)
+    modernlm.save_model(model, model_dir, tok)
+    capsys.readouterr()
+    left = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert left == [], left
