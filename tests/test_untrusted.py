@@ -260,3 +260,17 @@ def test_an_adapter_is_checked_like_a_model(tiny, tmp_path):
     refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "NaN/Inf", name)
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q_proj"]}))
     refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "adapter_config.json", "'r'")
+
+
+def test_memory_is_checked_where_the_tensors_will_live(monkeypatch):
+    """A CUDA device's own free memory bounds what goes there (asked of the driver); no driver: no check."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10**9))
+    refused(lambda: limits.check_memory(2000, "the KV cache", "lower --max-batch", "cuda"), ValueError,
+            "the KV cache needs", "lower --max-batch")  # fmt: skip
+    limits.check_memory(500, "the KV cache", "lower --max-batch", "cuda")
+
+    def no_driver(device=None):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_driver)
+    assert limits.device_memory("cuda") is None

@@ -15,7 +15,7 @@ from .checkpoints import gguf_cache
 from .checkpoints.base import MODEL_FILES
 from .checkpoints.gguf import load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
-from .checkpoints.limits import check_finite, check_size
+from .checkpoints.limits import check_finite, check_memory, check_size, min_parameters
 from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
 from .config import PRESETS, ModelConfig, preset
@@ -149,7 +149,7 @@ def load(
     dtype, device = parse_dtype(dtype), parse_device(device)
     kind, group = parse_quantize(quantize) if quantize is not None else (None, None)  # a bad name fails first
     path = _local_path(source)
-    _check_fits(path, dtype, kind)
+    _check_fits(path, dtype, kind, device)
     converted = _converted(path)
     if kind == "gguf":
         model = _load_gguf_kept(path, dtype)
@@ -161,9 +161,9 @@ def load(
     return model, (_tokenizer_at(path, converted) if tokenizer else None)
 
 
-def _check_fits(path: Path, dtype: torch.dtype, kind: str | None) -> None:
+def _check_fits(path: Path, dtype: torch.dtype, kind: str | None, device) -> None:
     """Refuse, before anything is built or allocated, a config far bigger than its weight files or than this
-    machine's free memory (checkpoints/limits.py)."""
+    machine's free memory, or a GPU's (checkpoints/limits.py)."""
     if path.is_file():
         entry = gguf_cache.entry_dir(path) if gguf_cache.enabled() else None
         cached = entry is not None and (entry / gguf_cache.DONE).is_file()
@@ -175,6 +175,9 @@ def _check_fits(path: Path, dtype: torch.dtype, kind: str | None) -> None:
     else:
         return  # _read_checkpoint names what is missing
     check_size(config, path, per_parameter)
+    if device is not None and device.type == "cuda":
+        check_memory(min_parameters(config) * (0.5 if kind == "gguf" else dtype.itemsize), f"{path} on {device}",
+                     "load it in bfloat16 or quantized, or on a GPU with more free memory", device)  # fmt: skip
 
 
 def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:

@@ -86,9 +86,21 @@ def kv_bytes(config, rows: int, length: int, itemsize: int) -> int:
     return 2 * config.n_layers * rows * length * (config.n_kv_heads or config.n_heads) * config.head_dim * itemsize
 
 
-def check_memory(need: int, what: str, fix: str) -> None:
-    """ValueError when `need` bytes (for `what`) are more than this machine has free; `fix` says what to do."""
-    free = available_memory()
+def device_memory(device) -> int | None:
+    """Free bytes where tensors on `device` live: a CUDA GPU's own memory, else this machine's (None: unknown)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):  # no driver to ask: no check
+            return None
+    return available_memory() if device.type == "cpu" else None
+
+
+def check_memory(need: int, what: str, fix: str, device=None) -> None:
+    """ValueError when `need` bytes (for `what`) are more than `device` (default: this machine's memory) has free;
+    `fix` says what to do."""
+    free = device_memory(device)
     if free is not None and need > free:
         raise ValueError(
             f"{what} needs about {need / 2**30:.1f} GiB, and this machine has {free / 2**30:.1f} GiB free: {fix}"

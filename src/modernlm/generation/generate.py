@@ -160,7 +160,7 @@ def check_beam_room(model, num_beams: int, batch: int, length: int, length_penal
     rows = batch * num_beams
     need = kv_bytes(config, rows, length, next(model.parameters()).element_size()) + rows * config.vocab_size * 16
     check_memory(need, f"beam search with {num_beams} beams (their KV caches and logits)",
-                 "use fewer beams (e.g. 4) or fewer new tokens")  # fmt: skip
+                 "use fewer beams (e.g. 4) or fewer new tokens", device_of(model))  # fmt: skip
 
 
 def _check_beams(num_beams, params: SamplingParams, stops: list[str]) -> None:

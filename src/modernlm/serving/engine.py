@@ -197,7 +197,7 @@ class Engine:
         itemsize = next(model.parameters()).element_size()
         check_memory(kv_bytes(model.config, max_batch, self.context, itemsize),
                      f"the KV cache of {max_batch} sequences x {self.context} positions",
-                     "lower --max-batch or --context")  # fmt: skip
+                     "lower --max-batch or --context", next(model.parameters()).device)  # fmt: skip
         self.max_batch, self.max_queue, self.time_limit = max_batch, max_queue, time_limit
         self.prefill_chunk = prefill_chunk
         self.vocab = model.config.vocab_size
