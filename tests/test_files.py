@@ -226,3 +226,11 @@ def test_what_killed_saves_and_exports_left_is_gone_after_the_next_run(tmp_path,
     capsys.readouterr()
     left = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
     assert left == [], left
+
+
+def test_a_link_to_a_directory_is_followed_and_kept(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with files.atomic_dir(tmp_path / "link") as tmp:
+        (tmp / "config.json").write_text("new")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "config.json").read_text() == "new"

@@ -243,11 +243,15 @@ def atomic_dir(
 ) -> Iterator[Path]:
     """Yield an empty staging directory to write the directory `target` in; on a clean exit it replaces `target` as a
     whole, so a kill at any moment leaves the old directory or the new one, never a mix. Entries of the old directory
-    that the writer did not write are kept unless a `replaces` pattern (fnmatch; default: everything) names them."""
+    that the writer did not write are kept unless a `replaces` pattern (fnmatch; default: everything) names them.
+    A symbolic link to a directory is followed: the directory it points to is replaced, the link stays."""
+    target = Path(target)
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()
     with atomic_path(target, needed=needed) as tmp:
         tmp.mkdir()
         yield tmp
-        _carry_over(Path(target), tmp, replaces)
+        _carry_over(target, tmp, replaces)
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
