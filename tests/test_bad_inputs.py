@@ -129,6 +129,20 @@ CLI_ERRORS = [
     (["finetune", "--train", "{tmp}/empty.jsonl", "--model", "{model}", "--out", "{tmp}/f6"], ["no examples"]),
     (["finetune", "--train", "{tmp}/missing.jsonl", "--model", "{model}", "--out", "{tmp}/f7"], ["missing.jsonl"]),
     (["tokenizer", "train", "--data", "{tmp}/notes.txt", "--vocab-size", "100", "--out", "{tmp}/t"], ["vocab"]),
+    # issue 30: accepted silently, or a traceback, before
+    (["generate", "-m", "{model}", "-p", "hi", "--num-beams", "100000"], ["num_beams 100000", "vocabulary"]),
+    (["generate", "-m", "{model}", "-p", "hi", "-t", "inf"], ["temperature", "finite", "inf"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--repetition-penalty", "inf"], ["repetition_penalty", "finite"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--num-beams", "2", "--length-penalty", "nan"], ["--length-penalty"]),
+    (["generate", "-m", "{model}", "-p", "hi", "--seed", "99999999999999999999999"], ["seed", "2**64"]),
+    (["embed", "--model", "{model}", "--max-len", "0", "hello"], ["--max-len", ">= 3"]),
+    (["serve", "-m", "{model}", "--context", "100000000"], ["--context 100000000", "context of 48"]),
+    (["serve", "-m", "{model}", "--time-limit", "nan"], ["--time-limit", "nan"]),
+    (["serve", "-m", "{model}", "--max-tokens", "999999", "--context", "512"], ["--max-tokens 999999", "--context"]),
+    (["serve", "-m", "{model}", "--max-tokens", "999999"], ["--max-tokens 999999", "context of 48"]),
+    (["serve", "-m", "{model}", "--host", "no.such.host.invalid"], ["--host 'no.such.host.invalid'", "127.0.0.1"]),
+    (["memory", "llama-tiny", "--kv-dtype", "int3"], ["int3", "bfloat16"]),
+    (["generate", "-m", "{tmp}/str-tie", "-p", "hi"], ["tie_word_embeddings", "true or false"]),
 ]
 
 
@@ -143,6 +157,7 @@ def files(chat_dir, tmp_path_factory) -> Path:
     (tmp / "bad-types.json").write_text(json.dumps({"max_steps": "many"}))
     (tmp / "latin1.json").write_bytes('{"out_dir": "caf\xe9"}'.encode("latin-1"))
     copy_model(chat_dir, tmp / "list-config", edit=lambda c: [c])
+    copy_model(chat_dir, tmp / "str-tie", edit=lambda c: _with(c, tie_word_embeddings="false"))
     copy_model(chat_dir, tmp / "zero-heads", edit=lambda c: _with(c, num_attention_heads=0))
     copy_model(chat_dir, tmp / "str-width", edit=lambda c: _with(c, hidden_size="wide"))
     copy_model(chat_dir, tmp / "wrong-vocab", edit=lambda c: _with(c, vocab_size=c["vocab_size"] + 5))
@@ -192,6 +207,14 @@ def test_cli_bad_input_is_one_clear_line(argv, words, chat_dir, files, capsys, m
     assert len(lines) >= 1 and lines[-1].startswith("modernlm") or "usage:" in err, err
     for word in words:
         assert word in err, (word, err)
+
+
+def test_reading_a_missing_stdin_is_one_clear_line(chat_dir, capsys, monkeypatch):
+    """A process started without standard input (a service, `nohup ... <&-`): `-p -` and `chat` say so."""
+    for argv in (["generate", "-m", str(chat_dir), "-p", "-"], ["chat", "-m", str(chat_dir)]):
+        monkeypatch.setattr(sys, "stdin", None)
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "standard input" in err and "none" in err, err
 
 
 # ---- text that is not UTF-8 ---------------------------------------------------------------------------------------
@@ -244,6 +267,24 @@ def test_python_api_type_mistakes_get_our_messages(chat_dir):
         (lambda: ModelConfig.from_dict([1, 2]), ConfigError, "must be a JSON object"),
         (lambda: ModelConfig(n_heads="8"), ConfigError, "n_heads must be an integer"),
         (lambda: preset("llama-tiny", tie_embeddings="maybe"), ConfigError, "true or false"),
+        # issue 30
+        (lambda: modernlm.save_model(chat_dir.parent / "x", model), TypeError, "arguments are swapped"),
+        (lambda: modernlm.save_model(model, 5), TypeError, "directory must be a str or a Path"),
+        (lambda: modernlm.save_model(model, chat_dir.parent / "y", tokenizer="tok"), TypeError, "tokenizer must be"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id="12"), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id=1.5), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [1, 2], 2, eos_token_id=["a"]), TypeError, "eos_token_id"),
+        (lambda: modernlm.generate(model, [2**70], 2), ValueError, "outside any vocabulary"),
+        (lambda: modernlm.generate(model, [1], 2, temperature=1.0, seed=2**70), ValueError, "seed"),
+        (lambda: modernlm.generate(model, [1], 2, temperature=float("inf")), ValueError, "finite"),
+        (lambda: modernlm.generate(model, [1], 2, num_beams=2, length_penalty=float("nan")), ValueError, "finite"),
+        (lambda: modernlm.generate(model, [1], 2, num_beams=10**5), ValueError, "num_beams 100000"),
+        (lambda: modernlm.generate(model, [1], 2, stop_strings=["x"], tokenizer="tok"), TypeError, "tokenizer"),
+        (lambda: modernlm.load_tokenizer(chat_dir).decode([1.7]), TypeError, "1.7 (float)"),
+        (lambda: modernlm.load_tokenizer(chat_dir).decode(["a"]), TypeError, "token ids"),
+        (lambda: modernlm.load_tokenizer(chat_dir).decode(None), TypeError, "token ids"),
+        (lambda: modernlm.load(chat_dir, tokenizer="yes"), TypeError, "tokenizer must be True or False"),
+        (lambda: modernlm.quantize("model", "int8"), TypeError, "quantize takes a model"),
     ]
     for call, error, words in cases:
         with pytest.raises(error) as info:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .fields import FieldError, check_fields, check_mapping
-from .text import read_strict
+from .text import read_strict, too_deep
 
 NORMS = ("rmsnorm", "layernorm", "layernorm_nobias", "batchnorm")  # layernorm_nobias: a gain only (ModernBERT)
 # batchnorm: statistics over every token of the batch, padding included (the lab's LayerNorm-vs-BatchNorm experiment)
@@ -472,6 +472,8 @@ class ModelConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source or 'config text'} is not valid JSON: {e}") from e
+        except RecursionError:
+            raise ConfigError(too_deep(source or "the config text")) from None
         return cls.from_dict(data, str(source or ""))
 
 

@@ -61,6 +61,8 @@ def embed(model, tokenizer, texts: Sequence[str], *, normalize: bool = True, max
     """(N, D) float32 sentence embeddings: the mean of the final hidden states over each text's real tokens
     ([CLS] and [SEP] included, as sentence-transformers does), L2-normalised unless `normalize=False`."""
     require_encoder(model, "embed")
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 3:
+        raise ValueError(f"max_len must be an integer >= 3 ([CLS], a token of text, [SEP]), got {max_len!r}")
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):

@@ -133,7 +133,7 @@ def parse_override(cls: type, item: str, where: str = "--model-override") -> tup
     tp = _hints(cls)[key]
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = text
     ok, value = conform(tp, value)
     if not ok:

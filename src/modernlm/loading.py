@@ -3,14 +3,16 @@ filled with `load_state_dict(assign=True)`. And the way back out, `save_model`."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .checkpoints import gguf_cache
-from .checkpoints.base import load_bar
+from .checkpoints.base import MODEL_FILES, load_bar
 from .checkpoints.generation_config import (
     FALLBACK,
     GREEDY,
@@ -20,10 +22,12 @@ from .checkpoints.generation_config import (
 )
 from .checkpoints.gguf import chat_template_beside, load_gguf, read_gguf, tokenizer_from_gguf
 from .checkpoints.hf import load_hf, read_hf_config, save_hf
+from .checkpoints.limits import check_finite, check_memory, check_size, min_parameters
 from .checkpoints.native import is_native, load_native, native_config
 from .checkpoints.sources import SourceError, resolve
 from .config import PRESETS, ModelConfig, preset
 from .encoder import Encoder
+from .files import atomic_dir, recover
 from .model import Transformer
 from .quant import KINDS, QuantError
 from .quant import quantize as quantize_model
@@ -77,18 +81,6 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     return device
 
 
-def check_finite(state_dict: dict[str, torch.Tensor], source) -> None:
-    """Refuse weights holding NaN or Inf (a corrupt or badly converted file gives garbage, or token 0 forever).
-    One pass over the floating-point tensors, a fraction of the load time."""
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(
-                f"{source}: the weight {name} holds {bad} NaN/Inf value(s); the checkpoint is corrupt or was "
-                "converted wrongly: download or convert it again"
-            )
-
-
 def _check_source(source) -> None:
     if source is not None and not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -100,6 +92,8 @@ def _check_source(source) -> None:
 def _local_path(source) -> Path:
     """The file or directory a checked source names; a file must be a .gguf (both loaders read one)."""
     _check_source(source)
+    if source is not None and not Path(source).expanduser().exists():
+        recover(Path(source).expanduser())  # a save killed between the two renames of a swap: put the old one back
     path = resolve(source)
     if path.is_file() and path.suffix != ".gguf":
         raise SourceError(f"{path} is a file but not a .gguf; give a .gguf file or a Hugging Face directory")
@@ -128,8 +122,17 @@ def _format(path: Path) -> str:
 def _read_checkpoint(path: Path, converted: Path | None):
     kind = _format(path)
     if kind == "gguf":
-        return load_native(converted) if converted is not None else load_gguf(path)
+        return _read_converted(path, converted) if converted is not None else load_gguf(path)
     return load_native(path) if kind == "native" else load_hf(path)
+
+
+def _read_converted(path: Path, converted: Path):
+    """A GGUF file's converted copy; a damaged one (truncated, deleted files) is converted again, not reported."""
+    try:
+        return load_native(converted)
+    except (ValueError, OSError) as e:  # CheckpointError, a config's error, a file gone
+        rebuilt = gguf_cache.rebuild(path, e)
+    return load_native(rebuilt) if rebuilt is not None else load_gguf(path)
 
 
 def load_model(
@@ -157,9 +160,12 @@ def load(
     `model, tok = modernlm.load("smollm2-135m-instruct")`. The arguments are `load_model`'s; `tokenizer=False` skips
     the tokenizer (None in its place)."""
     _check_source(source)
+    if not isinstance(tokenizer, bool):
+        raise TypeError(f"load's tokenizer must be True or False (whether to load it), got {tokenizer!r:.40}")
     dtype, device = parse_dtype(dtype), parse_device(device)
     kind, group = parse_quantize(quantize) if quantize is not None else (None, None)  # a bad name fails first
     path = _local_path(source)
+    _check_fits(path, dtype, kind, device)
     converted = _converted(path)
     if kind == "gguf":
         model = _load_gguf_kept(path, dtype)
@@ -170,6 +176,25 @@ def load(
     model.generation_config = _generation_config_at(path)  # its sampling defaults (checkpoints/generation_config.py)
     model = model.to(device) if device is not None else model
     return model, (_tokenizer_at(path, converted) if tokenizer else None)
+
+
+def _check_fits(path: Path, dtype: torch.dtype, kind: str | None, device) -> None:
+    """Refuse, before anything is built or allocated, a config far bigger than its weight files or than this
+    machine's free memory, or a GPU's (checkpoints/limits.py)."""
+    if path.is_file():
+        entry = gguf_cache.entry_dir(path) if gguf_cache.enabled() else None
+        cached = entry is not None and (entry / gguf_cache.DONE).is_file()
+        config = native_config(entry) if cached else read_gguf(path).config()  # the conversion reuses the parse
+        per_parameter = 0.5 if kind == "gguf" else 4 if not cached else dtype.itemsize  # converted as float32
+    elif is_native(path) or (path / "config.json").is_file():
+        config = _directory_config(path)
+        per_parameter = dtype.itemsize
+    else:
+        return  # _read_checkpoint names what is missing
+    check_size(config, path, per_parameter)
+    if device is not None and device.type == "cuda":
+        check_memory(min_parameters(config) * (0.5 if kind == "gguf" else dtype.itemsize), f"{path} on {device}",
+                     "load it in bfloat16 or quantized, or on a GPU with more free memory", device)  # fmt: skip
 
 
 def _load_float(path: Path, converted: Path | None, dtype: torch.dtype, device) -> torch.nn.Module:
@@ -206,8 +231,9 @@ def load_config(source: str | os.PathLike | None = None) -> ModelConfig:
         kind = _format(path)
     except SourceError as e:
         raise SourceError(f"{e}; or a preset: {', '.join(PRESETS)}; or a ModelConfig .json file") from e
-    reader = {"gguf": lambda p: read_gguf(p).config(), "native": native_config, "hf": read_hf_config}[kind]
-    return reader(path)
+    config = read_gguf(path).config() if kind == "gguf" else _directory_config(path)
+    check_size(config, path, None)  # a config far bigger than its weights is refused here too
+    return config
 
 
 def load_generation_config(source: str | os.PathLike | None = None) -> GenerationConfig:
@@ -219,6 +245,10 @@ def load_generation_config(source: str | os.PathLike | None = None) -> Generatio
 def _generation_config_at(path: Path) -> GenerationConfig:
     found = read_generation_config(path) if path.is_dir() else None
     return found if found is not None else FALLBACK
+
+
+def _directory_config(path: Path) -> ModelConfig:
+    return native_config(path) if is_native(path) else read_hf_config(path)
 
 
 def model_class(config) -> type[torch.nn.Module]:
@@ -239,24 +269,61 @@ def load_tokenizer(source: str | os.PathLike | None = None) -> Tokenizer:
 def _tokenizer_at(path: Path, converted: Path | None) -> Tokenizer:
     if not path.is_file():
         return Tokenizer.from_directory(path)
-    if converted is not None and (converted / "tokenizer.json").is_file():
-        tokenizer = Tokenizer.from_directory(converted)
-    else:
-        tokenizer = tokenizer_from_gguf(path)
+    tokenizer = _gguf_tokenizer(path, converted)
     if tokenizer.chat_template is None:  # a file without one: the template beside it, if any (not cached with it)
         tokenizer.chat_template = chat_template_beside(path)
     return tokenizer
+
+
+def _gguf_tokenizer(path: Path, converted: Path | None) -> Tokenizer:
+    if converted is not None and (converted / "tokenizer.json").is_file():
+        try:
+            return Tokenizer.from_directory(converted)
+        except TokenizerError as e:  # a damaged copy: converted again, else read from the GGUF file itself
+            rebuilt = gguf_cache.rebuild(path, e)
+            if rebuilt is not None and (rebuilt / "tokenizer.json").is_file():
+                return Tokenizer.from_directory(rebuilt)
+    return tokenizer_from_gguf(path)
 
 
 def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write a Hugging Face directory (config.json + model.safetensors + tokenizer files, and a decoder's
     generation_config.json: its sampling defaults) that transformers loads.
     The tokenizer is `tokenizer`, or that of the source the model was loaded from; a model built in Python without
-    one is saved without it, with a notice (give tokenizer= to make the directory usable for generation)."""
+    one is saved without it, with a notice (give tokenizer= to make the directory usable for generation).
+
+    The directory is written whole beside the old one and swapped in at once (`files.atomic_dir`): a kill at any
+    moment leaves the old model or the new one, weights and tokenizer together. Other files in it are kept."""
+    with staged_save(model, directory, tokenizer):
+        pass
+    return Path(directory)
+
+
+@contextlib.contextmanager
+def staged_save(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=None) -> Iterator[Path]:
+    """`save_model`, with the staging directory yielded once the model is written there, so that a caller can add to
+    it or change it (a reward model's head) before the whole directory replaces the old one."""
+    directory, tokenizer = _check_save(model, directory, tokenizer)
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with atomic_dir(directory, replaces=MODEL_FILES, needed=needed) as staging:
+        save_hf(model, staging, tokenizer)
+        if model.config.family == "decoder":  # its sampling defaults travel with it (GREEDY for a model built here)
+            write_generation_config(staging, getattr(model, "generation_config", None) or GREEDY, tokenizer)
+        yield staging
+
+
+def _check_save(model, directory, tokenizer) -> tuple[Path, Tokenizer | None]:
+    """save_model's arguments checked (swapped ones named), and the tokenizer to write: the given or the source's."""
+    if isinstance(model, (str, os.PathLike)) and isinstance(directory, torch.nn.Module):
+        raise TypeError("save_model(model, directory): the arguments are swapped; the model comes first")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(
             f"save_model takes a modernlm model (from load_model or Transformer), got {type(model).__name__}"
         )
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"save_model's directory must be a str or a Path, got {type(directory).__name__}")
+    if tokenizer is not None and not callable(getattr(tokenizer, "save", None)):
+        raise TypeError(f"save_model's tokenizer must be a modernlm Tokenizer or None, got {type(tokenizer).__name__}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file; save_model writes a directory: give a directory path")
@@ -271,7 +338,4 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike, tokenizer=N
             "save_model(model, directory, tokenizer=...) to generate from the directory",
             directory,
         )
-    save_hf(model, directory, tokenizer)
-    if model.config.family == "decoder":  # its sampling defaults travel with it (GREEDY for a model built here)
-        write_generation_config(directory, getattr(model, "generation_config", None) or GREEDY, tokenizer)
-    return directory
+    return directory, tokenizer

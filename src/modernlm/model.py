@@ -92,11 +92,13 @@ class Transformer(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        floats = {name for name, t in model.state_dict().items() if t.is_floating_point()}
         wrong = [
             f"{name} is {tuple(t.shape)}, the config needs {expected[name]}"
             for name, t in state_dict.items()
             if name in expected and tuple(t.shape) != expected[name]
-        ]
+        ] + [f"{name} holds {t.dtype}, not floats" for name, t in state_dict.items() if name in floats and not (
+            t.is_floating_point())]  # fmt: skip
         if wrong:
             raise ValueError(
                 f"checkpoint does not fit its config ({'; '.join(wrong[:4])}{'; ...' * (len(wrong) > 4)}): the weights "

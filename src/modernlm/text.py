@@ -74,6 +74,11 @@ def decode_lenient(data: bytes) -> tuple[str, int | None]:
         return data.decode("utf-8", errors="replace"), e.start
 
 
+def too_deep(where) -> str:
+    """The message for JSON nested deeper than Python's parser recurses (a hostile file: json raises RecursionError)."""
+    return f"{where} nests its JSON arrays/objects too deeply to read (hundreds of levels); no real file does: fix it"
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[ValueError] = ValueError):
     """A JSON file's value; `error` naming the file (and the fix) when it is not UTF-8 or not JSON."""
     import json
@@ -86,3 +91,5 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Valu
         raise error(
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix or restore this {what}"
         ) from None
+    except RecursionError:
+        raise error(too_deep(path)) from None

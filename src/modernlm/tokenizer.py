@@ -9,8 +9,13 @@ vocabulary ("llama": Llama 2, Gemma) is rebuilt by `tokenizer_spm`.
 
 from __future__ import annotations
 
+import functools
 import json
+import numbers
 import os
+import re
+import sys
+import time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -184,8 +189,13 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """The text of token ids (a list, or a 1-D tensor/array of ints)."""
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"decode takes token ids (a list of ints or a 1-D tensor), got {type(ids).__name__}")
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        wrong = [i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, bool)]
+        if wrong:  # int(1.7) would decode token 1: a float is a mistake, never an id
+            raise TypeError(f"decode takes token ids (ints), got {wrong[0]!r} ({type(wrong[0]).__name__}) among them")
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise TokenizerError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -230,12 +240,21 @@ class Tokenizer:
             )
         if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
             raise TokenizerError('messages must be a list of dicts like {"role": "user", "content": "Hi"}')
+        where = f"the chat template of {self.source or 'this tokenizer'}"
         try:
-            return _compile(self.chat_template).render(
-                messages=list(messages), add_generation_prompt=add_generation_prompt, **self.special_tokens, **kwargs
-            )
+            return render_bounded(
+                _compile(self.chat_template),
+                messages=list(messages), add_generation_prompt=add_generation_prompt, **self.special_tokens, **kwargs,
+            )  # fmt: skip
+        except TemplateLimit as e:
+            raise TokenizerError(f"{where} was stopped: {e}; fix the template (tokenizer.chat_template)") from None
         except jinja2.TemplateError as e:
-            raise TokenizerError(f"the chat template of {self.source or 'this tokenizer'} refused: {e}") from e
+            raise TokenizerError(f"{where} refused: {e}") from e
+        except (RecursionError, MemoryError, OverflowError) as e:
+            raise TokenizerError(
+                f"{where} failed ({type(e).__name__}: a macro calling itself without end, or a value too large); "
+                "fix the template (tokenizer.chat_template)"
+            ) from None
 
     # ---- out ----------------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -366,11 +385,96 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent=None, separators=None
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# Limits on one rendering of a chat template (untrusted code that came with a checkpoint): its run time, the text it
+# writes, and any number it passes to a call, a filter or `*` / `**` / `%` (a width, a count, a repetition).
+TEMPLATE_SECONDS = 5.0
+TEMPLATE_CHARS = 8_000_000
+_BIG_WIDTH = re.compile(r"\d{8,}")  # a format-string field wider than TEMPLATE_CHARS allows: "%999999999d", "{:>1e9}"
+
+
+class TemplateLimit(jinja2.exceptions.TemplateError):
+    """A chat template stopped for running too long, writing too much, or asking for a value too large."""
+
+
+def _check_args(args, kwargs, what: str) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > TEMPLATE_CHARS:
+            raise TemplateLimit(f"{what} was given {value!r}, over the limit of {TEMPLATE_CHARS:,}")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with the numbers that size work bounded: call and filter arguments, repetition,
+    powers and format widths (a string can be made large with one call, before the output limit sees it)."""
+
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%" and isinstance(left, str) and _BIG_WIDTH.search(left):
+            raise TemplateLimit(f"the format {left[:40]!r} asks for a width over the limit of {TEMPLATE_CHARS:,}")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
+            raise TemplateLimit(f"'**' was given the exponent {right!r}, over the limit of 1000")
+        if operator in ("*", "**"):
+            _check_args((left, right), {}, f"'{operator}'")
+            if isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple)):
+                seq, n = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+                _check_args((len(seq) * n if isinstance(n, int) else 0,), {}, "a repetition")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's own signature)
+        _check_args(args, kwargs, f"{getattr(__obj, '__name__', 'a call')}()")
+        text = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # str.format's string
+        if isinstance(text, str) and _BIG_WIDTH.search(text):
+            raise TemplateLimit(f"the format {text[:40]!r} asks for a width over the limit of {TEMPLATE_CHARS:,}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _bounded_filter(name: str, f):
+    """The filter `f` with its arguments (after the value it filters) bounded: `center(10**9)`, `indent(10**9)`."""
+    first = 2 if getattr(f, "jinja_pass_arg", None) is not None else 1  # after the environment/context and the value
+
+    @functools.wraps(f)
+    def bounded(*args, **kwargs):
+        _check_args(args[first:], kwargs, f"the filter {name}")
+        value = args[first - 1] if len(args) >= first else None
+        if name == "format" and isinstance(value, str) and _BIG_WIDTH.search(value):
+            raise TemplateLimit(f"the format {value[:40]!r} asks for a width over the limit of {TEMPLATE_CHARS:,}")
+        return f(*args, **kwargs)
+
+    return bounded
+
+
+def render_bounded(template, **context: Any) -> str:
+    """Render a compiled template, stopped with TemplateLimit after TEMPLATE_SECONDS of work (a loop without end, a
+    "CPU bomb") or TEMPLATE_CHARS of output. The clock is read on every line the template's code runs (a trace on its
+    frames only, restored afterwards), so a loop that writes nothing and calls nothing is stopped too."""
+    deadline = time.monotonic() + TEMPLATE_SECONDS
+
+    def line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TemplateLimit(f"it ran for over {TEMPLATE_SECONDS:g} s (a loop without end?)")
+        return line
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: line if frame.f_code.co_filename == "<template>" else None)
+    try:
+        pieces, size = [], 0
+        for piece in template.generate(**context):
+            size += len(piece)
+            if size > TEMPLATE_CHARS:
+                raise TemplateLimit(f"it wrote over {TEMPLATE_CHARS:,} characters")
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        sys.settrace(previous)
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
     """A chat template compiled in a sandbox (templates come with downloaded checkpoints and are untrusted code),
-    with the settings and helpers transformers gives them."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    with the settings and helpers transformers gives them; `render_bounded` renders it within limits."""
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
+    env.globals.pop("lipsum", None)  # lipsum(n) writes n paragraphs: no chat template uses it
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..finetune.chat_data import ROLES
-from ..text import read_strict
+from ..text import read_strict, too_deep
 
 
 class AlignDataError(ValueError):
@@ -52,6 +52,8 @@ def _records(path: str | os.PathLike, what: str) -> list[tuple[str, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise AlignDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise AlignDataError(too_deep(where)) from None
         if not isinstance(record, dict):
             raise AlignDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         out.append((where, record))

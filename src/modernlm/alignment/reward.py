@@ -18,10 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoints.hf import config_from_hf, rename
+from ..checkpoints.limits import check_finite
 from ..files import atomic_path, write_json, write_text
 from ..finetune.lora import apply_lora, merge_and_unload
-from ..loading import load_model, load_tokenizer, save_model
+from ..loading import load_model, load_tokenizer, staged_save
 from ..model import Transformer
+from ..text import read_json
 from .common import Optimizer, advance, data_files, metrics_log, say, start_run, step_bar
 from .config import AlignConfig
 from .data import EncodedPair, _pad_id, batch_indices, encode_pairs, pack, read_pairs, split_heldout
@@ -76,28 +78,31 @@ class RewardModel(nn.Module):
 
 # ---- on disk ------------------------------------------------------------------------------------------------------
 def save_reward_model(model: RewardModel, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """A Hugging Face directory that `AutoModelForSequenceClassification` loads (num_labels 1, pad_token_id set)."""
+    """A Hugging Face directory that `AutoModelForSequenceClassification` loads (num_labels 1, pad_token_id set),
+    written whole and swapped in at once like save_model's."""
     body = merge_and_unload(model.body) if hasattr(model.body, "lora_config") else model.body
-    directory = save_model(body, directory, tokenizer)
-    hf = json.loads((directory / "config.json").read_text())
-    arch = hf["architectures"][0]
-    if arch not in ARCHITECTURES:
-        raise RewardModelError(f"a {arch} body cannot be saved as a reward model; use a Llama, Mistral or Qwen2 base")
-    tensors = load_file(directory / "model.safetensors")
-    tensors.pop("lm_head.weight", None)
-    tensors["score.weight"] = model.score.weight.detach().to(next(iter(tensors.values())).dtype).contiguous().cpu()
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    hf.update(
-        architectures=[arch.replace("ForCausalLM", "ForSequenceClassification")],
-        num_labels=1,
-        id2label={"0": "LABEL_0"},
-        label2id={"LABEL_0": 0},
-        pad_token_id=model.pad_id,
-        problem_type="regression",
-    )
-    write_json(directory / "config.json", hf)
-    return directory
+    with staged_save(body, directory, tokenizer) as staging:
+        hf = json.loads((staging / "config.json").read_text())
+        arch = hf["architectures"][0]
+        if arch not in ARCHITECTURES:
+            raise RewardModelError(
+                f"a {arch} body cannot be saved as a reward model; use a Llama, Mistral or Qwen2 base"
+            )
+        tensors = load_file(staging / "model.safetensors")
+        tensors.pop("lm_head.weight", None)
+        tensors["score.weight"] = model.score.weight.detach().to(next(iter(tensors.values())).dtype).contiguous().cpu()
+        with atomic_path(staging / "model.safetensors") as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        hf.update(
+            architectures=[arch.replace("ForCausalLM", "ForSequenceClassification")],
+            num_labels=1,
+            id2label={"0": "LABEL_0"},
+            label2id={"LABEL_0": 0},
+            pad_token_id=model.pad_id,
+            problem_type="regression",
+        )
+        write_json(staging / "config.json", hf)
+    return Path(directory)
 
 
 def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> RewardModel:
@@ -106,8 +111,10 @@ def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.f
     path = directory / "config.json"
     if not path.is_file():
         raise RewardModelError(f"{directory} holds no config.json; give a directory written by `modernlm align reward`")
-    hf = json.loads(path.read_text())
-    arch = (hf.get("architectures") or ["?"])[0]
+    hf = read_json(path, "reward model config", RewardModelError)
+    if not isinstance(hf, dict):
+        raise RewardModelError(f"{path} must hold a JSON object of config fields, got {type(hf).__name__}")
+    arch = str((hf.get("architectures") or ["?"])[0])
     if arch.replace("ForSequenceClassification", "ForCausalLM") not in ARCHITECTURES or "Sequence" not in arch:
         raise RewardModelError(f"{path}: {arch} is not a reward model (a Llama/Mistral/Qwen2 sequence classifier)")
     if hf.get("num_labels", len(hf.get("id2label", {"0": 0}))) != 1 or hf.get("pad_token_id") is None:
@@ -115,6 +122,7 @@ def load_reward_model(directory: str | os.PathLike, dtype: torch.dtype = torch.f
     causal = dict(hf, architectures=[arch.replace("ForSequenceClassification", "ForCausalLM")])
     config = config_from_hf(dict(causal, tie_word_embeddings=True), str(path))  # the LM head is never used
     tensors = load_file(directory / "model.safetensors")
+    check_finite(tensors, directory / "model.safetensors")
     score = tensors.pop("score.weight", None)
     if score is None or tuple(score.shape) != (1, config.d_model):
         raise RewardModelError(f"{directory}: no score.weight of shape (1, {config.d_model})")

@@ -60,6 +60,10 @@ def member_flops_report(cfg: ModelConfig, seq_len: int | None, batch_size: int, 
     return {"family": cfg.family, "seq_len": T, "batch_size": batch_size, "forward": parts}
 
 
+# The dtypes a KV cache is kept in (torch also names int1...int7 and others no cache uses: `--kv-dtype int3` is a typo)
+KV_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "int8")
+
+
 def memory_report(
     cfg: ModelConfig,
     batch_size: int,
@@ -83,9 +87,9 @@ def memory_report(
     memory = training_memory
     if parallel != "none":
         memory = functools.partial(per_rank_memory, world_size=world_size, parallel=parallel)
-    dtype = getattr(torch, kv_dtype, None)
+    dtype = getattr(torch, kv_dtype, None) if kv_dtype in KV_DTYPES else None
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown kv dtype {kv_dtype!r}; use e.g. float32, bfloat16, float16")
+        raise ValueError(f"unknown kv dtype {kv_dtype!r}; use one of {', '.join(KV_DTYPES)}")
     return {
         "batch_size": batch_size,
         "seq_len": seq_len,

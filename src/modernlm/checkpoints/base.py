@@ -21,6 +21,13 @@ def load_bar(total_bytes: int, what: str) -> tqdm:
     """A bar over the bytes of a large load (stderr, gone when done); disabled below LARGE_LOAD bytes."""
     return tqdm(total=total_bytes, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                 file=sys.stderr, disable=total_bytes < LARGE_LOAD)  # fmt: skip
+# What a saved model directory consists of: a save replaces all of these (written or not: an old shard index the new
+# save has no use for would shadow its weights) and keeps anything else found in the directory.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "modernlm_config.json", "model.safetensors", "model-*.safetensors",
+    "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*",
+    "vocab.*", "merges.txt",
+)  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -32,6 +39,17 @@ def positive_field(hf: dict[str, Any], name: str, where: str) -> int:
     value = hf[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CheckpointError(f"{where}: {name} must be a positive integer, got {value!r}; fix or restore config.json")
+    return value
+
+
+def bool_field(hf: dict[str, Any], name: str, default: bool, where: str = "config.json") -> bool:
+    """A yes/no field of an HF config: a JSON boolean (absent or null: `default`), never a truthy string
+    (`"tie_word_embeddings": "false"` would otherwise tie the embeddings and drop the LM head)."""
+    value = hf.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{where}: {name} must be true or false (a JSON boolean), got {value!r}; fix config.json")
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import CheckpointError
+from .base import CheckpointError, bool_field
 
 ARCHITECTURES = {"BertModel": "none", "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classify"}
 ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}  # HF -> our ffn
@@ -52,7 +52,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
         qkv_bias=True,
         out_bias=True,
         mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=bool_field(hf, "tie_word_embeddings", True, where),
         max_seq_len=hf.get("max_position_embeddings", 512),
         extra={"architecture": arch},
     ).validate()

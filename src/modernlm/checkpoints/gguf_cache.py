@@ -7,9 +7,10 @@ as safetensors, the config as JSON, and the tokenizer as tokenizer.json with its
 that directory (memory-mapped safetensors, well under a second).
 
 The key covers the file's absolute path, size and modification time, and `FORMAT`, which changes whenever the
-conversion does; a stale or broken entry is never read, it is rebuilt. A directory appears only complete (it is
-written under a temporary name and renamed). `MODERNLM_GGUF_CACHE=0` turns the cache off; an unwritable cache
-directory turns it off too, with a warning, and loading goes on from the GGUF file itself.
+conversion does; a stale or broken entry is never read, it is rebuilt (an incomplete one at once; a damaged one when
+reading it fails, `rebuild`). A directory appears only complete (it is written under a temporary name and swapped in).
+`MODERNLM_GGUF_CACHE=0` turns the cache off; an unwritable or full cache directory turns it off too, with one
+warning, and loading goes on from the GGUF file itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..files import atomic_path, clean_stale, write_json
+from ..files import atomic_dir, clean_stale, write_json
 
 FORMAT = 2  # bump when the conversion (names, dtypes, config fields, tokenizer) changes; 2: SentencePiece vocabularies
 DONE = "converted.json"  # written last: its presence means the directory is complete
@@ -57,18 +58,38 @@ def converted(path: str | os.PathLike) -> Path | None:
     directory = entry_dir(path)
     if (directory / DONE).is_file():
         return directory
+    return _write_entry(path, directory)
+
+
+def rebuild(path: str | os.PathLike, problem: Exception) -> Path | None:
+    """Convert a GGUF file again because its cached copy could not be read (`problem`); the damaged copy is replaced
+    whole. None when the cache cannot be written (the caller loads the GGUF file directly)."""
+    path = Path(path)
+    directory = entry_dir(path)
+    log.warning("the cached conversion %s is damaged (%s); converting %s again", directory, problem, path.name)
+    (directory / DONE).unlink(missing_ok=True)  # so that a kill during the rebuild leaves no entry marked complete
+    return _write_entry(path, directory)
+
+
+def _write_entry(path: Path, directory: Path) -> Path | None:
+    """Convert `path` into `directory` (staged whole, then swapped in); an unwritable or full cache is a warning
+    (once per cache) and None."""
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         for stale in clean_stale(directory.parent) + _clean_legacy(directory.parent):
             log.info("removed %s, left by an interrupted conversion", stale.name)
+        log.info("converting %s once into %s (later loads take about a second)", path.name, directory)
+        with atomic_dir(directory) as staging:  # an incomplete entry (no DONE) is replaced
+            _convert(path, staging)
     except OSError as e:
-        warnings.warn(f"cannot write the GGUF cache in {cache_root()} ({e}); loading {path} directly", stacklevel=3)
+        if str(cache_root()) not in _WARNED:
+            _WARNED.add(str(cache_root()))
+            warnings.warn(f"cannot write the GGUF cache in {cache_root()} ({e}); loading {path} directly", stacklevel=4)
         return None
-    log.info("converting %s once into %s (later loads take about a second)", path.name, directory)
-    with atomic_path(directory) as staging:  # an incomplete entry (no DONE) is replaced
-        staging.mkdir()
-        _convert(path, staging)
     return directory
+
+
+_WARNED: set[str] = set()  # caches already warned about in this process: one warning, not one per load
 
 
 def _clean_legacy(root: Path) -> list[Path]:

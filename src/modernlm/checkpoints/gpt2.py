@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import CheckpointError, positive_field
+from .base import CheckpointError, bool_field, positive_field
 from .names import fill, pattern
 
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -69,7 +69,7 @@ def config_from_gpt2(hf: dict[str, Any], where: str) -> ModelConfig:
         qkv_bias=True,
         out_bias=True,
         mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        tie_embeddings=bool_field(hf, "tie_word_embeddings", True, where),
         max_seq_len=hf.get("n_positions", 1024),
         attn_dropout=hf.get("attn_pdrop", 0.0),
         resid_dropout=hf.get("resid_pdrop", 0.0),

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ..config import ConfigError, ModelConfig
 from ..text import read_json
 from . import decoders, family, gpt2, vlm
-from .base import CheckpointError, positive_field, write_directory
+from .base import CheckpointError, bool_field, positive_field, write_directory
 from .names import NameTable
 
 SUPPORTED = {
@@ -61,12 +61,25 @@ def rename(name: str, to_hf: bool) -> str | None:
 
 
 # ---- config -----------------------------------------------------------------------------------------------------
-def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+def _architecture(hf: dict[str, Any], where: str) -> str:
+    """The class name config.json's `architectures` gives (or its `model_type` maps to), checked to be a name."""
     by_type = {v: k for k, v in SUPPORTED.items()}
     by_type.update(family.BY_MODEL_TYPE)
     by_type.update(decoders.BY_MODEL_TYPE)
     by_type.update(vlm.BY_MODEL_TYPE)
-    arch = (hf.get("architectures") or [by_type.get(hf.get("model_type"), hf.get("model_type"))])[0]
+    archs = hf.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"{where}: architectures must be a list of class names like ['LlamaForCausalLM'], "
+                              f"got {archs!r:.80}; fix config.json")  # fmt: skip
+    model_type = hf.get("model_type")
+    arch = (archs or [by_type.get(model_type, model_type) if isinstance(model_type, str) else model_type])[0]
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{where}: model_type must be a name like 'llama', got {model_type!r:.80}")
+    return arch
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    arch = _architecture(hf, where)
     if arch in family.MEMBERS:  # an encoder, encoder-decoder or ViT
         return family.config_from_hf(arch, hf, where)
     if arch in decoders.ARCHITECTURES:  # Gemma 2 / 3, Falcon
@@ -86,7 +99,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     heads = positive_field(hf, "num_attention_heads", where)
     positive_field(hf, "hidden_size", where)
     is_qwen2 = SUPPORTED[arch] == "qwen2"
-    attention_bias = bool(hf.get("attention_bias", False))
+    attention_bias = bool_field(hf, "attention_bias", False, where)
     context = hf.get("max_position_embeddings", 2048)
     if scaling and (scaling.get("rope_type") or scaling.get("type")) == "dynamic":  # HF's dynamic scales from here
         factor = scaling.get("factor")
@@ -110,9 +123,9 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         rope_scaling=scaling,
         qkv_bias=is_qwen2 or attention_bias,
         out_bias=attention_bias and not is_qwen2,
-        mlp_bias=bool(hf.get("mlp_bias", False)),
+        mlp_bias=bool_field(hf, "mlp_bias", False, where),
         qk_norm=SUPPORTED[arch] == "qwen3",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=bool_field(hf, "tie_word_embeddings", False, where),
         max_seq_len=context,
         sliding_window=window,
         layer_types=layer_types,
@@ -148,7 +161,7 @@ def _window_from_hf(hf: dict[str, Any], kind: str, context) -> tuple[int, list[s
     max_window_layers on; Llama has none (transformers ignores the field). A window as long as the context is none."""
     if kind in ("mistral", "phi3"):  # Phi-3 windows every layer when config.json gives a window
         window, types = hf.get("sliding_window", 4096 if kind == "mistral" else None), None
-    elif kind in ("qwen2", "qwen3") and hf.get("use_sliding_window", False):
+    elif kind in ("qwen2", "qwen3") and bool_field(hf, "use_sliding_window", False):
         window, n = hf.get("sliding_window", 4096), hf["num_hidden_layers"]
         first = hf.get("max_window_layers", 28)
         if not isinstance(first, int) or not isinstance(n, int):
@@ -263,7 +276,7 @@ def _weight_files(directory: Path) -> list[Path]:
         weight_map = read_json(index, "shard index", CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index} has no weight_map object; restore the file from the model's source")
-        files = [directory / name for name in dict.fromkeys(weight_map.values())]
+        files = [_shard_path(directory, name, index) for name in dict.fromkeys(weight_map.values())]
     elif (directory / "model.safetensors").is_file():
         files = [directory / "model.safetensors"]
     elif any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
@@ -277,6 +290,20 @@ def _weight_files(directory: Path) -> list[Path]:
     if missing:
         raise CheckpointError(f"weight shard(s) listed in the index are missing: {missing}")
     return files
+
+
+def _shard_path(directory: Path, name: Any, index: Path) -> Path:
+    """A shard the index names, refused before it is opened unless it is a plain .safetensors file name inside the
+    model directory (`../outside.safetensors` and `/etc/passwd` name files the directory does not hold)."""
+    if not isinstance(name, str) or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{index} names the shard {name!r}; shards are .safetensors files in the directory")
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name or ":" in parts[0]:
+        raise CheckpointError(
+            f"{index} names the shard {name!r}, outside the model directory {directory}; a model directory may only "
+            "name its own files: restore the index from the model's source"
+        )
+    return directory / name
 
 
 def read_hf_config(directory: str | Path) -> ModelConfig:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import CheckpointError
+from .base import CheckpointError, bool_field
 
 ARCHITECTURES = {"ModernBertModel": "none", "ModernBertForMaskedLM": "mlm"}
 ACTIVATIONS = {"gelu": "geglu_erf", "gelu_new": "geglu", "gelu_pytorch_tanh": "geglu", "silu": "swiglu"}
@@ -60,10 +60,10 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
         embed_norm=True,
         skip_first_attn_norm=True,
         causal=False,
-        qkv_bias=bool(hf.get("attention_bias", False)),
-        out_bias=bool(hf.get("attention_bias", False)),
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        qkv_bias=bool_field(hf, "attention_bias", False, where),
+        out_bias=bool_field(hf, "attention_bias", False, where),
+        mlp_bias=bool_field(hf, "mlp_bias", False, where),
+        tie_embeddings=bool_field(hf, "tie_word_embeddings", True, where),
         max_seq_len=hf.get("max_position_embeddings", 8192),
         attn_dropout=hf.get("attention_dropout", 0.0),
         resid_dropout=hf.get("mlp_dropout", 0.0),

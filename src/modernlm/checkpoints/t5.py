@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import CheckpointError
+from .base import CheckpointError, bool_field
 
 ARCHITECTURES = {"T5ForConditionalGeneration": "lm"}
 # feed_forward_proj -> our ffn (a gated FFN's "gelu" is the tanh approximation, as transformers maps it)
@@ -27,7 +27,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in FFNS:
         raise CheckpointError(f"{where}: T5 feed_forward_proj {proj!r} is not supported; supported: {list(FFNS)}")
-    tied = hf.get("tie_word_embeddings", True) is not False
+    tied = bool_field(hf, "tie_word_embeddings", True, where)
     scaled = hf.get("scale_decoder_outputs", tied)
     return ModelConfig(
         family="seq2seq",

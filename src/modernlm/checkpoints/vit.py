@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import CheckpointError
+from .base import CheckpointError, bool_field
 
 ARCHITECTURES = {"ViTForImageClassification": "classify"}
 ACTIVATIONS = {"gelu": "gelu_erf", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
@@ -25,7 +25,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, where: str) -> ModelConfig:
     if act not in ACTIVATIONS:
         raise CheckpointError(f"{where}: ViT hidden_act {act!r} is not supported; supported: {list(ACTIVATIONS)}")
     size, patch = hf.get("image_size", 224), hf.get("patch_size", 16)
-    bias = bool(hf.get("qkv_bias", True))
+    bias = bool_field(hf, "qkv_bias", True, where)
     return ModelConfig(
         family="vit",
         head="classify",

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..files import write_json
 from ..generation.inputs import encode_prompt
 from ..text import from_user, read_json
-from .common import add_model_args, add_sampling_args, load_for, sampling_options, sampling_values
+from .common import add_model_args, add_sampling_args, check_sampling, load_for, sampling_options, sampling_values
 
 HELP = "commands: /help, /set [NAME VALUE], /save FILE, /load FILE, /reset (forget the conversation), /exit (or Ctrl-D)"
 COMMANDS = """/help                 this list
@@ -155,6 +155,10 @@ def _turn(chat: Chat, tokenizer, messages: list[dict]) -> str | None:
 def run(args) -> int:
     from ..generation import Session
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise ValueError("chat reads your messages from standard input, and this process has none: run it in a "
+                         "terminal, or pipe the messages in (one per line)")  # fmt: skip
+    check_sampling(args)
     interactive = sys.stdin.isatty()
     model, tokenizer = load_for(args)
     if not getattr(tokenizer, "chat_template", None):

@@ -157,22 +157,44 @@ def model_defaults(model) -> GenerationConfig:
     return getattr(model, "generation_config", None) or GREEDY
 
 
+OFF = {"top_k": -1, "min_p": 0, "top_p": 1, "repetition_penalty": 1}  # the value that turns a filter off (vLLM's)
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
 def sampling_values(model, given: dict) -> dict:
     """The five sampling settings: the model's defaults, each overridden by a value given (not None); 0 turns
     min_p off, -1 top_k (vLLM's), 1 top_p and repetition_penalty. Checked here."""
     values = model_defaults(model).sampling()
     values.update({k: v for k, v in given.items() if v is not None})
-    off = {"top_k": -1, "min_p": 0, "top_p": 1, "repetition_penalty": 1}
-    values = {k: None if k in off and v == off[k] else v for k, v in values.items()}
+    values = {k: None if k in OFF and v == OFF[k] else v for k, v in values.items()}
     SamplingParams(**values)
     return values
+
+
+def check_sampling(args) -> None:
+    """The decoding flags given, checked before a model loads: finite numbers in their ranges (`-t inf` is a
+    mistake); the model's own defaults fill in the rest after it loads (sampling_values)."""
+    given = {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
+    SamplingParams(**{k: None if k in OFF and v == OFF[k] else v for k, v in given.items()})
+    n = args.max_new_tokens
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"--max-new-tokens (max_new_tokens) must be >= 1, got {n}")
+
+
+def read_stdin(flag: str) -> str:
+    """All of standard input, for a flag that reads it; a clear error where this process has none (closed, or
+    started without one), instead of an AttributeError deep in a read."""
+    stream = sys.stdin
+    if stream is None or getattr(stream, "closed", False):
+        raise ValueError(f"{flag} reads standard input, and this process has none (closed or not connected): "
+                         "give the text on the command line, or pipe it in")  # fmt: skip
+    return stream.read()
 
 
 def sampling_options(args, tokenizer, model) -> dict:
     """The keyword arguments of `generate` / `Session.stream`: the model's defaults overridden by the flags given;
     also sets args.max_new_tokens when -n was not given. EOS: the tokenizer's and the generation config's."""
-    keys = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
-    values = sampling_values(model, {k: getattr(args, k) for k in keys})
+    values = sampling_values(model, {k: getattr(args, k) for k in SAMPLING})
     if args.max_new_tokens is None:
         args.max_new_tokens = model_defaults(model).max_new_tokens or MAX_NEW_TOKENS
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

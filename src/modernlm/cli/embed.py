@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..embedding import embed
 
+    if args.max_len < 3:  # before the model loads
+        raise ValueError(f"--max-len must be >= 3 ([CLS], a token of text, [SEP]), got {args.max_len}")
     model, tokenizer = load_for(args)
     vectors = embed(
         model, tokenizer, args.texts, normalize=not args.no_normalize, max_len=args.max_len

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -9,7 +10,7 @@ from tqdm import tqdm
 
 from ..generation.inputs import encode_prompt
 from ..text import from_user
-from .common import add_model_args, add_sampling_args, load_for, sampling_options
+from .common import add_model_args, add_sampling_args, check_sampling, load_for, read_stdin, sampling_options
 
 
 def add_parser(sub) -> None:
@@ -62,14 +63,17 @@ def _speculative(args, model, tokenizer, ids, options, loaded) -> str:
     )
 
 
-def run(args) -> int:
-    from ..generation import Session, generate
-
-    prompt = from_user(sys.stdin.read(), "standard input") if args.prompt == "-" else from_user(args.prompt, "--prompt")
+def _checked(args) -> tuple[str, str | None]:
+    """The prompt and the system message, and every flag checked, before the model loads."""
+    stdin = args.prompt == "-"
+    prompt = from_user(read_stdin("--prompt -") if stdin else args.prompt, "standard input" if stdin else "--prompt")
     if not prompt:
         raise ValueError("the prompt is empty: give some text with --prompt")
+    check_sampling(args)
     if args.num_beams < 1:
         raise ValueError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
+    if not math.isfinite(args.length_penalty):
+        raise ValueError(f"--length-penalty must be a finite number (1: none), got {args.length_penalty}")
     if args.stream and args.num_beams > 1:
         raise ValueError("--stream works with greedy or sampled decoding, not with --num-beams > 1")
     if args.num_beams > 1 and args.temperature:
@@ -79,6 +83,13 @@ def run(args) -> int:
     system = from_user(args.system, "--system") if args.system else None
     if system and not args.chat:
         raise ValueError("--system goes with --chat (a system message is part of a chat template)")
+    return prompt, system
+
+
+def run(args) -> int:
+    from ..generation import Session, generate
+
+    prompt, system = _checked(args)
     t0 = time.perf_counter()
     model, tokenizer = load_for(args)
     if model.config.family != "decoder":  # an encoder-decoder writes from the encoded prompt; the others cannot

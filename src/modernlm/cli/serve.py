@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
+import socket
 from pathlib import Path
 
 from .common import add_model_args, load_for
@@ -49,14 +51,38 @@ def add_parser(sub) -> None:
 def _check(args) -> None:
     for name in ("port", "max_batch", "max_queue", "context", "prefill_chunk", "time_limit", "max_tokens", "max_body"):
         value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not 0 < value < math.inf:  # NaN fails this too
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive (finite) number, got {value}")
+    if args.max_tokens is not None and args.context is not None and args.max_tokens > args.context:
+        raise ValueError(f"--max-tokens {args.max_tokens} cannot exceed --context {args.context} (the positions a "
+                         "sequence has, prompt included): lower --max-tokens")  # fmt: skip
     if args.prefix_cache_blocks < 0:
         raise ValueError(f"--prefix-cache-blocks must be >= 0, got {args.prefix_cache_blocks}")
     if args.port > 65535:
         raise ValueError(f"--port must be at most 65535, got {args.port}")
     if args.api_key is not None and not args.api_key:
         raise ValueError("--api-key is empty: give a key or leave the flag out")
+
+
+def _check_host(host: str, port: int) -> None:
+    """A --host this machine can listen on, found out before the model loads (not as a resolver error after it)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r} is not an address this machine can listen on ({e}); give an IP address "
+                         "such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None  # fmt: skip
+
+
+def _context(args, limit: int) -> int:
+    """The positions per sequence: --context (at most the model's), or the model's capped at DEFAULT_CONTEXT."""
+    if args.context is not None and args.context > limit:
+        raise ValueError(f"--context {args.context} is more than this model's context of {limit} positions; "
+                         f"give at most {limit}")  # fmt: skip
+    context = args.context or min(limit, DEFAULT_CONTEXT)
+    if args.max_tokens is not None and args.max_tokens > context:
+        raise ValueError(f"--max-tokens {args.max_tokens} cannot exceed the context of {context} positions (prompt "
+                         "included): lower --max-tokens, or raise --context")  # fmt: skip
+    return context
 
 
 def is_loopback(host: str) -> bool:
@@ -94,12 +120,13 @@ def run(args) -> int:
     if not is_loopback(args.host) and args.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     args.host)  # fmt: skip
+    _check_host(args.host, args.port)
     model, tokenizer = load_for(args)
     if model.config.family != "decoder":
         raise ValueError(f"{args.model} is not a decoder: the server's chats and completions need one; an encoder's "
                          f"sentence embeddings are served beside it with --embedding-model {args.model}")  # fmt: skip
     embedder = _embedder(args)
-    context = args.context or min(model.config.max_seq_len, DEFAULT_CONTEXT)
+    context = _context(args, model.config.max_seq_len)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue, context=context,
                     prefix_blocks=args.prefix_cache_blocks, prefill_chunk=args.prefill_chunk,
                     time_limit=args.time_limit)  # fmt: skip

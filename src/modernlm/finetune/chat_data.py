@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..text import read_strict
+from ..text import read_strict, too_deep
 
 IGNORE = -100  # the label of a token that carries no loss (torch's cross_entropy ignore_index)
 ROLES = ("system", "user", "assistant")
@@ -57,6 +57,8 @@ def _conversation(line: str, where: str) -> list[dict]:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise ChatDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ChatDataError(too_deep(where)) from None
     if not isinstance(record, dict):
         raise ChatDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:

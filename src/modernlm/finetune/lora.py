@@ -10,16 +10,18 @@ the matching `transformers` model, and which `load_adapter` loads back onto ours
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import atomic_path, write_json
+from ..checkpoints.limits import check_finite
+from ..files import atomic_dir, write_json
 from ..layers.linear import Linear
+from ..text import read_json
 from .lora_linear import LoraError, LoraLinear
 
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -159,7 +161,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise LoraError("the model has no LoRA adapters to save; apply_lora(model, ...) first")
     config: LoraConfig = model.lora_config
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, m in modules.items():
         key = _peft_module(name)
@@ -167,8 +168,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().contiguous().cpu()
     for name, p in _trained_base(model).items():  # norms or embeddings the config chose to train
         tensors[_peft_param(name)] = p.detach().contiguous().cpu()
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
     peft = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -183,8 +182,29 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         "modules_to_save": None,
         "base_model_name_or_path": config.extra.get("base_model"),
     }
-    write_json(directory / CONFIG_NAME, peft)
+    with atomic_dir(directory, replaces=("adapter_*",)) as staging:  # weights and config swapped in together
+        save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
+        write_json(staging / CONFIG_NAME, peft)
     return directory
+
+
+def _adapter_config(directory: Path) -> LoraConfig:
+    """adapter_config.json read and checked: a LoRA with a rank, an alpha and its target modules."""
+    path = directory / CONFIG_NAME
+    peft = read_json(path, "adapter config (restore it, or save the adapter again)", LoraError)
+    if not isinstance(peft, dict) or peft.get("peft_type", "LORA") != "LORA":
+        kind = peft.get("peft_type") if isinstance(peft, dict) else type(peft).__name__
+        raise LoraError(f"{path}: a LoRA adapter config is a JSON object with peft_type 'LORA', got {kind!r}")
+    try:
+        targets = peft["target_modules"]
+        return LoraConfig(
+            r=int(peft["r"]),
+            alpha=float(peft["lora_alpha"]),
+            dropout=float(peft.get("lora_dropout", 0.0)),
+            targets=tuple([targets] if isinstance(targets, str) else targets),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise LoraError(f"{path}: r, lora_alpha and target_modules must be numbers and names ({e!r})") from None
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -193,18 +213,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise LoraError(f"{directory} has no {name}; give a directory written by save_adapter or by PEFT")
-    peft = json.loads((directory / CONFIG_NAME).read_text())
-    if peft.get("peft_type", "LORA") != "LORA":
-        raise LoraError(f"{directory}: peft_type {peft['peft_type']!r} is not LoRA")
-    targets = peft["target_modules"]
-    config = LoraConfig(
-        r=int(peft["r"]),
-        alpha=float(peft["lora_alpha"]),
-        dropout=float(peft.get("lora_dropout", 0.0)),
-        targets=tuple([targets] if isinstance(targets, str) else targets),
-    )
+    config = _adapter_config(directory)
     apply_lora(model, config)
-    tensors = load_file(directory / WEIGHTS_NAME)
+    try:
+        tensors = load_file(directory / WEIGHTS_NAME)
+    except (SafetensorError, OSError) as e:
+        raise LoraError(f"{directory / WEIGHTS_NAME} cannot be read ({e}); the file is truncated or corrupt") from e
+    check_finite(tensors, directory / WEIGHTS_NAME)
     for name, m in lora_modules(model).items():
         key = _peft_module(name)
         for part in ("lora_A", "lora_B"):

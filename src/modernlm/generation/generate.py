@@ -12,10 +12,12 @@ Shapes: B sequences, P prompt length (after left padding), S cache length, V voc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..checkpoints.limits import check_memory, kv_bytes
 from ..layers.kv_cache import KVCache, new_cache
 from .beam import beam_search
 from .compiled import decode_step
@@ -139,14 +141,33 @@ def generate(
     steps = token_budget(model, prompts.length, max_new_tokens)
     eos = eos_set(eos_token_id)
     if num_beams > 1:
+        check_beam_room(model, num_beams, len(prompts.rows), prompts.length + steps, length_penalty)
         seen = seen_mask(prompts, model.config.vocab_size, params)
         return beam_search(
             model, prompts.ids, prompts.mask, steps, num_beams=num_beams, length_penalty=length_penalty,
             early_stopping=early_stopping, eos=eos, seen=seen, params=params, kv_cache=kv_cache,
         )  # fmt: skip
-    generator = make_generator(seed, device)
     cache = new_cache(model, len(prompts.rows), prompts.length + steps - 1, kv_cache)
-    return _decode_loop(model, prompts, steps, params, eos, stops, tokenizer, generator, cache)
+    return _decode_loop(model, prompts, steps, params, eos, stops, tokenizer, make_generator(seed, device), cache)
+
+
+def check_beam_room(model, num_beams: int, batch: int, length: int, length_penalty) -> None:
+    """Refuse, before anything is allocated, more beams than the vocabulary has tokens or than memory holds (each
+    beam is a row of the KV cache and of the logits), and a length penalty that is not a finite number."""
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) or not math.isfinite(
+        length_penalty
+    ):
+        raise ValueError(f"length_penalty must be a finite number (1: none), got {length_penalty!r}")
+    config = model.config
+    if num_beams > config.vocab_size:
+        raise ValueError(
+            f"num_beams {num_beams} is more than this model's vocabulary of {config.vocab_size} tokens; beam search "
+            "gains little past a few dozen beams: use e.g. 4"
+        )
+    rows = batch * num_beams
+    need = kv_bytes(config, rows, length, next(model.parameters()).element_size()) + rows * config.vocab_size * 16
+    check_memory(need, f"beam search with {num_beams} beams (their KV caches and logits)",
+                 "use fewer beams (e.g. 4) or fewer new tokens", device_of(model))  # fmt: skip
 
 
 def _check_beams(num_beams, params: SamplingParams, stops: list[str]) -> None:

@@ -5,6 +5,7 @@ model's context leaves, and the seeded generator of a sampling run."""
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ def prepare_prompts(input_ids: TokenIds, attention_mask: torch.Tensor | None = N
     for b, row in enumerate(rows):
         if not row:
             raise ValueError(f"prompt {b} is empty: every prompt needs at least one token (e.g. the BOS token)")
+        bad = next((t for t in row if not 0 <= t < 2**62), None)  # before a tensor overflows on it
+        if bad is not None:
+            raise ValueError(f"prompt {b} holds the token id {bad}, outside any vocabulary; encode with the model's "
+                             "own tokenizer")  # fmt: skip
     P = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), P, dtype=torch.long)
     mask = torch.zeros(len(rows), P, dtype=torch.long)
@@ -103,11 +108,25 @@ def check_token_ids(prompts: Prompts, vocab_size: int) -> None:
 
 
 def eos_set(eos_token_id: int | Sequence[int] | None) -> frozenset[int]:
+    """The end-of-sequence ids: None, one id, or a list of ids (ints >= 0; the string '12' is not the id 12)."""
     if eos_token_id is None:
         return frozenset()
-    if isinstance(eos_token_id, int):
-        return frozenset([eos_token_id])
-    return frozenset(int(t) for t in eos_token_id)
+    ids = [eos_token_id] if _is_id(eos_token_id) else eos_token_id
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, set, frozenset)) or not all(map(_is_id, ids)):
+        raise TypeError(
+            f"eos_token_id must be a token id (an int), a list of them, or None; got {eos_token_id!r:.60}: "
+            "pass tokenizer.eos_token_id"
+        )
+    if any(t < 0 for t in ids):
+        raise ValueError(f"eos_token_id must hold ids >= 0, got {eos_token_id!r:.60}")
+    return frozenset(int(t) for t in ids)
+
+
+def _is_id(value) -> bool:
+    """An int, a numpy integer or a 0-d integer tensor; not a bool, a float or a string."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def stop_list(stop_strings: str | Sequence[str] | None, tokenizer) -> list[str]:
@@ -119,6 +138,8 @@ def stop_list(stop_strings: str | Sequence[str] | None, tokenizer) -> list[str]:
             raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
     if stops and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer (pass tokenizer=...) to turn the tokens into text")
+    if stops and not callable(getattr(tokenizer, "decode", None)):
+        raise TypeError(f"tokenizer must be a tokenizer (with decode), got {type(tokenizer).__name__}")
     return stops
 
 
@@ -148,8 +169,8 @@ def token_budget(model, prompt_len: int, max_new_tokens: int) -> int:
 def make_generator(seed: int | None, device=None) -> torch.Generator | None:
     if seed is None:
         return None
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64) (torch's range), got {seed!r}")
     return torch.Generator(device=device or "cpu").manual_seed(seed)
 
 

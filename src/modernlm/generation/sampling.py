@@ -15,6 +15,7 @@ Shapes: B rows (sequences), V vocabulary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,8 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or t != t or t < 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {t!r}")
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a number >= 0 and finite (0 means greedy), got {t!r}")
         bad_k = not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
         if self.top_k is not None and bad_k:
             raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
@@ -44,8 +45,8 @@ class SamplingParams:
         if self.min_p is not None and not (isinstance(self.min_p, (int, float)) and 0.0 <= self.min_p <= 1.0):
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
         r = self.repetition_penalty
-        if r is not None and not (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0):
-            raise ValueError(f"repetition_penalty must be > 0 (1 means none; > 1 penalises repeats), got {r!r}")
+        if r is not None and not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf):
+            raise ValueError(f"repetition_penalty must be > 0 and finite (1: none; > 1 penalises repeats), got {r!r}")
 
     @property
     def greedy(self) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoints.gguf import gguf_to_ours, read_gguf, unpermute_qk
+from ..checkpoints.limits import check_finite
 from ..model import Transformer
 from .gguf_blocks import KEPT, unpack
 from .modules import QuantEmbedding, QuantLinear, _swap
@@ -67,6 +68,8 @@ def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
         floats[ours] = weight.to(dtype)
         if kind not in FLOAT_TYPES:
             counts["dequantized"][kind] = counts["dequantized"].get(kind, 0) + 1
+    check_finite(floats, path)
+    check_finite({f"{n}.{b}": t for n, w in kept.items() for b, t in w.named_buffers()}, path)  # block scales
     if counts["dequantized"]:
         log.info(
             "%s: kept quantized %s; dequantized to %s (no kernel here for these types): %s",
@@ -75,13 +78,14 @@ def load_gguf_kept(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
             str(dtype).removeprefix("torch."),
             counts["dequantized"],
         )
-    return _assemble(Transformer, config, floats, kept, dtype, counts)
+    return _assemble(Transformer, config, floats, kept, dtype, counts, path)
 
 
-def _assemble(cls, config, floats: dict, kept: dict, dtype: torch.dtype, counts: dict) -> nn.Module:
+def _assemble(cls, config, floats: dict, kept: dict, dtype: torch.dtype, counts: dict, path: Path) -> nn.Module:
     """Build on the meta device, put the quantized modules in, then the float tensors (assign=True, no copies)."""
     with torch.device("meta"):
         model = cls(config)
+    _check_shapes(model, floats, kept, path)
     for name, w in kept.items():
         module = name.removesuffix(".weight")
         if module == "embed":
@@ -93,9 +97,26 @@ def _assemble(cls, config, floats: dict, kept: dict, dtype: torch.dtype, counts:
     model.reset_rope()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise QuantError(f"the GGUF file has no tensors for {left[:6]}; the file is incomplete, re-convert it")
+        raise QuantError(f"{path}: the GGUF file has no tensors for {left[:6]}; the file is incomplete, re-convert it")
     model.quantization = {"kind": "gguf", "group_size": 32, **counts}
     return model.eval()
+
+
+def _check_shapes(model: nn.Module, floats: dict, kept: dict, path: Path) -> None:
+    """Each tensor of the file against the shape the config gives it (torch's 'While copying the parameter' wall
+    otherwise, or a kept matrix the wrong size that fails at the first product)."""
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    got = {n: tuple(t.shape) for n, t in floats.items()} | {n: (w.out_features, w.in_features) for n, w in kept.items()}
+    wrong = [
+        f"{n} is {shape}, the config needs {expected[n]}" if n in expected else f"{n} has no place in it"
+        for n, shape in got.items()
+        if shape != expected.get(n)
+    ]
+    if wrong:
+        raise QuantError(
+            f"{path}: the tensors do not fit the file's own config ({'; '.join(wrong[:3])}); the file is corrupt or "
+            "was converted wrongly: download or convert it again"
+        )
 
 
 __all__ = ["DEFAULT_GROUP", "load_gguf_kept", "parse"]

@@ -136,6 +136,8 @@ def quantize(model: nn.Module, kind: str, group_size: int | None | str = "defaul
     `kind`: "int8" (symmetric; per output channel by default, or `group_size` 32/64/128) or "int4" (asymmetric
     groups of `group_size` 32 (default), 64 or 128). Raises QuantError for an unknown kind, a group size that does
     not divide a layer's width, a model already quantized or carrying LoRA adapters, before changing anything."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize takes a model (a torch.nn.Module) first, then the kind; got {type(model).__name__}")
     cls = kind_class(kind)
     group_size = DEFAULT_GROUP[kind] if group_size == "default" else group_size
     if is_quantized(model):

@@ -145,6 +145,8 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
+        if e.status in (400, 413):  # a client's malformed body: one line, no traceback
+            log.warning("serving: %s %s answered %d: %s", request.method, request.url.path, e.status, e.message)
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -200,10 +202,7 @@ class _Server:
                     413, f"the request body is over the limit of {self.max_body} bytes", code="body_too_large"
                 )
             chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        return P.parse_body(b"".join(chunks))
 
     # ---- completions --------------------------------------------------------------------------------------------
     async def complete(self, request: Request, chat: bool):

@@ -22,6 +22,7 @@ Shapes: B running rows, S cache positions in the step's window, V vocabulary.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..checkpoints.limits import check_memory, kv_bytes
 from ..generation.inputs import make_generator
 from ..generation.sampling import SamplingParams, next_token
 from ..generation.stops import IncrementalDecoder
@@ -151,6 +153,21 @@ class _Sequence:
         return len(self.tokens) - 1
 
 
+def _check_engine_args(**values) -> None:
+    """The engine's sizes: positive integers (a context of None: the model's; 0 prefix blocks: no prefix cache), and a
+    time limit that is a positive finite number of seconds. ValueError naming the argument."""
+    for name, value in values.items():
+        if name == "time_limit":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"time_limit must be a positive number of seconds, got {value!r}")
+            continue
+        if value is None and name == "context":
+            continue
+        least = 0 if name == "prefix_blocks" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 class Engine:
     """Continuous batching for one model. `start()` runs the loop on a daemon thread; `submit()` queues a request.
 
@@ -173,9 +190,15 @@ class Engine:
         time_limit: float = 600.0,
         kv_cache: str = "auto",
     ) -> None:
+        _check_engine_args(max_batch=max_batch, max_queue=max_queue, context=context, prefix_blocks=prefix_blocks,
+                           prefill_chunk=prefill_chunk, block=block, time_limit=time_limit)  # fmt: skip
         self.model, self.tokenizer = model.eval(), tokenizer
         limit = model.config.max_seq_len
         self.context = min(context or limit, limit)
+        itemsize = next(model.parameters()).element_size()
+        check_memory(kv_bytes(model.config, max_batch, self.context, itemsize),
+                     f"the KV cache of {max_batch} sequences x {self.context} positions",
+                     "lower --max-batch or --context", next(model.parameters()).device)  # fmt: skip
         self.max_batch, self.max_queue, self.time_limit = max_batch, max_queue, time_limit
         self.prefill_chunk = prefill_chunk
         self.vocab = model.config.vocab_size

@@ -10,6 +10,7 @@ top_logprobs, presence_penalty, frequency_penalty, stream, stream_options.includ
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,17 @@ def _boolean(body: dict, name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise bad(name, f"'{name}' must be true or false, got {type(value).__name__}")
     return value
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body's JSON, or a 400 saying what is wrong with it (not JSON, not UTF-8, nested without end)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON arrays/objects too deeply; send a flat body",
+                       code="invalid_json") from None  # fmt: skip
 
 
 def check_fields(body: Any, allowed: set[str]) -> dict:

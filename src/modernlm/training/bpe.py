@@ -10,6 +10,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from ..files import atomic_dir
 from ..tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
@@ -50,4 +51,7 @@ def train_bpe_files(paths: list[str | os.PathLike], vocab_size: int, out_dir: st
 
     corpus = load_corpus([str(p) for p in paths], val_fraction=0.0)
     texts = (t for t in (d.read() for d in corpus.train) if t)
-    return train_bpe(texts, vocab_size).save(out_dir)
+    tokenizer = train_bpe(texts, vocab_size)
+    with atomic_dir(out_dir, replaces=("tokenizer*",)) as staging:  # tokenizer.json and its config together
+        tokenizer.save(staging)
+    return Path(out_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fields import check_fields, check_mapping
-from ..text import read_strict
+from ..text import read_strict, too_deep
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL = ("none", "ddp", "fsdp")  # see modernlm.distributed
@@ -60,6 +60,8 @@ class JsonConfig:
             data = json.loads(read_strict(path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
+        except RecursionError:
+            raise ValueError(too_deep(path)) from None
         return cls.from_dict(data, str(path))
 
 

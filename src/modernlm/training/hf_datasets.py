@@ -23,6 +23,10 @@ def hf_documents(spec: str) -> list[Document]:
     if column not in table.column_names:
         raise ValueError(f"dataset {name!r} has no column {column!r}; its columns: {table.column_names}")
     texts = table[column]
+    kinds = sorted({type(t).__name__ for t in texts if not isinstance(t, str)})
+    if kinds:  # caught here, not as the tokenizer's "TextInputSequence must be str" mid-run
+        raise ValueError(f"dataset {name!r} column {column!r} holds {', '.join(kinds)} values, not text; name a "
+                         f"text column: hf:{name}:{split}:COLUMN (its columns: {table.column_names})")  # fmt: skip
     return [
         Document(f"{name}/{split}/{i}", len(t), lambda t=t: t, stamp=str(getattr(table, "_fingerprint", "")))
         for i, t in enumerate(texts)
