@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import modernlm
-from conftest import save_tiny_chat_model
 from modernlm.checkpoints.generation_config import FALLBACK, GREEDY, GenerationConfig, from_hf
 from modernlm.cli.__main__ import main
 
@@ -21,27 +20,27 @@ SAMPLING = {"do_sample": True, "temperature": 1.3, "top_p": 0.95, "top_k": 40}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_chat_model(tmp_path_factory.mktemp("gc") / "model", TEXT, max_seq_len=128)
+def chat_model(tiny_chat_dir):
+    return tiny_chat_dir(TEXT, max_seq_len=128)
 
 
-def _with_config(tiny, tmp_path, hf: dict):
-    """A copy of the tiny model whose generation_config.json is `hf`."""
+def _with_config(chat_model, tmp_path, hf: dict):
+    """A copy of the chat_model model whose generation_config.json is `hf`."""
     import shutil
 
     out = tmp_path / "model"
-    shutil.copytree(tiny, out)
+    shutil.copytree(chat_model, out)
     (out / "generation_config.json").write_text(json.dumps(hf))
     return out
 
 
-def test_save_model_writes_what_transformers_reads(tiny, tmp_path):
+def test_save_model_writes_what_transformers_reads(chat_model, tmp_path):
     from transformers import GenerationConfig as HFGenerationConfig
 
-    written = json.loads((tiny / "generation_config.json").read_text())
-    tok = modernlm.load_tokenizer(tiny)
+    written = json.loads((chat_model / "generation_config.json").read_text())
+    tok = modernlm.load_tokenizer(chat_model)
     assert written["do_sample"] is False and written["eos_token_id"] == tok.eos_token_id  # built in Python: greedy
-    model = modernlm.load_model(tiny)
+    model = modernlm.load_model(chat_model)
     assert model.generation_config.temperature == 0 and model.generation_config.eos_token_id == tok.eos_token_id
 
     model.generation_config = GenerationConfig(temperature=0.6, top_p=0.9, top_k=20, max_new_tokens=99)
@@ -53,7 +52,7 @@ def test_save_model_writes_what_transformers_reads(tiny, tmp_path):
     assert again.eos_token_id == tok.eos_token_id  # filled in from the tokenizer
 
 
-def test_transformers_reading_and_the_fallback(tiny, tmp_path):
+def test_transformers_reading_and_the_fallback(chat_model, tmp_path):
     # transformers' defaults when sampling: temperature 1, top_k 50, top_p 1 (off); do_sample false is greedy
     assert from_hf({"do_sample": True}, "x") == GenerationConfig(temperature=1.0, top_k=50, origin="x")
     assert from_hf({"temperature": 0.6, "eos_token_id": [1, 2]}, "x").sampling() == GREEDY.sampling()
@@ -61,7 +60,7 @@ def test_transformers_reading_and_the_fallback(tiny, tmp_path):
     with pytest.raises(ValueError, match="do_sample"):
         from_hf({"do_sample": "yes"}, "x")
     plain = tmp_path / "plain"
-    modernlm.save_model(modernlm.load_model(tiny), plain)
+    modernlm.save_model(modernlm.load_model(chat_model), plain)
     (plain / "generation_config.json").unlink()
     assert modernlm.load_model(plain).generation_config is FALLBACK  # no file: the chat defaults 0.7 / 0.9
     assert (FALLBACK.temperature, FALLBACK.top_p) == (0.7, 0.9)
@@ -69,10 +68,11 @@ def test_transformers_reading_and_the_fallback(tiny, tmp_path):
     assert not hasattr(built, "generation_config")  # built in Python: generate is greedy, as transformers' default
 
 
-def test_gguf_has_none_and_takes_the_fallback(tiny, tmp_path):
+def test_gguf_has_none_and_takes_the_fallback(chat_model, tmp_path):
     from modernlm.export import export_gguf
 
-    out = export_gguf(modernlm.load_model(tiny), modernlm.load_tokenizer(tiny), tmp_path / "m.gguf", kind="f16")
+    model, tokenizer = modernlm.load(chat_model)
+    out = export_gguf(model, tokenizer, tmp_path / "m.gguf", kind="f16")
     assert modernlm.load_model(out).generation_config is FALLBACK
 
 
@@ -114,8 +114,8 @@ def _api(model_dir, **fields) -> str:
 
 
 @pytest.mark.parametrize("hf", [{"do_sample": False}, SAMPLING], ids=["greedy", "seeded"])
-def test_the_same_request_gives_the_same_text_everywhere(tiny, tmp_path, capsys, monkeypatch, hf):
-    model_dir = _with_config(tiny, tmp_path, hf)
+def test_the_same_request_gives_the_same_text_everywhere(chat_model, tmp_path, capsys, monkeypatch, hf):
+    model_dir = _with_config(chat_model, tmp_path, hf)
     seed = ("--seed", "7") if hf["do_sample"] else ()
     python = _python(model_dir, **({"seed": 7} if seed else {}))
     assert python
@@ -133,8 +133,8 @@ def test_the_same_request_gives_the_same_text_everywhere(tiny, tmp_path, capsys,
         assert _api(model_dir, temperature=0) == greedy
 
 
-def test_info_shows_the_defaults(tiny, tmp_path, capsys):
-    model_dir = _with_config(tiny, tmp_path, SAMPLING)
+def test_info_shows_the_defaults(chat_model, tmp_path, capsys):
+    model_dir = _with_config(chat_model, tmp_path, SAMPLING)
     assert main(["info", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "generation defaults: sampling, temperature 1.3, top-k 40, top-p 0.95" in out

@@ -18,13 +18,13 @@ from modernlm.layers.kv_cache import KVCache
 from modernlm.model import ModelOutput
 from modernlm.quant import dequantize_model, quantize
 from modernlm.seq2seq import Seq2SeqOutput
-from test_encoder import hf_bert, inputs
-from test_hf import BASE, make_hf_model
+from test_encoder import bert_config, inputs
+from test_hf import BASE, make_hf_model  # noqa: F401  (make_hf_model is a fixture)
 from test_modernbert import batch as modernbert_batch
-from test_modernbert import hf_modernbert
-from test_seq2seq import KINDS, hf_t5
+from test_modernbert import modernbert_config
+from test_seq2seq import KINDS, hf_t5  # noqa: F401  (hf_t5 is a fixture)
 from test_seq2seq import batch as t5_batch
-from test_vit import hf_vit
+from test_vit import vit_config
 
 TOL = dict(atol=1e-5, rtol=0)
 
@@ -47,9 +47,8 @@ def both(model, *args, **kwargs):
 
 # ---- decoders -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["llama2-mha-untied", "smollm2-gqa-tied-theta", "qwen2-biases-tied", "mistral-gqa"])
-def test_decoder_attentions_and_hidden_states_equal_transformers(tmp_path, name):
-    ref = make_hf_model(name)  # eager attention
-    ref.save_pretrained(tmp_path)
+def test_decoder_attentions_and_hidden_states_equal_transformers(tmp_path, name, make_hf_model):  # noqa: F811
+    ref = make_hf_model(name, tmp_path)  # eager attention
     ours = modernlm.load_model(tmp_path)
     ids = torch.randint(0, BASE["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
     want, got = both(ref, input_ids=ids), both(ours, ids)
@@ -93,8 +92,8 @@ def test_one_cached_step_attends_as_the_full_recompute_last_row():
 
 
 # ---- encoders, T5, ViT --------------------------------------------------------------------------------------------
-def test_bert_attentions_and_hidden_states_equal_transformers(tmp_path):
-    ref = hf_bert(transformers.BertForMaskedLM, tmp_path)
+def test_bert_attentions_and_hidden_states_equal_transformers(tmp_path, hf_reference):
+    ref, _ = hf_reference(transformers.BertForMaskedLM, bert_config(), tmp_path)
     ref.set_attn_implementation("eager")
     ours = modernlm.load_model(tmp_path)
     ids, types, mask = inputs()
@@ -106,9 +105,9 @@ def test_bert_attentions_and_hidden_states_equal_transformers(tmp_path):
     torch.testing.assert_close(got.logits[real], want.logits[real], atol=1e-4, rtol=0)
 
 
-def test_modernbert_attentions_and_hidden_states_equal_transformers(tmp_path):
+def test_modernbert_attentions_and_hidden_states_equal_transformers(tmp_path, hf_reference):
     """Local layers (a window narrower than the input) and the final norm on the last hidden state."""
-    ref = hf_modernbert(transformers.ModernBertModel, tmp_path)
+    ref, _ = hf_reference(transformers.ModernBertModel, modernbert_config(), tmp_path, attn="sdpa")
     ref.set_attn_implementation("eager")
     ours = modernlm.load_model(tmp_path)
     ids, mask = modernbert_batch()
@@ -120,7 +119,7 @@ def test_modernbert_attentions_and_hidden_states_equal_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_t5_self_and_cross_attentions_and_hidden_states_equal_transformers(tmp_path, kind):
+def test_t5_self_and_cross_attentions_and_hidden_states_equal_transformers(tmp_path, kind, hf_t5):  # noqa: F811
     ref = hf_t5(tmp_path, **KINDS[kind])
     ref.set_attn_implementation("eager")
     ours = modernlm.load_model(tmp_path)
@@ -139,8 +138,8 @@ def test_t5_self_and_cross_attentions_and_hidden_states_equal_transformers(tmp_p
     torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
 
 
-def test_vit_attentions_and_hidden_states_equal_transformers(tmp_path):
-    ref = hf_vit(tmp_path)
+def test_vit_attentions_and_hidden_states_equal_transformers(tmp_path, hf_reference):
+    ref, _ = hf_reference(transformers.ViTForImageClassification, vit_config(), tmp_path)
     ref.set_attn_implementation("eager")
     ours = modernlm.load_model(tmp_path)
     images = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))

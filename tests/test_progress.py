@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import modernlm
-from conftest import save_tiny_chat_model
 from modernlm.cli.__main__ import main
 from modernlm.threads import one_thread
 
@@ -17,25 +16,25 @@ TEXT = "the quick brown fox jumps over the lazy dog. 12 + 7 = 19. what is 3 + 4?
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_chat_model(tmp_path_factory.mktemp("progress") / "model", TEXT, max_seq_len=256)
+def chat_model(tiny_chat_dir):
+    return tiny_chat_dir(TEXT, max_seq_len=256)
 
 
-def _align(tiny, out, *extra) -> int:
+def _align(chat_model, out, *extra) -> int:
     flags = ["--max-steps", "2", "--batch-size", "2", "--eval-prompts", "2", "--eval-pairs", "4",
              "--max-new-tokens", "4", "--eval-interval", "0"]  # fmt: skip
     with one_thread():
-        return main(["align", "dpo", "--model", str(tiny), "--out", str(out), *flags, *extra])
+        return main(["align", "dpo", "--model", str(chat_model), "--out", str(out), *flags, *extra])
 
 
-def test_align_says_each_phase_and_shows_a_step_bar(tiny, tmp_path, capsys):
-    assert _align(tiny, tmp_path / "a") == 0
+def test_align_says_each_phase_and_shows_a_step_bar(chat_model, tmp_path, capsys):
+    assert _align(chat_model, tmp_path / "a") == 0
     err = capsys.readouterr().err
     for phase in ("align dpo: loading the policy", "with the reference", "answering 2 held-out prompts",
                   "writing the aligned model"):  # fmt: skip
         assert phase in err, err[-2000:]
     assert "2/2" in err  # the bar over the steps
-    assert _align(tiny, tmp_path / "b", "--no-progress") == 0
+    assert _align(chat_model, tmp_path / "b", "--no-progress") == 0
     assert "align dpo" not in capsys.readouterr().err
 
 
@@ -53,11 +52,11 @@ def test_finetune_says_what_it_does_after_the_last_step(tmp_path, capsys):
     assert "finetune: answering 1 prompts after training" in err
 
 
-def test_the_first_compiled_step_is_announced(tiny, monkeypatch, caplog):
+def test_the_first_compiled_step_is_announced(chat_model, monkeypatch, caplog):
     from modernlm.generation.compiled import compile_decode
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the message, not the compiler, is tested here
-    model = compile_decode(modernlm.load_model(tiny))
+    model = compile_decode(modernlm.load_model(chat_model))
     with caplog.at_level(logging.INFO, logger="modernlm"):
         modernlm.generate(model, [1, 2, 3], 4, temperature=0.0)
         modernlm.generate(model, [1, 2, 3], 4, temperature=0.0)  # the same shape: compiled already, nothing said
@@ -65,11 +64,11 @@ def test_the_first_compiled_step_is_announced(tiny, monkeypatch, caplog):
     assert len(said) == 2 and said[0].startswith("compiling the one-token decode step") and "compiled" in said[1]
 
 
-def test_a_large_load_shows_a_bar(tiny, monkeypatch, capsys):
+def test_a_large_load_shows_a_bar(chat_model, monkeypatch, capsys):
     import modernlm.checkpoints.base as base
 
-    modernlm.load_model(tiny)
+    modernlm.load_model(chat_model)
     assert "loading model" not in capsys.readouterr().err  # small: no bar
     monkeypatch.setattr(base, "LARGE_LOAD", 0)
-    modernlm.load_model(tiny)
+    modernlm.load_model(chat_model)
     assert "loading model" in capsys.readouterr().err

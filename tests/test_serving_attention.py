@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_api import CHAT, assert_error, chat_ids, expected, start, tiny  # noqa: F401  (tiny is a fixture)
+from test_api import CHAT, assert_error, chat_dir, chat_ids, expected, start  # noqa: F401  (chat_dir is a fixture)
 
 httpx = pytest.importorskip("httpx")
 
@@ -18,15 +18,15 @@ MESSAGES = [{"role": "user", "content": "the quick brown fox"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny):  # noqa: F811
-    live, engine, model, tokenizer = start(tiny)
+def server(chat_dir):  # noqa: F811
+    live, engine, model, tokenizer = start(chat_dir)
     yield live, engine, model, tokenizer
     live.stop()
     engine.stop()
 
 
 def ask(server, **fields) -> httpx.Response:
-    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, **fields}
+    body = {"model": "chat_dir", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, **fields}
     return httpx.post(server[0].url + CHAT, json=body, timeout=60)
 
 

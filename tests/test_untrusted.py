@@ -16,7 +16,6 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 import modernlm
-from conftest import save_tiny_chat_model
 from modernlm.checkpoints import hf, limits
 from modernlm.tokenizer import TokenizerError
 from test_gguf import tiny_metadata, tiny_weights, write_tiny
@@ -25,12 +24,12 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", TEXT)
+def chat_model(tiny_chat_dir) -> Path:
+    return tiny_chat_dir(TEXT)
 
 
-def edited(tiny: Path, dest: Path, **changes) -> Path:
-    shutil.copytree(tiny, dest)
+def edited(chat_model: Path, dest: Path, **changes) -> Path:
+    shutil.copytree(chat_model, dest)
     config = json.loads((dest / "config.json").read_text())
     (dest / "config.json").write_text(json.dumps({**config, **changes}))
     return dest
@@ -48,9 +47,9 @@ def refused(call, error, *words, seconds: float = 5.0) -> str:
 
 # ---- paths a model directory names --------------------------------------------------------------------------------
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors", 7])
-def test_a_shard_index_never_reaches_outside_its_directory(tiny, tmp_path, monkeypatch, shard):
+def test_a_shard_index_never_reaches_outside_its_directory(chat_model, tmp_path, monkeypatch, shard):
     directory = tmp_path / "model"
-    shutil.copytree(tiny, directory)
+    shutil.copytree(chat_model, directory)
     shutil.copy(directory / "model.safetensors", tmp_path / "outside.safetensors")  # a loadable file out there
     (directory / "model.safetensors").rename(directory / "model-00001-of-00001.safetensors")
     weight_map = {"model.embed_tokens.weight": shard, "lm_head.weight": "model-00001-of-00001.safetensors"}
@@ -68,8 +67,8 @@ def test_a_shard_index_never_reaches_outside_its_directory(tiny, tmp_path, monke
     [{"num_hidden_layers": 10**9}, {"vocab_size": 10**12}, {"hidden_size": 2**20, "num_attention_heads": 2**10}],
     ids=["layers", "vocab", "width"],
 )
-def test_a_config_far_bigger_than_its_weights_is_refused_at_once(tiny, tmp_path, changes):
-    directory = edited(tiny, tmp_path / "model", **changes)
+def test_a_config_far_bigger_than_its_weights_is_refused_at_once(chat_model, tmp_path, changes):
+    directory = edited(chat_model, tmp_path / "model", **changes)
     for call in (lambda: modernlm.load_config(directory), lambda: modernlm.load(directory)):
         refused(call, hf.CheckpointError, str(directory), "parameters", "does not belong to these weights")
 
@@ -86,11 +85,11 @@ def test_a_gguf_claiming_a_billion_layers_is_refused_on_every_load_path(tmp_path
         refused(call, ValueError, "huge.gguf", "1,000,000,000 layers")
 
 
-def test_a_model_bigger_than_free_memory_is_refused_before_allocating(tiny, monkeypatch):
+def test_a_model_bigger_than_free_memory_is_refused_before_allocating(chat_model, monkeypatch):
     monkeypatch.setattr(limits, "available_memory", lambda: 10_000)
-    refused(lambda: modernlm.load_model(tiny), ValueError, "GiB", "bfloat16", "quantize")
+    refused(lambda: modernlm.load_model(chat_model), ValueError, "GiB", "bfloat16", "quantize")
     monkeypatch.setattr(limits, "available_memory", lambda: None)  # a system that does not say: no check
-    modernlm.load_model(tiny)
+    modernlm.load_model(chat_model)
 
 
 # ---- weights ------------------------------------------------------------------------------------------------------
@@ -126,17 +125,17 @@ def test_nan_blocks_in_a_gguf_are_refused_when_kept_quantized_too(tmp_path, monk
 
 # ---- config values and JSON -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field", ["tie_word_embeddings", "attention_bias", "mlp_bias"])
-def test_a_string_is_not_a_bool(tiny, tmp_path, field):
-    directory = edited(tiny, tmp_path / "model", **{field: "false"})
+def test_a_string_is_not_a_bool(chat_model, tmp_path, field):
+    directory = edited(chat_model, tmp_path / "model", **{field: "false"})
     refused(lambda: modernlm.load_model(directory), ValueError, field, "true or false", "'false'")
 
 
-def test_json_nested_without_end_is_one_clear_error(tiny, tmp_path):
+def test_json_nested_without_end_is_one_clear_error(chat_model, tmp_path):
     directory = tmp_path / "model"
-    shutil.copytree(tiny, directory)
+    shutil.copytree(chat_model, directory)
     (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     refused(lambda: modernlm.load_model(directory), ValueError, "config.json", "too deeply")
-    (directory / "config.json").write_text(json.dumps(json.loads((tiny / "config.json").read_text())))
+    (directory / "config.json").write_text(json.dumps(json.loads((chat_model / "config.json").read_text())))
     (directory / "tokenizer_config.json").write_text('{"a": ' * 50_000 + "1" + "}" * 50_000)
     refused(lambda: modernlm.load_tokenizer(directory), ValueError, "tokenizer_config.json", "too deeply")
     from modernlm.config import ConfigError, ModelConfig
@@ -186,14 +185,14 @@ def test_an_honest_template_renders_as_before():
     )
 
 
-def test_generate_chat_with_a_looping_template_ends_with_one_line(tiny, tmp_path, capsys, monkeypatch):
+def test_generate_chat_with_a_looping_template_ends_with_one_line(chat_model, tmp_path, capsys, monkeypatch):
     """The GGUF/directory's own template loops: `generate --chat` stops with exit code 2 and no traceback."""
     from modernlm import tokenizer as module
     from modernlm.cli.__main__ import main
 
     monkeypatch.setattr(module, "TEMPLATE_SECONDS", 0.5)
     directory = tmp_path / "model"
-    shutil.copytree(tiny, directory)
+    shutil.copytree(chat_model, directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
     config["chat_template"] = BOMBS["nested loops"]
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
@@ -202,19 +201,19 @@ def test_generate_chat_with_a_looping_template_ends_with_one_line(tiny, tmp_path
     assert code == 2 and "Traceback" not in err and "ran for over 0.5 s" in err
 
 
-def test_limits_do_not_refuse_real_models(tiny, smollm2_gguf):
-    """The embedded SmolLM2 and the tiny model load as before (the bounds are far from any honest file)."""
+def test_limits_do_not_refuse_real_models(chat_model, smollm2_gguf):
+    """The embedded SmolLM2 and the chat_model model load as before (the bounds are far from any honest file)."""
     config = modernlm.load_config(smollm2_gguf)
-    assert limits.min_parameters(config) < 135e6 * 1.1 and modernlm.load_model(tiny) is not None
-    assert torch.isfinite(next(modernlm.load_model(tiny).parameters())).all()
+    assert limits.min_parameters(config) < 135e6 * 1.1 and modernlm.load_model(chat_model) is not None
+    assert torch.isfinite(next(modernlm.load_model(chat_model).parameters())).all()
 
 
 # ---- vague messages made clear --------------------------------------------------------------------------------------
-def test_integer_weights_are_named_not_torchs_copy_wall(tiny, tmp_path):
+def test_integer_weights_are_named_not_torchs_copy_wall(chat_model, tmp_path):
     from safetensors.torch import load_file, save_file
 
     directory = tmp_path / "model"
-    shutil.copytree(tiny, directory)
+    shutil.copytree(chat_model, directory)
     weights = load_file(directory / "model.safetensors")
     weights["model.norm.weight"] = weights["model.norm.weight"].to(torch.int32)
     save_file(weights, directory / "model.safetensors")
@@ -228,38 +227,38 @@ def test_a_dataset_column_that_is_not_text_is_named(monkeypatch):
 
     table = datasets.Dataset.from_dict({"text": [[1, 2], [3]], "story": ["once", "upon"]})
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: table)
-    refused(lambda: hf_documents("tiny/stories"), ValueError, "column 'text' holds list values", "'story'")
-    assert [d.read() for d in hf_documents("tiny/stories:train:story")] == ["once", "upon"]
+    refused(lambda: hf_documents("chat_model/stories"), ValueError, "column 'text' holds list values", "'story'")
+    assert [d.read() for d in hf_documents("chat_model/stories:train:story")] == ["once", "upon"]
 
 
-def test_a_request_body_nested_without_end_is_a_400_not_a_500(tiny):
+def test_a_request_body_nested_without_end_is_a_400_not_a_500(chat_model):
     pytest.importorskip("fastapi")
     from starlette.testclient import TestClient
 
     from modernlm.serving.api import create_app
     from modernlm.serving.engine import Engine
 
-    engine = Engine(*modernlm.load(tiny), max_batch=2)
-    client = TestClient(create_app(engine, "tiny"), raise_server_exceptions=False)
+    engine = Engine(*modernlm.load(chat_model), max_batch=2)
+    client = TestClient(create_app(engine, "chat_model"), raise_server_exceptions=False)
     answer = client.post("/v1/chat/completions", content='{"messages": ' + "[" * 5000 + "]" * 5000 + "}",
                          headers={"content-type": "application/json"})  # fmt: skip
     assert answer.status_code == 400 and "too deeply" in answer.json()["error"]["message"]
 
 
-def test_an_adapter_is_checked_like_a_model(tiny, tmp_path):
+def test_an_adapter_is_checked_like_a_model(chat_model, tmp_path):
     """load_adapter: NaN weights and a config without its fields are named, like a model's."""
     from safetensors.torch import load_file, save_file
 
     from modernlm.finetune.lora import LoraConfig, apply_lora, load_adapter, save_adapter
 
-    adapter = save_adapter(apply_lora(modernlm.load_model(tiny), LoraConfig(r=2)), tmp_path / "adapter")
+    adapter = save_adapter(apply_lora(modernlm.load_model(chat_model), LoraConfig(r=2)), tmp_path / "adapter")
     weights = load_file(adapter / "adapter_model.safetensors")
     name = sorted(weights)[0]
     weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, adapter / "adapter_model.safetensors")
-    refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "NaN/Inf", name)
+    refused(lambda: load_adapter(modernlm.load_model(chat_model), adapter), ValueError, "NaN/Inf", name)
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q_proj"]}))
-    refused(lambda: load_adapter(modernlm.load_model(tiny), adapter), ValueError, "adapter_config.json", "'r'")
+    refused(lambda: load_adapter(modernlm.load_model(chat_model), adapter), ValueError, "adapter_config.json", "'r'")
 
 
 def test_memory_is_checked_where_the_tensors_will_live(monkeypatch):
