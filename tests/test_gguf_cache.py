@@ -114,22 +114,22 @@ def test_a_killed_conversion_leaves_nothing_for_good(cache, tiny_gguf):
     assert len(entries(cache)) == 1
 
 
-def test_a_damaged_entry_is_rebuilt_not_reported(cache, tiny, caplog):
+def test_a_damaged_entry_is_rebuilt_not_reported(cache, tiny_gguf, caplog):
     """An entry marked complete whose weights or tokenizer were damaged afterwards (a disk error, a stray edit) is
     converted again, with a notice, and the load gives the direct load's tensors."""
-    modernlm.load_model(tiny)
-    directory = gguf_cache.entry_dir(tiny)
+    modernlm.load_model(tiny_gguf)
+    directory = gguf_cache.entry_dir(tiny_gguf)
     (directory / "model.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{}")  # truncated after the conversion
-    _, direct = load_gguf(tiny)
+    _, direct = load_gguf(tiny_gguf)
     with caplog.at_level("WARNING", logger="modernlm"):
-        model = modernlm.load_model(tiny)
+        model = modernlm.load_model(tiny_gguf)
     assert "is damaged" in caplog.text and "converting" in caplog.text
     torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
-    modernlm.load_model(tiny)  # the rebuilt entry is read as it is
+    modernlm.load_model(tiny_gguf)  # the rebuilt entry is read as it is
     assert len(entries(cache)) == 1 and not [p for p in (cache / "gguf").iterdir() if p.name.startswith(".")]
 
 
-def test_a_full_cache_disk_warns_once_and_loads_directly(cache, tiny, monkeypatch):
+def test_a_full_cache_disk_warns_once_and_loads_directly(cache, tiny_gguf, monkeypatch):
     """A disk that fills during the conversion: one warning (not a traceback, not one per load), the model loaded from
     the GGUF file itself, and nothing half-written left in the cache."""
     import errno
@@ -143,12 +143,12 @@ def test_a_full_cache_disk_warns_once_and_loads_directly(cache, tiny, monkeypatc
     monkeypatch.setattr(module, "save_file", full)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = modernlm.load_model(tiny)
-        modernlm.load_model(tiny)
+        model = modernlm.load_model(tiny_gguf)
+        modernlm.load_model(tiny_gguf)
     assert [str(w.message) for w in caught if "GGUF cache" in str(w.message)] == [
         next(str(w.message) for w in caught if "GGUF cache" in str(w.message))
     ]
     assert "no space left" in str(caught[0].message)
-    _, direct = load_gguf(tiny)
+    _, direct = load_gguf(tiny_gguf)
     torch.testing.assert_close(model.state_dict()["embed.weight"], direct["embed.weight"], rtol=0, atol=0)
     assert entries(cache) == [] and not list((cache / "gguf").iterdir())

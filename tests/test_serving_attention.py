@@ -26,7 +26,7 @@ def server(chat_dir):  # noqa: F811
 
 
 def ask(server, **fields) -> httpx.Response:
-    body = {"model": "chat_dir", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, **fields}
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, "temperature": 0, **fields}
     return httpx.post(server[0].url + CHAT, json=body, timeout=60)
 
 
