@@ -62,3 +62,16 @@ def write_directory(directory: Path, tensors: dict[str, torch.Tensor], hf_config
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory
+
+
+def decoder_shape(cfg) -> dict:
+    """A decoder's sizes under the names every transformers decoder config uses."""
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.ffn_hidden,
+    }

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, ModelConfig
-from .base import CheckpointError, positive_field
+from .base import CheckpointError, decoder_shape, positive_field
 from .names import NameTable
 
 GEMMA2, GEMMA3, FALCON, PHI3 = "Gemma2ForCausalLM", "Gemma3ForCausalLM", "FalconForCausalLM", "Phi3ForCausalLM"
@@ -332,13 +332,7 @@ def _gemma_to_hf(cfg: ModelConfig, arch: str) -> dict[str, Any]:
         rope = {"full_attention": rope, "sliding_attention": local}
     return {
         "model_type": "gemma2" if arch == GEMMA2 else "gemma3_text",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.ffn_hidden,
+        **decoder_shape(cfg),
         "hidden_activation": act,
         "rms_norm_eps": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,

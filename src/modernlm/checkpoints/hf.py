@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ..config import ConfigError, ModelConfig
 from ..text import read_json
 from . import decoders, family, gpt2, vlm
-from .base import CheckpointError, bool_field, positive_field, write_directory
+from .base import CheckpointError, bool_field, decoder_shape, positive_field, write_directory
 from .names import NameTable
 
 SUPPORTED = {
@@ -214,13 +214,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
     hf = {
         "architectures": [{"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(kind, "LlamaForCausalLM")],
         "model_type": kind,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.ffn_hidden,
+        **decoder_shape(cfg),
         "hidden_act": "silu",
         "rms_norm_eps": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
