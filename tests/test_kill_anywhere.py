@@ -215,7 +215,10 @@ def _save_in_child(source: Path, target: Path, env: dict, kill_at=10**9, delay=N
     if delay is not None:
         time.sleep(delay)
         if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it finished between the check and the kill: an unkilled save
+                pass
     child.join(timeout=120)
     SAVE_SECONDS[0] = time.perf_counter() - start
     return child.exitcode
