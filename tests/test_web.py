@@ -44,19 +44,26 @@ def wait(condition, timeout=60.0, every=0.02):
     raise AssertionError("timed out waiting in the browser")
 
 
+def open_with_settings(browser, server, **values) -> None:
+    """Open the page, wait for the served model's name, and type `values` into the settings fields."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    wait(lambda: browser.find_element(By.ID, "model").get_attribute("value") == "tiny")
+    browser.find_element(By.ID, "toggle-settings").click()
+    for name, value in values.items():
+        field = browser.find_element(By.ID, name)
+        field.clear()
+        field.send_keys(value)
+
+
 def test_chat_page_streams_a_reply(chat_dir, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
 
     server, engine, model, tokenizer = start(chat_dir)
     browser = chromium(tmp_path)
     try:
-        browser.get(server.url + "/")
-        wait(lambda: browser.find_element(By.ID, "model").get_attribute("value") == "tiny")
-        browser.find_element(By.ID, "toggle-settings").click()
-        for name, value in (("temperature", "0"), ("max_tokens", "60")):
-            field = browser.find_element(By.ID, name)
-            field.clear()
-            field.send_keys(value)
+        open_with_settings(browser, server, temperature="0", max_tokens="60")
         browser.find_element(By.ID, "input").send_keys("the quick brown fox")
         browser.find_element(By.ID, "send").click()
         seen = set()
@@ -122,13 +129,7 @@ def test_chat_page_shows_what_a_reply_token_attended_to(chat_dir, tmp_path):  # 
     server, engine, model, tokenizer = start(chat_dir)
     browser = chromium(tmp_path)
     try:
-        browser.get(server.url + "/")
-        wait(lambda: browser.find_element(By.ID, "model").get_attribute("value") == "tiny")
-        browser.find_element(By.ID, "toggle-settings").click()
-        for name, value in (("temperature", "0"), ("max_tokens", "12")):
-            field = browser.find_element(By.ID, name)
-            field.clear()
-            field.send_keys(value)
+        open_with_settings(browser, server, temperature="0", max_tokens="12")
         browser.find_element(By.ID, "attention").click()
         browser.find_element(By.ID, "input").send_keys("the quick brown fox")
         browser.find_element(By.ID, "send").click()
